@@ -1,0 +1,155 @@
+"""Step overhead of distillation: a method's training step against (student step alone + teacher inference).
+
+For a teacher/student pair on CIFAR-shaped random data, interleaved over repeats, times
+  (a) the student's training step alone (CE only), (b) the teacher's inference alone, (c) each method's step,
+once with kdzoo's default fast path (teacher first under inference_mode, channels_last, bf16 autocast where the
+hardware has it) and once in plain fp32 (contiguous memory, student forward first). Prints (c)/((a)+(b)) per
+method, each method's ratio over KD's, and the default KD step's speed-up over the plain one as the last line.
+
+    python benchmarks/step_overhead.py --repeats 20 --out benchmarks/results/step_overhead.md
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kdzoo.config import config_from_data
+from kdzoo.data import DatasetInfo
+from kdzoo.distillers import METHODS, Batch, StepInfo
+from kdzoo.engine.checkpoint import save_weights
+from kdzoo.engine.device import Precision, resolve_precision
+from kdzoo.engine.distributed import DistInfo
+from kdzoo.engine.optim import build_optimizer
+from kdzoo.engine.step import train_step
+from kdzoo.engine.teacher import FrozenTeacher
+from kdzoo.models import Needs, create_model
+from kdzoo.regimes import REGIMES, RunContext
+
+SETTINGS = {
+    "default": {"precision": "auto", "channels_last": True, "teacher_first": True},
+    "plain": {"precision": "fp32", "channels_last": False, "teacher_first": False},
+}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", default="kd", help="comma-separated, or 'all' (every method with a teacher)")
+    parser.add_argument("--settings", default="default,plain")
+    parser.add_argument("--out", help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+
+    methods = [m for m in METHODS.names() if METHODS.get(m).needs_teacher()] if args.methods == "all" \
+        else args.methods.split(",")
+    if "kd" not in methods:
+        methods.insert(0, "kd")
+    settings = args.settings.split(",")
+    device = torch.device("cpu")
+    info = DatasetInfo("cifar100", args.classes, 3, 32, (0.5,) * 3, (0.25,) * 3)
+    n_train = 50_000
+    targets = torch.randint(0, args.classes, (n_train,))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_file = Path(tmp) / "teacher.safetensors"
+        teacher = create_model(args.teacher, num_classes=args.classes)
+        save_weights(teacher_file, teacher.state_dict(), {"arch": args.teacher, "num_classes": args.classes,
+                                                          "in_channels": 3, "dataset": "cifar100"})
+        timers = {}
+        for setting in settings:
+            options = SETTINGS[setting]
+            precision = Precision(resolve_precision(options["precision"], device), device)
+            engine = {"precision": precision.name, "channels_last": options["channels_last"],
+                      "teacher_first": options["teacher_first"], "progress": False, "tensorboard": False}
+            timers[(setting, "student")] = regime_step(args, info, targets, engine, precision, {"ce": 1.0},
+                                                       None)
+            timers[(setting, "teacher")] = teacher_inference(teacher, args, options, precision)
+            for method in methods:
+                loss = {"ce": 1.0, **{term: 1.0 for term in METHODS.get(method).term_names()}}
+                timers[(setting, method)] = regime_step(args, info, targets, engine, precision, loss, teacher_file)
+
+        samples = {key: [] for key in timers}
+        for r in range(args.warmup + args.repeats):
+            for key, fn in timers.items():  # interleaved: drifts in machine speed hit every entry alike
+                started = time.perf_counter()
+                fn()
+                if r >= args.warmup:
+                    samples[key].append(time.perf_counter() - started)
+
+    med = {key: statistics.median(v) * 1000 for key, v in samples.items()}
+    lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
+             f"({torch.get_num_threads()} threads), median of {args.repeats} interleaved repeats",
+             "", "| setting | method | step ms | ratio (c)/((a)+(b)) | ratio / KD ratio |", "|---|---|---|---|---|"]
+    for setting in settings:
+        base = med[(setting, "student")] + med[(setting, "teacher")]
+        kd_ratio = med[(setting, "kd")] / base
+        lines.append(f"| {setting} | (a) student step | {med[(setting, 'student')]:.1f} | | |")
+        lines.append(f"| {setting} | (b) teacher inference | {med[(setting, 'teacher')]:.1f} | | |")
+        for method in methods:
+            ratio = med[(setting, method)] / base
+            lines.append(f"| {setting} | {method} | {med[(setting, method)]:.1f} | {ratio:.2f} | "
+                         f"{ratio / kd_ratio:.2f} |")
+    if {"default", "plain"} <= set(settings):
+        lines.append("")
+        lines.append(f"default KD step speed-up over plain: {med[('plain', 'kd')] / med[('default', 'kd')]:.2f}x")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+    return 0
+
+
+def regime_step(args, info, targets, engine, precision, loss, teacher_file):
+    """A closure running one real training step of the offline regime (the engine's own step code)."""
+    data = {"student": {"arch": args.student}, "loss": loss, "engine": engine, "epochs": 240,
+            "dataset": {"name": "cifar100", "batch_size": args.batch}}
+    if teacher_file is not None:
+        data["teacher"] = {"checkpoint": str(teacher_file)}
+    cfg = config_from_data(data)
+    device = torch.device("cpu")
+    regime = REGIMES.get(cfg.regime)(RunContext(cfg=cfg, device=device, precision=precision, dist=DistInfo(),
+                                                info=info, train_targets=targets))
+    phase = regime.phases()[-1]
+    optimizer = build_optimizer(phase.params, cfg.optim)
+    images = torch.randn(args.batch, 3, 32, 32)
+    labels = torch.randint(0, args.classes, (args.batch,))
+    index = torch.randint(0, len(targets), (args.batch,))
+    raw = (images, labels, index) if regime.needs_index else (images, labels)
+    batch: Batch = regime.make_batch(raw)
+    regime.train(True)
+    counter = {"step": 0}
+
+    def run():
+        info_ = StepInfo(epoch=0, epochs=240, step=counter["step"], steps_per_epoch=782)
+        train_step(phase, batch, info_, optimizer, precision)
+        regime.after_step(phase.name)
+        counter["step"] += 1
+
+    return run
+
+
+def teacher_inference(model, args, options, precision):
+    fmt = torch.channels_last if options["channels_last"] else torch.contiguous_format
+    teacher = FrozenTeacher(model, Needs(logits=True)).to(memory_format=fmt)
+    images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=fmt)
+
+    def run():
+        with precision.autocast():
+            teacher(images)
+
+    return run
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The `kdzoo` command line. Input errors print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from kdzoo.errors import KdzooError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args) or 0
+    except KdzooError as err:
+        print(f"kdzoo: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("kdzoo: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdzoo", description="Knowledge distillation for PyTorch.")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("list", help="list models, datasets, methods or regimes")
+    p.add_argument("what", choices=["models", "datasets", "methods", "regimes"])
+    p.set_defaults(func=cmd_list)
+
+    for name, helptext in (("train", "train a model from scratch (teachers, student baselines)"),
+                           ("distill", "train a student from a teacher checkpoint")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("-c", "--config", help="YAML recipe")
+        p.add_argument("--out", help="run folder (default: runs/<name>)")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run exactly")
+        p.add_argument("--quiet", action="store_true", help="no progress bars; one line per epoch")
+        p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=0.01 seed=3")
+        p.set_defaults(func=cmd_train, mode=name)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on its dataset's test set")
+    p.add_argument("--checkpoint", required=True, help="a run folder or a .safetensors checkpoint")
+    p.add_argument("--which", default="best", choices=["best", "last"], help="for a run folder")
+    p.add_argument("--data-root", help="dataset folder (default: as recorded in the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import-checkpoint", help="convert a RepDistiller/mdistiller .pth teacher to kdzoo")
+    p.add_argument("path", help=".pth file holding {'model': state_dict} or a bare state_dict")
+    p.add_argument("--arch", required=True)
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--in-channels", type=int, default=None)
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("demo", help="teacher, student and KD student on digits, with a comparison table")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    _add_bench_commands(sub)
+    return parser
+
+
+def _add_bench_commands(sub) -> None:
+    """Benchmark commands live in kdzoo.bench; registered here when that package is present."""
+    try:
+        from kdzoo.bench.cli import add_commands
+    except ImportError:
+        return
+    add_commands(sub)
+
+
+# Commands -----------------------------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    if args.what == "models":
+        from kdzoo.models import MODELS as registry
+    elif args.what == "datasets":
+        from kdzoo.data import DATASETS as registry
+    elif args.what == "methods":
+        from kdzoo.distillers import METHODS as registry
+    else:
+        from kdzoo.regimes import REGIMES as registry
+    width = max((len(n) for n in registry.names()), default=0)
+    for name in registry.names():
+        text = registry.describe(name)
+        print(f"{name:<{width}}  {text}".rstrip() if text else name)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from kdzoo.config import load_config
+    from kdzoo.engine.trainer import Engine
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise KdzooError("--resume continues in its own folder; drop --out")
+        fixed = [o for o in args.overrides if not o.startswith(("epochs=", "engine."))]
+        if fixed:
+            raise KdzooError(f"--resume continues the saved recipe; only epochs and engine.* may change, "
+                             f"not {fixed[0]}")
+        cfg = load_config(run_dir / "config.yaml", args.overrides)
+    else:
+        if not args.config:
+            raise KdzooError(f"kdzoo {args.mode}: give a recipe with -c CONFIG (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        run_dir = Path(args.out or Path("runs") / cfg.name)
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise KdzooError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
+                             "or another --out")
+    check_mode(cfg, args.mode)
+    engine = Engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    summary = engine.fit()
+    if engine.dist.is_main:
+        print(f"{cfg.name}: best top1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), "
+              f"last top1 {_fmt(summary['last_top1'])}; run folder {run_dir}")
+    from kdzoo.engine.distributed import shutdown
+
+    shutdown(engine.dist)
+    return 0
+
+
+def check_mode(cfg, mode: str) -> None:
+    """`train` runs without a teacher, `distill` with one: say so early instead of failing later."""
+    from kdzoo.distillers import method_for_term
+
+    needing = [t for t, w in cfg.loss.items() if w != 0 and method_for_term(t).needs_teacher()]
+    if cfg.regime != "offline":
+        return
+    if mode == "train" and needing:
+        raise KdzooError(f"loss.{needing[0]} needs a teacher; use `kdzoo distill` for this recipe")
+    if mode == "distill" and not needing:
+        raise KdzooError("no loss term uses a teacher; use `kdzoo train` for this recipe")
+
+
+def cmd_eval(args) -> int:
+    from kdzoo.data import build_dataset, make_loader
+    from kdzoo.engine.device import resolve_device
+    from kdzoo.engine.evaluate import evaluate
+    from kdzoo.engine.teacher import load_model
+
+    model, meta, file = load_model(args.checkpoint, args.which)
+    device = resolve_device(args.device)
+    test = build_dataset(meta["dataset"], "test", root=args.data_root or meta.get("dataset_root"),
+                         augment=False, image_size=meta.get("image_size"))
+    loader = make_loader(test, batch_size=args.batch_size, train=False, seed=0)
+    metrics = evaluate(model.to(device), loader, device)
+    if args.json:
+        print(json.dumps({"checkpoint": str(file), "arch": meta["arch"], "dataset": meta["dataset"], **metrics}))
+    else:
+        print(f"{file}: {meta['arch']} on {meta['dataset']} test ({metrics['n']} images): "
+              f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from kdzoo.engine.importer import import_checkpoint
+
+    out = import_checkpoint(args.path, arch=args.arch, num_classes=args.num_classes, dataset=args.dataset,
+                            out=args.out, in_channels=args.in_channels)
+    print(f"imported {args.path} as {args.arch} -> {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from kdzoo.demo import run_demo
+
+    run_demo(Path(args.out), quiet=args.quiet)
+    return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Read a YAML recipe, apply dotted `a.b=c` overrides, validate into a `Config`."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from kdzoo.config.schema import Config
+from kdzoo.config.validate import from_dict, to_dict
+from kdzoo.errors import ConfigError
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: malformed YAML ({problem})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """`optim.lr=0.01 seed=3 loss.kd=0.9`: values are parsed as YAML scalars/lists."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=0.01)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    data = _student_alias(read_yaml(path) if path is not None else {})
+    overrides = ["student" + o[len("model"):] if o.startswith(("model.", "model=")) else o for o in overrides]
+    return config_from_data(apply_overrides(data, overrides))
+
+
+def config_from_data(data: dict[str, Any]) -> Config:
+    return from_dict(Config, _student_alias(data))
+
+
+def _student_alias(data: dict[str, Any]) -> dict[str, Any]:
+    """`model:` names the trained network in plain training recipes; it is stored as `student`."""
+    if "model" not in data:
+        return data
+    if "student" in data:
+        raise ConfigError("model: give either model or student, not both")
+    return {("student" if k == "model" else k): v for k, v in data.items()}
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Dataset wrappers that keep `.targets` and `.info` visible to the trainer."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+def _as_index_tensor(indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+
+
+class IndexedDataset(Dataset):
+    """Yields `(image, label, index)`: methods that keep per-sample state (e.g. CRD's memory bank) need the index."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, index
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.dataset.targets
+
+    @property
+    def info(self):
+        return self.dataset.info
+
+
+class LabeledSubset(Dataset):
+    """A subset by indices whose `.targets` is restricted accordingly and whose `.info` is the parent's."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | torch.Tensor):
+        self.dataset = dataset
+        self.indices = _as_index_tensor(indices)
+        self.targets = torch.as_tensor(dataset.targets, dtype=torch.long)[self.indices]
+        self.info = getattr(dataset, "info", None)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+
+def subset(dataset: Dataset, indices: Sequence[int] | torch.Tensor) -> LabeledSubset:
+    """`dataset` restricted to `indices` (positions into `dataset`), keeping `.targets` and `.info`."""
+    return LabeledSubset(dataset, indices)

@@ -1,0 +1,26 @@
+"""Cross-entropy of the student's logits with the labels."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+
+from kdzoo.distillers.base import Method
+from kdzoo.distillers.registry import register_method
+from kdzoo.models.features import Needs
+
+
+@dataclass
+class CEParams:
+    label_smoothing: float = 0.0
+
+
+@register_method
+class CrossEntropy(Method):
+    name = "ce"
+    description = "cross-entropy with the ground-truth labels"
+    student_needs = Needs(logits=True)
+    Params = CEParams
+
+    def losses(self, batch, s, t, step):
+        return {"ce": F.cross_entropy(s.logits, batch.targets, label_smoothing=self.params.label_smoothing)}

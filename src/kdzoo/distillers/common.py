@@ -1,0 +1,41 @@
+"""Pieces several methods share: embeddings, spatial matching, pairwise distances."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Embed(nn.Module):
+    """Linear projection of a (flattened) feature, optionally L2-normalised (CRD, RRD, DCD, CC)."""
+
+    def __init__(self, dim_in: int, dim_out: int = 128, normalize: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+        self.normalize = normalize
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.linear(x.flatten(1))
+        return F.normalize(x, dim=1) if self.normalize else x
+
+
+def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the larger of two maps to the smaller one's height and width."""
+    ha, hb = a.shape[-1], b.shape[-1]
+    if ha > hb:
+        a = F.adaptive_avg_pool2d(a, b.shape[-2:])
+    elif hb > ha:
+        b = F.adaptive_avg_pool2d(b, a.shape[-2:])
+    return a, b
+
+
+def pairwise_distances(x: Tensor, squared: bool = False, eps: float = 1e-12) -> Tensor:
+    """Euclidean distance matrix between the rows of x, with an exact zero diagonal."""
+    sq = x.pow(2).sum(dim=1)
+    prod = x @ x.t()
+    dist = (sq[:, None] + sq[None, :] - 2 * prod).clamp(min=eps)
+    if not squared:
+        dist = dist.sqrt()
+    dist = dist.clone()
+    dist[range(len(x)), range(len(x))] = 0
+    return dist

@@ -1,0 +1,23 @@
+"""The method registry: `kdzoo list methods` and the recipe's `loss:` terms read it."""
+from __future__ import annotations
+
+from kdzoo.errors import ConfigError
+from kdzoo.registry import Registry
+
+METHODS: Registry = Registry("method")
+
+
+def register_method(cls):
+    """Class decorator: registers a Method subclass under `cls.name`."""
+    text = cls.description + (f" [{cls.paper}]" if cls.paper else "")
+    METHODS.register(cls.name, text)(cls)
+    return cls
+
+
+def method_for_term(term: str):
+    """The method class that produces loss term `term`."""
+    for name in METHODS:
+        cls = METHODS.get(name)
+        if term in cls.term_names():
+            return cls
+    raise ConfigError(f"loss.{term}: unknown loss term (methods: {', '.join(METHODS.names())})")

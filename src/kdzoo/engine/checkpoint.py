@@ -1,0 +1,128 @@
+"""Checkpoints: safetensors weights with JSON metadata (deployable), and a resume state (weights_only).
+
+A run folder holds `checkpoints/{best,last}.safetensors` (+ a `.json` copy of the metadata) and
+`checkpoints/last.state.pt`, the full training state for `--resume`. Nothing here ever unpickles: weights load
+with safetensors, the resume state with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kdzoo.engine.atomic import atomic_path, atomic_write_text
+from kdzoo.errors import CheckpointError
+
+META_KEY = "kdzoo"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write `state` and `meta` to a .safetensors file atomically, plus a readable .json beside it."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    text = json.dumps(meta, sort_keys=True)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: text})
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (which, "last") if which == "best" else (which,):
+            candidate = path / CHECKPOINT_DIR / f"{name}.safetensors"
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of a kdzoo checkpoint, read from the safetensors header alone."""
+    path = Path(path)
+    _check_safetensors(path)
+    with open(path, "rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+    meta = header.get("__metadata__", {}).get(META_KEY)
+    if meta is None:
+        raise CheckpointError(f"{path} is a safetensors file without kdzoo metadata; "
+                              "convert it with `kdzoo import-checkpoint`")
+    return json.loads(meta)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
+    return state, meta
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a complete safetensors file, without unpickling it."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
+                                  "convert it with `kdzoo import-checkpoint`")
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
+        header_len = struct.unpack("<Q", head)[0]
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path} is corrupt or truncated (unreadable safetensors header)") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    if 8 + header_len + max(ends, default=0) > size:
+        raise CheckpointError(f"{path} is corrupt or truncated (data ends early)")
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> None:
+    """The resume state: tensors and plain Python values only, so it loads with weights_only=True."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no resume state at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise CheckpointError(f"cannot resume from {path}: {str(err).splitlines()[0]}") from None
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict that reports missing/unexpected keys and shape mismatches in one line."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensors of another shape (e.g. {k}: {tuple(state[k].shape)} "
+                         f"vs {tuple(own[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CheckpointError(f"{source} does not fit {type(model).__name__}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)

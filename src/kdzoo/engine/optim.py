@@ -1,0 +1,42 @@
+"""Optimizers and per-step learning-rate schedules (multistep, cosine, constant, with linear warm-up)."""
+from __future__ import annotations
+
+import bisect
+import math
+from typing import Iterable
+
+import torch
+
+from kdzoo.config.schema import OptimConfig, ScheduleConfig
+
+
+def build_optimizer(params: Iterable, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = cfg.lr if lr is None else lr
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: ScheduleConfig, epoch_progress: float, epochs: int, base_lr: float) -> float:
+    """Multiplier of the base lr after `epoch_progress` (fractional) epochs of `epochs`."""
+    if cfg.warmup_epochs > 0 and epoch_progress < cfg.warmup_epochs:
+        return (epoch_progress + 1e-8) / cfg.warmup_epochs
+    if cfg.name == "multistep":
+        # Steps take effect at the start of the milestone epoch, as with MultiStepLR stepped per epoch.
+        return cfg.gamma ** bisect.bisect_right(sorted(cfg.milestones), math.floor(epoch_progress))
+    if cfg.name == "cosine":
+        span = max(epochs - cfg.warmup_epochs, 1e-8)
+        done = min(max(epoch_progress - cfg.warmup_epochs, 0.0) / span, 1.0)
+        floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler stepped once per optimizer step."""
+    base_lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg, step / max(steps_per_epoch, 1), epochs, base_lr))

@@ -1,0 +1,111 @@
+"""The run folder: resolved config, environment, metrics.jsonl, TensorBoard events, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from kdzoo.engine.atomic import atomic_write_text
+from kdzoo.engine.checkpoint import CHECKPOINT_DIR
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, saved with every run so that results can be traced."""
+    import torchvision
+
+    import kdzoo
+
+    env = {
+        "kdzoo": kdzoo.__version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+    }
+    return env
+
+
+def git_commit() -> Optional[str]:
+    src = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunDir:
+    """Writes a run's files; only the main process of a multi-process run creates one with `active=True`."""
+
+    def __init__(self, path: str | Path, active: bool = True, tensorboard: bool = True):
+        self.path = Path(path)
+        self.active = active
+        self._writer = None
+        if active:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.checkpoints.mkdir(exist_ok=True)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.path / "tb"))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def write_text(self, name: str, text: str) -> None:
+        if self.active:
+            atomic_write_text(self.path / name, text)
+
+    def write_json(self, name: str, data: Any) -> None:
+        self.write_text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        """One line of metrics.jsonl, and the numeric values as TensorBoard scalars."""
+        if not self.active:
+            return
+        record = {"time": time.time(), **record}
+        with open(self.path / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("time", "epoch", "step"):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def truncate_metrics(self, keep_until_epoch: int, phase: str) -> None:
+        """On resume, drop metric lines logged after the checkpoint (they will be logged again)."""
+        path = self.path / "metrics.jsonl"
+        if not self.active or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            kept.append(line)
+            if rec.get("phase") == phase and rec.get("epoch", 0) > keep_until_epoch:
+                kept.pop()
+        atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,81 @@
+"""Build models from checkpoints, and the frozen teacher: no grads, eval mode that survives .train(),
+forward under inference_mode."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from kdzoo.engine.checkpoint import load_state_dict_strict, load_weights, read_meta, resolve_checkpoint
+from kdzoo.errors import CheckpointError
+from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model
+from kdzoo.models.features import Features
+
+
+def model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """The deployable model a checkpoint describes (a zoo/tv/timm model, or a method's inference wrapper)."""
+    model = create_model(meta["arch"], num_classes=meta["num_classes"], in_channels=meta.get("in_channels", 3))
+    wrapper = meta.get("wrapper")
+    if wrapper:
+        from kdzoo.distillers import METHODS
+
+        model = METHODS.get(wrapper["method"]).rebuild_inference(model, wrapper)
+    return model
+
+
+def load_model(path: str | Path, which: str = "best") -> tuple[nn.Module, dict[str, Any], Path]:
+    """Model, metadata and resolved file of a checkpoint (a run folder or a .safetensors file)."""
+    file = resolve_checkpoint(path, which)
+    state, meta = load_weights(file)
+    for key in ("arch", "num_classes"):
+        if key not in meta:
+            raise CheckpointError(f"{file}: metadata lacks {key!r}; convert it with `kdzoo import-checkpoint`")
+    model = model_from_meta(meta)
+    load_state_dict_strict(model, state, str(file))
+    return model, meta, file
+
+
+def load_teacher(path: str, expect_arch: Optional[str], num_classes: int, in_channels: int,
+                 dataset: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Load and check a teacher: its architecture, class count and input channels must fit this run."""
+    file = resolve_checkpoint(path, "best")
+    meta = read_meta(file)
+    if expect_arch and meta.get("arch") != expect_arch:
+        raise CheckpointError(f"teacher checkpoint {file} holds a {meta.get('arch')}, but teacher.arch is "
+                              f"{expect_arch}")
+    if meta.get("num_classes") != num_classes:
+        raise CheckpointError(f"teacher checkpoint {file} has {meta.get('num_classes')} classes, but dataset "
+                              f"{dataset} has {num_classes}")
+    if meta.get("in_channels", 3) != in_channels:
+        raise CheckpointError(f"teacher checkpoint {file} takes {meta.get('in_channels', 3)}-channel input, but "
+                              f"dataset {dataset} has {in_channels} channels")
+    model, meta, _ = load_model(file)
+    return model, meta
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that cannot be trained: requires_grad False, always in eval mode, runs under inference_mode.
+
+    Returns ordinary tensors (cloned out of inference mode) so that losses may save them for backward.
+    """
+
+    def __init__(self, model: nn.Module, want: Needs, spec: Optional[FeatureSpec] = None):
+        super().__init__()
+        self.features = FeatureModel(model, want, spec)
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.features.model
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        return super().train(False)  # eval mode survives .train(): BN statistics stay fixed
+
+    def forward(self, x: torch.Tensor) -> Features:
+        with torch.inference_mode():
+            feats = self.features(x)
+        return feats.map(torch.Tensor.clone)

@@ -1,0 +1,233 @@
+"""The engine: the loop around a regime. Epochs, schedules, precision, DDP, evaluation, checkpoints, resume.
+
+It knows neither methods nor regimes by name: a regime gives it phases (parameters, a step returning named loss
+terms, the terms' weights) and the network to evaluate.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from kdzoo.config import Config, config_to_yaml
+from kdzoo.data import build_dataset, make_loader, set_loader_epoch, stratified_subset, subset
+from kdzoo.distillers.base import StepInfo
+from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state, save_state, save_weights
+from kdzoo.engine.device import Precision, resolve_device, resolve_precision
+from kdzoo.engine.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
+from kdzoo.engine.evaluate import evaluate
+from kdzoo.engine.optim import build_optimizer, build_scheduler
+from kdzoo.engine.rng import rng_state, seed_everything, set_rng_state
+from kdzoo.engine.step import train_step
+from kdzoo.engine.run_dir import RunDir, environment
+from kdzoo.errors import ConfigError, KdzooError
+from kdzoo.regimes import REGIMES, Phase, RunContext
+
+
+class NonFiniteLoss(KdzooError):
+    """The loss became NaN or Inf; the run stops and `last` stays the last good checkpoint."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in the resume state."""
+
+    phase: int = 0
+    epoch: int = 0  # epochs of `phase` already completed
+    best_top1: float = -1.0
+    best_epoch: int = -1
+
+
+class Engine:
+    def __init__(self, cfg: Config, out: str | Path, resume: bool = False, quiet: bool = False,
+                 log=print):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.quiet = quiet or not cfg.engine.progress
+        self.log = log
+        if cfg.epochs < 0:
+            raise ConfigError("epochs: must be >= 0")
+        self.device = resolve_device(cfg.engine.device, _local_rank())
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device(f"cuda:{self.dist.local_rank}")
+        self.precision = Precision(resolve_precision(cfg.engine.precision, self.device), self.device)
+        if cfg.engine.threads:
+            torch.set_num_threads(cfg.engine.threads)
+        seed_everything(cfg.seed + self.dist.rank)
+
+        d = cfg.dataset
+        train_set = build_dataset(d.name, "train", root=d.root, download=d.download, augment=d.augment,
+                                  image_size=d.image_size)
+        if d.subset is not None:
+            size = int(d.subset) if d.subset > 1 else d.subset
+            train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
+        test_set = build_dataset(d.name, "test", root=d.root, download=d.download, augment=False,
+                                 image_size=d.image_size)
+        self.info = train_set.info
+        self.regime = REGIMES.get(cfg.regime)(RunContext(cfg=cfg, device=self.device, precision=self.precision,
+                                                         dist=self.dist, info=self.info,
+                                                         train_targets=train_set.targets))
+        common = dict(seed=cfg.seed, num_workers=d.num_workers, distributed=self.dist.enabled,
+                      rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_loader = make_loader(self.regime.wrap_train_dataset(train_set), batch_size=d.batch_size,
+                                        train=True, drop_last=self.regime.drop_last, **common)
+        self.test_loader = make_loader(test_set, batch_size=d.eval_batch_size, train=False, **common)
+        if len(self.train_loader) == 0:
+            raise ConfigError(f"dataset.batch_size: {d.batch_size} is larger than the {len(train_set)} training "
+                              "samples and the last partial batch is dropped")
+
+        self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
+        self.progress = Progress()
+        self._resume_state: Optional[dict[str, Any]] = None
+        if resume:
+            self._resume_state = load_state(self.out / CHECKPOINT_DIR / "last.state.pt")
+            self.regime.load_state_dict(self._resume_state["regime"])
+            self.progress = Progress(**self._resume_state["progress"])
+        else:
+            self.run.write_text("config.yaml", config_to_yaml(cfg))
+            self.run.write_json("env.json", {**environment(), "device": str(self.device),
+                                             "precision": self.precision.name,
+                                             "world_size": self.dist.world_size})
+        self.run.write_json("model.json", self.regime.describe())
+
+    # ------------------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        started = time.time()
+        phases = self.regime.phases()
+        last_metrics: dict[str, float] = {}
+        for index, phase in enumerate(phases):
+            if index < self.progress.phase:
+                continue
+            last_metrics = self._run_phase(index, phase) or last_metrics
+        summary = {
+            "name": self.cfg.name, "dataset": self.info.name, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
+            "best_top1": self.progress.best_top1, "best_epoch": self.progress.best_epoch,
+            "last_top1": last_metrics.get("top1"), "last_top5": last_metrics.get("top5"),
+            "precision": self.precision.name, "world_size": self.dist.world_size,
+            "wall_time_s": round(time.time() - started, 2), **self.regime.describe(),
+        }
+        self.run.write_json("summary.json", summary)
+        self.run.close()
+        return summary
+
+    def _run_phase(self, index: int, phase: Phase) -> dict[str, float]:
+        cfg = self.cfg
+        optimizer = build_optimizer(phase.params, cfg.optim, lr=phase.lr)
+        steps_per_epoch = len(self.train_loader)
+        schedule = cfg.schedule if phase.schedule else type(cfg.schedule)(name="constant")
+        scheduler = build_scheduler(optimizer, schedule, phase.epochs, steps_per_epoch)
+        scaler = self.precision.scaler()
+        start_epoch = 0
+        state = self._resume_state
+        if state is not None:  # the first phase run after --resume
+            set_rng_state(state["rng"])
+            if self.progress.phase == index:  # the checkpoint was taken inside (or at the end of) this phase
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                if scaler is not None and state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                start_epoch = self.progress.epoch
+            self.run.truncate_metrics(start_epoch, phase.name)
+        metrics: dict[str, float] = {}
+        for epoch in range(start_epoch, phase.epochs):
+            self.regime.on_epoch_start(phase.name, epoch)
+            set_loader_epoch(self.train_loader, epoch)
+            train_stats = self._train_epoch(phase, epoch, optimizer, scheduler, scaler)
+            record = {"phase": phase.name, "epoch": epoch + 1, **train_stats}
+            if phase.evaluate and ((epoch + 1) % cfg.engine.eval_every == 0 or epoch + 1 == phase.epochs):
+                model = self.regime.eval_model()
+                broadcast_buffers(model, self.dist)
+                metrics = evaluate(model, self.test_loader, self.device, self.dist, cfg.engine.channels_last)
+                record.update({f"test_{k}": v for k, v in metrics.items() if k != "n"})
+                improved = metrics["top1"] > self.progress.best_top1
+                if improved:
+                    self.progress.best_top1, self.progress.best_epoch = metrics["top1"], epoch + 1
+            else:
+                improved = False
+            self.progress.phase, self.progress.epoch = index, epoch + 1
+            self.run.log(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
+            self._save(phase, epoch, metrics, improved, optimizer, scheduler, scaler, index)
+            self._print_epoch(phase, epoch, record)
+        self._resume_state = None
+        return metrics
+
+    def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:
+        cfg = self.cfg
+        self.regime.train(True)
+        steps = len(self.train_loader)
+        check_every = 1 if self.device.type == "cpu" else max(cfg.engine.log_every, 1)
+        sums: dict[str, torch.Tensor] = {}
+        running = torch.zeros((), device=self.device)
+        seen, started = 0, time.time()
+        bar = tqdm(self.train_loader, total=steps, desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+                   disable=self.quiet or not self.dist.is_main, leave=False, dynamic_ncols=True)
+        for i, raw in enumerate(bar):
+            batch = self.regime.make_batch(raw)
+            info = StepInfo(epoch=epoch, epochs=phase.epochs, step=epoch * steps + i, steps_per_epoch=steps)
+            total, terms = train_step(phase, batch, info, optimizer, self.precision, scaler, cfg.optim.grad_clip)
+            running = running + total
+            if (i + 1) % check_every == 0 or i + 1 == steps:
+                if not torch.isfinite(running):
+                    raise NonFiniteLoss(self._nan_message(phase, epoch, i, terms))
+            scheduler.step()
+            self.regime.after_step(phase.name)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            seen += batch.size
+            if not bar.disable and (i % max(cfg.engine.log_every // 5, 1) == 0 or i + 1 == steps):
+                rate = seen * self.dist.world_size / max(time.time() - started, 1e-9)
+                bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")
+        elapsed = time.time() - started
+        stats = {f"train_{k}": (v / steps).item() for k, v in sums.items()}
+        stats["train_loss"] = running.item() / steps
+        stats["lr"] = optimizer.param_groups[0]["lr"]
+        stats["epoch_time_s"] = round(elapsed, 3)
+        stats["images_per_s"] = round(seen * self.dist.world_size / max(elapsed, 1e-9), 1)
+        return stats
+
+    def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
+        values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in terms.items())
+        last = self.out / CHECKPOINT_DIR / "last.safetensors"
+        kept = f"; last good checkpoint: {last}" if last.exists() else "; no checkpoint was written"
+        return (f"loss became non-finite in {phase.name} epoch {epoch + 1}, step {i + 1} ({values}); "
+                f"stopping{kept}")
+
+    def _save(self, phase: Phase, epoch: int, metrics: dict[str, float], improved: bool, optimizer, scheduler,
+              scaler, index: int) -> None:
+        if self.dist.is_main:
+            meta = {
+                "format": "kdzoo", "version": 1, **self.regime.deploy_meta(), "dataset": self.info.name,
+                "dataset_root": self.cfg.dataset.root, "image_size": self.cfg.dataset.image_size,
+                "phase": phase.name, "epoch": epoch + 1, "metrics": metrics, "run": self.cfg.name,
+            }
+            weights = self.regime.eval_model().state_dict()
+            ckpt = self.run.checkpoints
+            save_weights(ckpt / "last.safetensors", weights, meta)
+            if improved:
+                save_weights(ckpt / "best.safetensors", weights, meta)
+            save_state(ckpt / "last.state.pt", {
+                "progress": vars(self.progress).copy(), "regime": self.regime.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+            })
+        barrier(self.dist)
+
+    def _print_epoch(self, phase: Phase, epoch: int, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        parts = [f"{phase.name} epoch {epoch + 1}/{phase.epochs}", f"loss {record['train_loss']:.4f}"]
+        if "test_top1" in record:
+            parts.append(f"top1 {record['test_top1']:.2f}")
+            parts.append(f"best {self.progress.best_top1:.2f}")
+        parts.append(f"{record['epoch_time_s']:.1f}s")
+        (tqdm.write if not self.quiet else self.log)("  ".join(parts))
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))

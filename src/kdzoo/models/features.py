@@ -1,0 +1,158 @@
+"""Take logits, pooled embedding and stage maps from any model by forward hooks.
+
+A zoo model names its stages with a `feature_spec()` method; torchvision/timm models get theirs from
+`kdzoo.models.external`; any other model can be given a spec explicitly. The model itself is never rewritten,
+so `model(x)` keeps returning logits and published state_dicts load unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo.errors import KdzooError
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Where a model's features live, by module name (as in `model.named_modules()`).
+
+    stages: modules whose outputs are the stage maps, shallow to deep, stem first (RepDistiller's feat[0:-1]).
+    preact: per stage, a module whose *input* is that stage's output before its last activation (ReLU), or
+            None where the pre-activation equals the stage output. When the module runs several times during a
+            forward (torchvision's shared ReLU), the last call wins.
+    head:   the classifier; its input is the pooled embedding and its output the logits.
+    """
+
+    stages: tuple[str, ...]
+    head: str
+    preact: tuple[Optional[str], ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        pre = tuple(self.preact) if self.preact else (None,) * len(self.stages)
+        if len(pre) != len(self.stages):
+            raise ValueError("FeatureSpec.preact must have one entry per stage")
+        object.__setattr__(self, "preact", pre)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Which features a method wants from one network."""
+
+    logits: bool = False
+    pooled: bool = False
+    stages: bool = False
+    preact: bool = False
+
+    def __or__(self, other: "Needs") -> "Needs":
+        return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+
+@dataclass
+class Features:
+    """What one forward pass produced; fields that were not asked for are None."""
+
+    logits: Optional[Tensor] = None
+    pooled: Optional[Tensor] = None
+    stages: Optional[list[Tensor]] = None
+    preact: Optional[list[Tensor]] = None
+    extra: dict = field(default_factory=dict)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "Features":
+        """Apply `fn` to every tensor (e.g. clone, float, detach)."""
+
+        def one(t):
+            return None if t is None else fn(t)
+
+        def many(ts):
+            return None if ts is None else [fn(t) for t in ts]
+
+        return replace(self, logits=one(self.logits), pooled=one(self.pooled), stages=many(self.stages),
+                       preact=many(self.preact), extra=dict(self.extra))
+
+
+def feature_spec(model: nn.Module) -> FeatureSpec:
+    """The FeatureSpec of a zoo, torchvision or timm model (or of any model exposing `feature_spec()`)."""
+    if hasattr(model, "feature_spec"):
+        return model.feature_spec()
+    from kdzoo.models.external import spec_for_external
+
+    spec = spec_for_external(model)
+    if spec is None:
+        raise KdzooError(f"no feature spec for {type(model).__name__}; give its stage and head module names "
+                         "in the config (stages: [...], head: ...)")
+    return spec
+
+
+def get_head(model: nn.Module) -> nn.Module:
+    """The classifier module of a model (SRRL and SimKD reuse the teacher's)."""
+    return model.get_submodule(feature_spec(model).head)
+
+
+class FeatureModel(nn.Module):
+    """Wraps a model; `forward(x)` returns a `Features` holding only what `want` asks for."""
+
+    def __init__(self, model: nn.Module, want: Needs = Needs(logits=True), spec: Optional[FeatureSpec] = None):
+        super().__init__()
+        self.model = model
+        self.want = want
+        self.spec = spec or feature_spec(model)
+        self._store: dict[str, Tensor] = {}
+        self._handles = []
+        if want.pooled:
+            self._hook_input(self.spec.head, "pooled")
+        if want.stages or want.preact:
+            if not self.spec.stages:
+                raise KdzooError(f"{type(model).__name__} has no named stages; a method here needs stage features")
+            for i, name in enumerate(self.spec.stages):
+                self._hook_output(name, f"stage{i}")
+        if want.preact:
+            for i, name in enumerate(self.spec.preact):
+                if name is not None:
+                    self._hook_input(name, f"preact{i}")
+
+    def _module(self, name: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise KdzooError(f"{type(self.model).__name__} has no module named {name!r}") from None
+
+    def _hook_output(self, name: str, key: str) -> None:
+        def hook(_module, _inputs, output):
+            self._store[key] = output
+
+        self._handles.append(self._module(name).register_forward_hook(hook))
+
+    def _hook_input(self, name: str, key: str) -> None:
+        def hook(_module, inputs):
+            self._store[key] = inputs[0]
+
+        self._handles.append(self._module(name).register_forward_pre_hook(hook))
+
+    def forward(self, x: Tensor) -> Features:
+        self._store.clear()
+        logits = self.model(x)
+        store, self._store = self._store, {}
+        n = len(self.spec.stages)
+        feats = Features()
+        if self.want.logits:
+            feats.logits = logits
+        if self.want.pooled:
+            feats.pooled = store["pooled"].flatten(1)
+        if self.want.stages:
+            feats.stages = [store[f"stage{i}"] for i in range(n)]
+        if self.want.preact:
+            feats.preact = [store.get(f"preact{i}", store[f"stage{i}"]) for i in range(n)]
+        return feats
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
