@@ -86,6 +86,9 @@ class Method(nn.Module):
     needs_index: ClassVar[bool] = False  # batches carry dataset indices
     fixed_batch: ClassVar[bool] = False  # drop the last partial batch
     Params: ClassVar[type] = NoParams
+    # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
+    recipe_loss: ClassVar[dict[str, float]] = {}
+    recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
 
     def __init__(self, params: Any, ctx: SetupContext):
         super().__init__()
@@ -98,6 +101,11 @@ class Method(nn.Module):
     @classmethod
     def needs_teacher(cls) -> bool:
         return cls.teacher_needs.any
+
+    @classmethod
+    def pair_overrides(cls, teacher: str, student: str) -> dict[str, Any]:
+        """Recipe changes the paper publishes for one CIFAR-100 pair, e.g. {"methods": {"dkd": {"beta": 2}}}."""
+        return {}
 
     def losses(self, batch: Batch, s: Features, t: Optional[Features], step: StepInfo) -> dict[str, Tensor]:
         raise NotImplementedError

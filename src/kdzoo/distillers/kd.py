@@ -31,6 +31,7 @@ class KD(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = KDParams
+    recipe_loss = {"ce": 0.1, "kd": 0.9}
 
     def losses(self, batch, s, t, step):
         return {"kd": kd_loss(s.logits, t.logits, self.params.T)}

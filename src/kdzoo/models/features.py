@@ -134,7 +134,10 @@ class FeatureModel(nn.Module):
         def hook(_module, inputs):
             self._store[key] = inputs[0]
 
-        self._handles.append(self._module(name).register_forward_pre_hook(hook))
+        module = self._module(name)
+        if getattr(module, "inplace", False):  # an in-place ReLU would overwrite the kept pre-activation
+            module.inplace = False
+        self._handles.append(module.register_forward_pre_hook(hook))
 
     def forward(self, x: Tensor) -> Features:
         self._store.clear()

@@ -1,0 +1,162 @@
+"""Write the method recipes from each method's published loss weights (its `recipe_loss`).
+
+    python configs/make_recipes.py          # rewrites configs/{digits,fashion_mnist,cifar100}/...
+
+Hand-written recipes (teachers, student baselines of digits and fashion_mnist) are left alone. A test checks
+that the committed recipes equal what this script writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from kdzoo.bench.anchors import PAIRS, SIMKD, TEACHERS, published
+from kdzoo.distillers import METHODS
+
+ROOT = Path(__file__).resolve().parent
+SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2", "ShuffleV2_1_5"}  # RepDistiller: lr 0.01
+SIMKD_PAIRS = [("resnet32x4", s) for s in ("resnet8x4", "vgg8", "ShuffleV2_1_5")]
+EXTRA_PAIRS = [("wrn_40_2", "wrn_40_1")]
+
+# Short budgets for the CPU datasets; init stages (AB, FT, FSP) shrink with them.
+CPU_DATASETS = {
+    "digits": {"epochs": 30, "init_epochs": 2, "student": "resnet8", "teacher": "runs/digits-teacher",
+               "dataset": {"name": "digits", "batch_size": 64}, "schedule": {"name": "cosine"}, "lr": 0.05,
+               "note": "digits-sized budget: under a minute on 2 CPU cores"},
+    "fashion_mnist": {"epochs": 15, "init_epochs": 3, "student": "resnet8",
+                      "teacher": "runs/bench/fashion_mnist/teacher",
+                      "dataset": {"name": "fashion_mnist", "batch_size": 64}, "schedule": {"name": "cosine"},
+                      "lr": 0.05, "note": "CPU recipe; the leaderboard (configs/bench) runs it on a subset"},
+}
+
+
+def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
+    """Every recipe row: a method's own weights, plus its variants (e.g. crd_kd)."""
+    rows = {}
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        if not cls.needs_teacher() or not cls.recipe_loss:
+            continue
+        rows[name] = (cls, dict(cls.recipe_loss))
+        for variant, loss in cls.recipe_variants.items():
+            rows[variant] = (cls, dict(loss))
+    return rows
+
+
+def _init_params(cls, epochs: int) -> dict:
+    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    return {"init_epochs": epochs} if "init_epochs" in fields else {}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _header(cls, row: str, extra: str) -> str:
+    lines = [f"# {row}: {cls.description}."]
+    if cls.paper:
+        lines.append(f"# {cls.paper}")
+    lines.append(f"# {extra}")
+    lines.append("# Written by configs/make_recipes.py from the method's published loss weights; edit there.")
+    return "\n".join(lines) + "\n"
+
+
+def _dump(path: Path, header: str, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110))
+
+
+def cpu_recipe(dataset: str, row: str, cls, loss: dict) -> tuple[str, dict]:
+    spec = CPU_DATASETS[dataset]
+    data = {"name": f"{dataset}-{row}", "seed": 0, "epochs": spec["epochs"], "dataset": dict(spec["dataset"]),
+            "student": {"arch": spec["student"]}, "teacher": {"checkpoint": spec["teacher"]}, "loss": loss}
+    params = _init_params(cls, spec["init_epochs"])
+    if params:
+        data["methods"] = {cls.name: params}
+    data.update({"optim": {"lr": spec["lr"], "momentum": 0.9, "weight_decay": 5.0e-4},
+                 "schedule": dict(spec["schedule"])})
+    return _header(cls, row, spec["note"]), data
+
+
+def cifar_recipe(row: str, cls, loss: dict, teacher: str, student: str) -> tuple[str, dict]:
+    data = {"name": f"cifar100-{row}-{teacher}-{student}", "seed": 0, "epochs": 240,
+            "dataset": {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64},
+            "student": {"arch": student}, "teacher": {"checkpoint": f"runs/cifar100/teachers/{teacher}"},
+            "loss": loss,
+            "optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05, "momentum": 0.9,
+                      "weight_decay": 5.0e-4},
+            "schedule": {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}}
+    data = _merge(data, cls.pair_overrides(teacher, student))
+    anchor = published(row, teacher, student)
+    note = (f"published top-1 {anchor[0]:.2f} ({anchor[1]}, teacher {TEACHERS.get(teacher, '?')})" if anchor
+            else "no published CIFAR-100 number for this pair in our anchors")
+    return _header(cls, row, note), data
+
+
+def cifar_pairs(row: str) -> list[tuple[str, str]]:
+    pairs = [p for p in PAIRS.values() if published(row, *p)]
+    pairs += [p for p in EXTRA_PAIRS + SIMKD_PAIRS if published(row, *p) and p not in pairs]
+    if not pairs:  # methods without a CIFAR-100 anchor (ReviewKD, DIST): the ten standard pairs
+        pairs = list(PAIRS.values())
+    return pairs
+
+
+def write_all(root: Path = ROOT) -> list[Path]:
+    written = []
+    for row, (cls, loss) in recipe_rows().items():
+        for dataset in CPU_DATASETS:
+            header, data = cpu_recipe(dataset, row, cls, loss)
+            path = root / dataset / f"{row}.yaml"
+            _dump(path, header, data)
+            written.append(path)
+        for teacher, student in cifar_pairs(row):
+            header, data = cifar_recipe(row, cls, loss, teacher, student)
+            path = root / "cifar100" / row / f"{teacher}-{student}.yaml"
+            _dump(path, header, data)
+            written.append(path)
+    written += write_cifar_baselines(root)
+    return written
+
+
+def write_cifar_baselines(root: Path = ROOT) -> list[Path]:
+    """Teachers and student baselines with RepDistiller's train_teacher.py recipe."""
+    written = []
+    students = sorted({s for _, s in PAIRS.values()} | {s for _, s in SIMKD_PAIRS + EXTRA_PAIRS})
+    for kind, archs in (("teachers", sorted(TEACHERS)), ("students", students)):
+        for arch in archs:
+            data = {"name": f"cifar100-{arch}", "seed": 0, "epochs": 240,
+                    "dataset": {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64},
+                    "model": {"arch": arch}, "loss": {"ce": 1.0},
+                    "optim": {"lr": 0.01 if arch in SMALL_LR_STUDENTS else 0.05, "momentum": 0.9,
+                              "weight_decay": 5.0e-4},
+                    "schedule": {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}}
+            if kind == "teachers":
+                note = (f"# published teacher top-1 {TEACHERS[arch]:.2f} (RepDistiller); train with\n"
+                        f"#   kdzoo train -c configs/cifar100/teachers/{arch}.yaml "
+                        f"--out runs/cifar100/teachers/{arch}\n")
+            else:
+                value = next((v for (row, t, s), v in _student_rows() if s == arch), None)
+                note = (f"# published student baseline top-1 {value:.2f}\n" if value else
+                        "# student baseline (no published number in our anchors)\n")
+            path = root / "cifar100" / kind / f"{arch}.yaml"
+            _dump(path, note + "# Written by configs/make_recipes.py.\n", data)
+            written.append(path)
+    return written
+
+
+def _student_rows():
+    from kdzoo.bench.anchors import CIFAR100
+
+    out = [(k, v) for k, v in CIFAR100.items() if k[0] == "student"]
+    out += [(("student", "resnet32x4", s), v) for (row, s), v in SIMKD.items() if row == "student"]
+    return out
+
+
+if __name__ == "__main__":
+    paths = write_all()
+    print(f"wrote {len(paths)} recipes")

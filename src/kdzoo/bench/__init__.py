@@ -1,0 +1,1 @@
+"""Benchmarks: published anchors, the CPU leaderboard, reports."""

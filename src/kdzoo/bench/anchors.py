@@ -1,0 +1,76 @@
+"""Published CIFAR-100 top-1 numbers (../shared/anchors.md), as data: recipes and reports cite them."""
+from __future__ import annotations
+
+# Columns of the RepDistiller table: (teacher, student).
+PAIRS = {
+    "A": ("resnet32x4", "resnet8x4"), "B": ("wrn_40_2", "wrn_16_2"), "C": ("resnet56", "resnet20"),
+    "D": ("resnet110", "resnet32"), "E": ("vgg13", "vgg8"), "F": ("resnet32x4", "ShuffleV1"),
+    "G": ("wrn_40_2", "ShuffleV1"), "H": ("vgg13", "MobileNetV2"), "I": ("ResNet50", "MobileNetV2"),
+    "J": ("resnet32x4", "ShuffleV2"),
+}
+
+_TABLE = """
+teacher|79.42|75.61|72.34|74.31|74.64|79.42|75.61|74.64|79.34|79.42
+student|72.50|73.26|69.06|71.14|70.36|70.50|70.50|64.60|64.60|71.82
+kd|73.33|74.92|70.66|73.08|72.98|74.07|74.83|67.37|67.35|74.45
+fitnet|73.50|73.58|69.21|71.06|71.02|73.59|73.73|64.14|63.16|73.54
+at|73.44|74.08|70.55|72.31|71.43|71.73|73.32|59.40|58.58|72.73
+sp|72.94|73.83|69.67|72.69|72.68|73.48|74.52|66.30|68.08|74.56
+cc|72.97|73.56|69.63|71.48|70.71|71.14|71.38|64.86|65.43|71.29
+vid|73.09|74.11|70.38|72.61|71.23|73.38|73.61|65.56|67.57|73.40
+rkd|71.90|73.35|69.61|71.82|71.48|72.28|72.21|64.52|64.43|73.21
+pkt|73.64|74.54|70.34|72.61|72.88|74.10|73.89|67.13|66.52|74.69
+ab|73.17|72.50|69.47|70.98|70.94|73.55|73.34|66.06|67.20|74.31
+ft|72.86|73.25|69.84|72.37|70.58|71.75|72.03|61.78|60.99|72.50
+fsp|72.62|72.91|69.95|71.89|70.23|-|-|-|-|-
+nst|73.30|73.68|69.60|71.96|71.53|74.12|74.89|58.16|64.96|74.68
+crd|75.51|75.48|71.16|73.48|73.94|75.11|76.05|69.73|69.11|75.65
+crd_kd|75.46|75.64|71.63|73.75|74.29|75.12|76.27|69.94|69.54|76.05
+dcd|74.23|74.99|71.18|73.12|73.22|74.26|74.98|68.35|67.39|75.26
+dcd_kd|75.09|76.06|71.81|73.62|73.95|76.01|76.51|69.77|70.03|76.95
+rrd|74.48|75.33|70.71|73.10|73.99|74.11|74.98|67.93|68.84|74.80
+rrd_kd|75.08|75.66|72.19|73.54|74.32|75.18|76.31|69.98|69.13|76.83
+dkd|76.32|76.23|71.97|74.11|74.68|76.45|76.70|69.71|70.35|77.07
+"""
+
+SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoumoglou/distillers README (e6bd9f9)",
+           "dcd_kd": "giakoumoglou/distillers README (e6bd9f9)", "rrd": "giakoumoglou/distillers README (e6bd9f9)",
+           "rrd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dkd": "megvii-research/mdistiller README"}
+DEFAULT_SOURCE = "HobbitLong/RepDistiller README"
+
+
+def _parse() -> dict[tuple[str, str, str], float]:
+    out = {}
+    for line in _TABLE.strip().splitlines():
+        name, *cells = line.split("|")
+        for column, cell in zip(PAIRS, cells):
+            if cell != "-":
+                out[(name, *PAIRS[column])] = float(cell)
+    return out
+
+
+# (row, teacher, student) -> top-1
+CIFAR100 = _parse()
+CIFAR100.update({("kd", "wrn_40_2", "wrn_40_1"): 73.54, ("crd", "wrn_40_2", "wrn_40_1"): 74.14,
+                 ("dkd", "wrn_40_2", "wrn_40_1"): 74.81, ("dcd_kd", "wrn_40_2", "wrn_40_1"): 74.76,
+                 ("rrd_kd", "wrn_40_2", "wrn_40_1"): 74.67})
+
+# SimKD's table: teacher resnet32x4 (79.42), its own student baselines.
+SIMKD = {("student", "resnet8x4"): 73.09, ("student", "vgg8"): 70.46, ("student", "ShuffleV2_1_5"): 74.15,
+         ("kd", "resnet8x4"): 74.42, ("kd", "vgg8"): 72.73, ("kd", "ShuffleV2_1_5"): 76.82,
+         ("crd", "resnet8x4"): 75.59, ("crd", "vgg8"): 73.54, ("crd", "ShuffleV2_1_5"): 77.66,
+         ("srrl", "resnet8x4"): 75.39, ("srrl", "vgg8"): 73.23, ("srrl", "ShuffleV2_1_5"): 77.55,
+         ("semckd", "resnet8x4"): 76.23, ("semckd", "vgg8"): 75.27, ("semckd", "ShuffleV2_1_5"): 79.13,
+         ("simkd", "resnet8x4"): 78.08, ("simkd", "vgg8"): 75.76, ("simkd", "ShuffleV2_1_5"): 79.54}
+
+TEACHERS = {"resnet56": 72.34, "resnet110": 74.31, "resnet32x4": 79.42, "wrn_40_2": 75.61, "vgg13": 74.64,
+            "ResNet50": 79.34}
+
+
+def published(row: str, teacher: str, student: str) -> tuple[float, str] | None:
+    """The published top-1 of a recipe row on a pair, with its source, or None."""
+    if (row, teacher, student) in CIFAR100:
+        return CIFAR100[(row, teacher, student)], SOURCES.get(row, DEFAULT_SOURCE)
+    if teacher == "resnet32x4" and (row, student) in SIMKD:
+        return SIMKD[(row, student)], "DefangChen/SimKD README"
+    return None
