@@ -85,6 +85,7 @@ class Method(nn.Module):
     teacher_needs: ClassVar[Needs] = Needs()  # Needs() = no teacher needed
     needs_index: ClassVar[bool] = False  # batches carry dataset indices
     fixed_batch: ClassVar[bool] = False  # drop the last partial batch
+    main_stage: ClassVar[bool] = True  # False: the method only acts in its init stage (AB, FSP)
     Params: ClassVar[type] = NoParams
     # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
     recipe_loss: ClassVar[dict[str, float]] = {}

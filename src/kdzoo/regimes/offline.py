@@ -38,7 +38,8 @@ class StudentBundle(nn.Module):
             terms.update(self.methods[init_method].init_losses(batch, s, t, step))
         else:
             for method in self.methods.values():
-                terms.update(method.losses(batch, s, t, step))
+                if method.main_stage:
+                    terms.update(method.losses(batch, s, t, step))
         return terms
 
 
@@ -170,15 +171,23 @@ class Offline(Regime):
                 phases.append(Phase(name=f"init:{name}", epochs=stage.epochs, params=params,
                                     step=self._step_fn(init_method=name), weights=stage.weights, evaluate=False,
                                     lr=stage.lr, schedule=False))
+        main = [m for m in self.methods.values() if m.main_stage]
+        produced = {term for m in main for term in m.term_names()}
+        weights = {term: w for term, w in self.weights.items() if term in produced}
+        if not any(weights.values()):
+            raise ConfigError("loss: no term with a non-zero weight acts in the main stage (add ce)")
+        needs_teacher = any(m.needs_teacher() for m in main)
         phases.append(Phase(name="main", epochs=self.ctx.cfg.epochs, params=list(self.bundle.parameters()),
-                            step=self._step_fn(), weights=self.weights))
+                            step=self._step_fn(use_teacher=needs_teacher), weights=weights))
         return phases
 
-    def _step_fn(self, init_method: Optional[str] = None):
+    def _step_fn(self, init_method: Optional[str] = None, use_teacher: bool = True):
+        teacher = self.teacher if use_teacher else None
+
         def step(batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
-            if self.teacher is not None and self.teacher_first:
-                return self.trainer(batch, self.teacher(batch.inputs), info, init_method=init_method)
-            return self.trainer(batch, None, info, teacher=self.teacher, init_method=init_method)
+            if teacher is not None and self.teacher_first:
+                return self.trainer(batch, teacher(batch.inputs), info, init_method=init_method)
+            return self.trainer(batch, None, info, teacher=teacher, init_method=init_method)
 
         return step
 
