@@ -1,0 +1,60 @@
+"""The leaderboard recipe: which rows (method recipes) x student archs x seeds, at which budget."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from kdzoo.config.load import read_yaml
+from kdzoo.config.validate import from_dict
+
+
+@dataclass
+class RowConfig:
+    """One leaderboard row: a recipe (by name in `recipes_dir`, or a path) plus row-specific overrides."""
+
+    name: str
+    recipe: Optional[str] = None  # default: the row name
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchConfig:
+    name: str
+    out: str  # the bench folder: teacher, runs, results.json, leaderboard.md
+    recipes_dir: str
+    teacher: str  # recipe of the teacher, trained once into <out>/teacher
+    baseline: str  # recipe of the student baseline (labels only)
+    rows: list[Union[str, RowConfig]]
+    students: list[str]
+    seeds: list[int]
+    overrides: dict[str, Any] = field(default_factory=dict)  # the budget, applied to every student run
+    teacher_overrides: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
+    from kdzoo.config.load import apply_overrides
+
+    data = apply_overrides(read_yaml(path), overrides)
+    cfg = from_dict(BenchConfig, data)
+    cfg.rows = [RowConfig(name=r) if isinstance(r, str) else r for r in cfg.rows]
+    return cfg
+
+
+def dotted(mapping: dict[str, Any]) -> list[str]:
+    """{"dataset.subset": 3000, "engine": {"progress": False}} -> ["dataset.subset=3000", "engine.progress=false"]
+
+    Values are written as JSON, which the override parser reads back as YAML."""
+    out = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        else:
+            out.append(f"{prefix}={json.dumps(value)}")
+
+    walk("", mapping)
+    return out

@@ -1,0 +1,103 @@
+"""The markdown leaderboard of a bench folder: mean +- std over seeds, gain over the baseline, relative cost."""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from collections import defaultdict
+from typing import Any, Optional
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def leaderboard_rows(results: list[dict[str, Any]], baseline: str = "student") -> dict[str, list[dict]]:
+    """Per student arch, one summary per row, the baseline first and then by mean best top-1."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        groups[(r["student"], r["row"])].append(r)
+    by_student: dict[str, list[dict]] = defaultdict(list)
+    for (student, row), runs in groups.items():
+        best = mean_std([r["best_top1"] for r in runs])
+        last = mean_std([r["last_top1"] for r in runs])
+        times = [r["epoch_time_s"] for r in runs if r.get("epoch_time_s")]
+        by_student[student].append({"row": row, "n": len(runs), "best": best, "last": last,
+                                    "epoch_time_s": statistics.mean(times) if times else None,
+                                    "seeds": sorted(r["seed"] for r in runs)})
+    for student, rows in by_student.items():
+        base = next((r for r in rows if r["row"] == baseline), None)
+        for r in rows:
+            r["gain"] = r["best"][0] - base["best"][0] if base else None
+            r["rel_time"] = (r["epoch_time_s"] / base["epoch_time_s"]
+                             if base and base["epoch_time_s"] and r["epoch_time_s"] else None)
+        rows.sort(key=lambda r: (r["row"] != baseline, -r["best"][0]))
+    return dict(by_student)
+
+
+def format_leaderboard(by_student: dict[str, list[dict]]) -> str:
+    lines = []
+    for student, rows in by_student.items():
+        lines += [f"### student {student}", "",
+                  "| rank | method | seeds | best top-1 (mean ± std) | last top-1 (mean ± std) | gain vs student "
+                  "(best) | time/epoch vs student |",
+                  "|---|---|---|---|---|---|---|"]
+        rank = 0
+        for r in rows:
+            rank_text = "–" if r["row"] == "student" else str(rank := rank + 1)
+            lines.append(f"| {rank_text} | {r['row']} | {r['n']} | {_pm(r['best'])} | {_pm(r['last'])} | "
+                         f"{_signed(r['gain'])} | {_ratio(r['rel_time'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
+    cfg = bench.cfg
+    teacher = bench.teacher_summary()
+    env = _read_json(bench.teacher_dir() / "env.json")
+    by_student = leaderboard_rows(results)
+    total = sum(r["wall_time_s"] for r in results)
+    head = [f"# Leaderboard: {cfg.name}", ""]
+    if cfg.description:
+        head += [cfg.description.strip(), ""]
+    head += [
+        f"- Teacher: {teacher.get('student', '?')} — test top-1 {_num(teacher.get('best_top1'))} (best) / "
+        f"{_num(teacher.get('last_top1'))} (last), trained once on the full training set.",
+        f"- Budget per student run: {', '.join(f'{k}={v}' for k, v in cfg.overrides.items())}.",
+        f"- Students: {', '.join(cfg.students)}; seeds: {', '.join(map(str, cfg.seeds))}; "
+        f"{len(results)} runs, {total / 3600:.2f} h of training in total.",
+        f"- Accuracy: test top-1 on the full test set; 'best' is the best epoch, 'last' the final one; "
+        f"mean ± sample std over seeds. Gain is the mean best top-1 minus the student baseline's.",
+        f"- Hardware: {env.get('processor') or platform.machine()}, {env.get('cpu_count')} CPU cores, "
+        f"torch {env.get('torch')}, precision {_precision(results)}.",
+        "",
+    ]
+    text = "\n".join(head) + format_leaderboard(by_student)
+    (bench.out / "leaderboard.md").write_text(text)
+    return text
+
+
+def _precision(results: list[dict]) -> str:
+    values = sorted({str(r.get("precision")) for r in results})
+    return "/".join(values) or "?"
+
+
+def _read_json(path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pm(pair: tuple[float, float]) -> str:
+    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+
+
+def _signed(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:+.2f}"
+
+
+def _ratio(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _num(value: Optional[float]) -> str:
+    return "?" if value is None else f"{value:.2f}"
