@@ -77,6 +77,9 @@ def test_tiny_grid_end_to_end(tiny_bench, capsys, monkeypatch):
     assert run_cli("bench", "-c", path) == 0
     assert calls == ["kd/resnet8/seed1"]
     monkeypatch.undo()
+    # the same cell in a worker process (--jobs), as a user with many cores would run the grid
+    assert run_cli("bench", "-c", path, "--jobs", "2") == 0
+    assert (out / "runs" / "kd" / "resnet8" / "seed1" / "summary.json").is_file()
 
     # reports: tables, valid PNG plots, CKA for the distilled students
     report = out / "report"

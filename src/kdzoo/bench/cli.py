@@ -9,6 +9,7 @@ def add_commands(sub) -> None:
     p.add_argument("-c", "--config", required=True, help="bench recipe, e.g. configs/bench/fashion_mnist.yaml")
     p.add_argument("--only", help="comma-separated rows to run (others are left as they are)")
     p.add_argument("--table-only", action="store_true", help="rewrite results.json/leaderboard.md, train nothing")
+    p.add_argument("--jobs", type=int, default=1, help="cells run in this many processes at once")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the bench recipe, e.g. seeds=[0]")
     p.set_defaults(func=cmd_bench)
 
@@ -28,7 +29,7 @@ def cmd_bench(args) -> int:
     if args.table_only:
         text = write_leaderboard(bench, bench.collect())
     else:
-        bench.run(only=set(args.only.split(",")) if args.only else None)
+        bench.run(only=set(args.only.split(",")) if args.only else None, jobs=args.jobs)
         text = (bench.out / "leaderboard.md").read_text()
     print(text)
     return 0

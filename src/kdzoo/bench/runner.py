@@ -73,21 +73,38 @@ class Bench:
         return self.out / "runs" / cell.row / cell.student / f"seed{cell.seed}"
 
     # ------------------------------------------------------------------------------------------------------
-    def run(self, only: Optional[set[str]] = None) -> list[dict[str, Any]]:
+    def pending(self, only: Optional[set[str]] = None) -> list[Cell]:
+        """Cells still to run (finished ones, with a summary.json, are skipped: resumable per cell)."""
+        return [c for c in self.cells() if (not only or c.row in only)
+                and not (self.run_dir(c) / "summary.json").is_file()]
+
+    def run(self, only: Optional[set[str]] = None, jobs: int = 1) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
         self.ensure_teacher()
-        cells = self.cells()
-        for k, cell in enumerate(cells, 1):
-            if only and cell.row not in only:
-                continue
-            folder = self.run_dir(cell)
-            if (folder / "summary.json").is_file():
-                continue  # finished earlier: resumability is per cell
-            self.log(f"[{k}/{len(cells)}] {cell.key}")
-            self.run_cell(cell, folder)
+        todo = self.pending(only)
+        if jobs <= 1:
+            for k, cell in enumerate(todo, 1):
+                self.log(f"[{k}/{len(todo)}] {cell.key}")
+                self.run_cell(cell, self.run_dir(cell))
+        else:
+            self._run_parallel(todo, jobs)
         results = self.collect()
         write_leaderboard(self, results)
         return results
+
+    def _run_parallel(self, todo: list[Cell], jobs: int) -> None:
+        """Cells in `jobs` processes, each with its share of the CPU threads (small nets scale poorly)."""
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            futures = {pool.submit(_run_cell_in_process, self.cfg, str(self.root), cell, threads): cell
+                       for cell in todo}
+            for k, future in enumerate(as_completed(futures), 1):
+                self.log(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
 
     def ensure_teacher(self) -> None:
         folder = self.teacher_dir()
@@ -101,21 +118,23 @@ class Bench:
         resume = (folder / CHECKPOINT_DIR / "last.state.pt").is_file()
         Engine(cfg, folder, resume=resume, quiet=True, log=self.log).fit()
 
-    def run_cell(self, cell: Cell, folder: Path) -> None:
+    def run_cell(self, cell: Cell, folder: Path) -> str:
         cfg = load_config(cell.recipe, cell.overrides)
         resume = (folder / CHECKPOINT_DIR / "last.state.pt").is_file()
         if folder.exists() and not resume:
             shutil.rmtree(folder)  # started but never checkpointed: start again
         started = time.time()
         try:
-            summary = Engine(cfg, folder, resume=resume, quiet=True, log=self.log).fit()
+            summary = Engine(cfg, folder, resume=resume, quiet=True, log=lambda _: None).fit()
         except KdzooError as err:  # a failing cell is recorded and the grid goes on
-            (folder / "failed.txt").parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / "failed.txt").write_text(f"{err}\n{traceback.format_exc()}")
-            self.log(f"  failed: {err}")
-            return
-        self.log(f"  best {summary['best_top1']:.2f}  last {summary['last_top1']:.2f}  "
-                 f"{time.time() - started:.0f}s")
+            message = f"failed: {err}"
+        else:
+            message = (f"best {summary['best_top1']:.2f}  last {summary['last_top1']:.2f}  "
+                       f"{time.time() - started:.0f}s")
+        self.log(f"  {message}")
+        return message
 
     # ------------------------------------------------------------------------------------------------------
     def collect(self) -> list[dict[str, Any]]:
@@ -152,3 +171,11 @@ def _comparable(cfg: Config) -> dict[str, Any]:
     for key in ("progress", "tensorboard", "wandb", "log_every"):
         data["engine"].pop(key, None)
     return data
+
+
+def _run_cell_in_process(cfg: BenchConfig, root: str, cell: Cell, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    bench = Bench(cfg, Path(root), log=lambda _: None)
+    return bench.run_cell(cell, bench.run_dir(cell))
