@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -41,6 +41,7 @@ class Progress:
     epoch: int = 0  # epochs of `phase` already completed
     best_top1: float = -1.0
     best_epoch: int = -1
+    last: dict = field(default_factory=dict)  # metrics of the latest evaluation
 
 
 class Engine:
@@ -99,12 +100,10 @@ class Engine:
     # ------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         started = time.time()
-        phases = self.regime.phases()
-        last_metrics: dict[str, float] = {}
-        for index, phase in enumerate(phases):
-            if index < self.progress.phase:
-                continue
-            last_metrics = self._run_phase(index, phase) or last_metrics
+        for index, phase in enumerate(self.regime.phases()):
+            if index >= self.progress.phase:
+                self._run_phase(index, phase)
+        last_metrics = self.progress.last
         summary = {
             "name": self.cfg.name, "dataset": self.info.name, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
             "best_top1": self.progress.best_top1, "best_epoch": self.progress.best_epoch,
@@ -116,7 +115,7 @@ class Engine:
         self.run.close()
         return summary
 
-    def _run_phase(self, index: int, phase: Phase) -> dict[str, float]:
+    def _run_phase(self, index: int, phase: Phase) -> None:
         cfg = self.cfg
         optimizer = build_optimizer(phase.params, cfg.optim, lr=phase.lr)
         steps_per_epoch = len(self.train_loader)
@@ -145,6 +144,7 @@ class Engine:
                 broadcast_buffers(model, self.dist)
                 metrics = evaluate(model, self.test_loader, self.device, self.dist, cfg.engine.channels_last)
                 record.update({f"test_{k}": v for k, v in metrics.items() if k != "n"})
+                self.progress.last = metrics
                 improved = metrics["top1"] > self.progress.best_top1
                 if improved:
                     self.progress.best_top1, self.progress.best_epoch = metrics["top1"], epoch + 1
@@ -155,7 +155,6 @@ class Engine:
             self._save(phase, epoch, metrics, improved, optimizer, scheduler, scaler, index)
             self._print_epoch(phase, epoch, record)
         self._resume_state = None
-        return metrics
 
     def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler, scaler) -> dict[str, float]:
         cfg = self.cfg
