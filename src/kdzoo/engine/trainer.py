@@ -60,6 +60,8 @@ class Engine:
         self.precision = Precision(resolve_precision(cfg.engine.precision, self.device), self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         seed_everything(cfg.seed + self.dist.rank)
 
         d = cfg.dataset
