@@ -32,6 +32,10 @@ CPU_DATASETS = {
 }
 
 
+# FSP needs equal channel counts stage by stage: the digits teacher (resnet32x4) fits resnet8x4, not resnet8.
+CPU_STUDENT_OVERRIDES = {("fsp", "digits"): "resnet8x4"}
+
+
 def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     """Every recipe row: a method's own weights, plus its variants (e.g. crd_kd)."""
     rows = {}
@@ -74,7 +78,8 @@ def _dump(path: Path, header: str, data: dict) -> None:
 def cpu_recipe(dataset: str, row: str, cls, loss: dict) -> tuple[str, dict]:
     spec = CPU_DATASETS[dataset]
     data = {"name": f"{dataset}-{row}", "seed": 0, "epochs": spec["epochs"], "dataset": dict(spec["dataset"]),
-            "student": {"arch": spec["student"]}, "teacher": {"checkpoint": spec["teacher"]}, "loss": loss}
+            "student": {"arch": CPU_STUDENT_OVERRIDES.get((row, dataset), spec["student"])},
+            "teacher": {"checkpoint": spec["teacher"]}, "loss": loss}
     params = _init_params(cls, spec["init_epochs"])
     if params:
         data["methods"] = {cls.name: params}

@@ -10,7 +10,8 @@ from kdzoo.distillers import method_for_term
 from kdzoo.models import check_model_name
 from tests.conftest import CONFIGS
 
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml"))
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "bench")
+BENCHES = sorted((CONFIGS / "bench").glob("*.yaml"))
 
 
 def _generator():
@@ -26,6 +27,18 @@ def test_recipe_validates(path):
     check_model_name(cfg.student.arch)
     for term in cfg.loss:
         method_for_term(term)
+
+
+@pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
+def test_bench_recipe_validates_and_names_existing_recipes(path):
+    from kdzoo.bench.config import load_bench_config
+    from kdzoo.bench.runner import Bench
+
+    bench = Bench(load_bench_config(path), root=CONFIGS.parent)
+    cells = bench.cells()  # resolves every row's recipe file
+    assert len(cells) == (len(bench.cfg.rows) + 1) * len(bench.cfg.students) * len(bench.cfg.seeds)
+    for cell in cells[:: len(bench.cfg.seeds)]:
+        load_config(cell.recipe, cell.overrides)
 
 
 def test_generated_recipes_are_up_to_date(tmp_path):

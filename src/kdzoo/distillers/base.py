@@ -67,6 +67,7 @@ class InitStage:
     modules: list[nn.Module]
     weights: dict[str, float]
     lr: Optional[float] = None  # None: the run's lr
+    needs_student: bool = True  # False: the stage trains on teacher features alone (FT's paraphraser)
 
 
 @dataclass

@@ -28,8 +28,9 @@ class StudentBundle(nn.Module):
         self.methods = nn.ModuleDict(methods)
 
     def forward(self, batch: Batch, teacher_feats: Optional[Features], step: StepInfo,
-                teacher: Optional[FrozenTeacher] = None, init_method: Optional[str] = None) -> dict:
-        s = self.student(batch.inputs)
+                teacher: Optional[FrozenTeacher] = None, init_method: Optional[str] = None,
+                student_forward: bool = True) -> dict:
+        s = self.student(batch.inputs) if student_forward else Features()
         t = teacher_feats
         if t is None and teacher is not None:
             t = teacher(batch.inputs)
@@ -168,9 +169,9 @@ class Offline(Regime):
             stage = method.init_stage()
             if stage is not None:
                 params = [p for m in stage.modules for p in m.parameters()]
-                phases.append(Phase(name=f"init:{name}", epochs=stage.epochs, params=params,
-                                    step=self._step_fn(init_method=name), weights=stage.weights, evaluate=False,
-                                    lr=stage.lr, schedule=False))
+                step = self._step_fn(init_method=name, student_forward=stage.needs_student)
+                phases.append(Phase(name=f"init:{name}", epochs=stage.epochs, params=params, step=step,
+                                    weights=stage.weights, evaluate=False, lr=stage.lr, schedule=False))
         main = [m for m in self.methods.values() if m.main_stage]
         produced = {term for m in main for term in m.term_names()}
         weights = {term: w for term, w in self.weights.items() if term in produced}
@@ -181,13 +182,14 @@ class Offline(Regime):
                             step=self._step_fn(use_teacher=needs_teacher), weights=weights))
         return phases
 
-    def _step_fn(self, init_method: Optional[str] = None, use_teacher: bool = True):
+    def _step_fn(self, init_method: Optional[str] = None, use_teacher: bool = True, student_forward: bool = True):
         teacher = self.teacher if use_teacher else None
+        options = dict(init_method=init_method, student_forward=student_forward)
 
         def step(batch: Batch, info: StepInfo) -> dict[str, torch.Tensor]:
             if teacher is not None and self.teacher_first:
-                return self.trainer(batch, teacher(batch.inputs), info, init_method=init_method)
-            return self.trainer(batch, None, info, teacher=teacher, init_method=init_method)
+                return self.trainer(batch, teacher(batch.inputs), info, **options)
+            return self.trainer(batch, None, info, teacher=teacher, **options)
 
         return step
 
