@@ -30,9 +30,12 @@ def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def pairwise_distances(x: Tensor, squared: bool = False, eps: float = 1e-12) -> Tensor:
-    """Euclidean distance matrix between the rows of x, with an exact zero diagonal."""
-    sq = x.pow(2).sum(dim=1)
-    prod = x @ x.t()
+    """Euclidean distance matrix between the rows of x, with an exact zero diagonal (float32 under autocast:
+    in bf16 the cancellation in |a|^2 + |b|^2 - 2ab ruins small distances)."""
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.float()
+        sq = x.pow(2).sum(dim=1)
+        prod = x @ x.t()
     dist = (sq[:, None] + sq[None, :] - 2 * prod).clamp(min=eps)
     if not squared:
         dist = dist.sqrt()
