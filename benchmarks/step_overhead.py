@@ -31,6 +31,19 @@ from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
 from kdzoo.regimes import REGIMES, RunContext
 
+# Where a method's step costs more than 1.15x KD's, the part of the step that costs the time (from profiles of
+# the step and the layers' sizes; printed under the table). AB and FSP distil only in their init stage:
+# their main step is the student's alone, hence ratios near (a)/((a)+(b)).
+COST_NOTES = {
+    "reviewkd": "ABF fusion modules: a 1x1 and a 3x3 conv per student stage at the teacher's width, on maps up to "
+                "32x32, plus the HCL pyramid pooling; they cost about as much as the student itself.",
+    "semckd": "one projector per (student stage, teacher stage) pair, 9 here, each a 1x1 -> 3x3 -> 1x1 conv stack "
+              "at 2x the teacher's stage width; the 3x3 convs at 32x32 cost more than the student's forward.",
+    "nst": "the per-sample C x C Gram products (student, teacher and cross) of each stage's spatially "
+           "normalised maps, kept in fp32 for precision.",
+    "ft": "the paraphraser/translator convs on the last stage map and the fp32 factor normalisation.",
+}
+
 SETTINGS = {
     "default": {"precision": "auto", "channels_last": True, "teacher_first": True},
     "plain": {"precision": "fp32", "channels_last": False, "teacher_first": False},
@@ -103,6 +116,10 @@ def main(argv=None) -> int:
     if {"default", "plain"} <= set(settings):
         lines.append("")
         lines.append(f"default KD step speed-up over plain: {med[('plain', 'kd')] / med[('default', 'kd')]:.2f}x")
+    slow = [m for m in methods if m in COST_NOTES and med[("default", m)] / med[("default", "kd")] > 1.15]
+    if slow and "default" in settings:
+        lines += ["", "Methods over 1.15x KD's ratio (default path), and what costs the time:"]
+        lines += [f"- {m}: {COST_NOTES[m]}" for m in slow]
     text = "\n".join(lines)
     print(text)
     if args.out:
