@@ -67,6 +67,8 @@ def test_tiny_grid_end_to_end(tiny_bench, capsys, monkeypatch):
     kd_runs = [r for r in results if r["row"] == "kd"]
     mean = sum(r["best_top1"] for r in kd_runs) / 2
     assert f"{mean:.2f} ±" in board
+    assert f"- Command: `kdzoo bench -c {path}`" in board
+    assert "Failed runs" not in board
 
     # resumable: finished cells are not rerun, a missing one is
     calls = []
@@ -99,3 +101,20 @@ def test_bench_refuses_a_teacher_from_another_recipe(tiny_bench, capsys):
     assert run_cli("bench", "-c", path, "seeds=[0]", "rows=[]") == 0
     assert run_cli("bench", "-c", path, "seeds=[0]", "rows=[]", "teacher_overrides.epochs=2") == 2
     assert "another recipe" in capsys.readouterr().err
+
+
+def test_failed_cells_are_listed_not_silently_dropped(tiny_bench):
+    from kdzoo.bench.config import load_bench_config
+    from kdzoo.bench.leaderboard import format_failures
+
+    path, out = tiny_bench
+    bench = Bench(load_bench_config(path))
+    assert format_failures(bench) == ""
+    folder = bench.run_dir(bench.cells()[3])
+    folder.mkdir(parents=True)
+    (folder / "failed.txt").write_text("fsp: stage 1 has 16 student channels but 32 teacher channels\nTraceback\n")
+    text = format_failures(bench)
+    assert text.splitlines()[0] == "### Failed runs (not in the tables)"
+    assert f"- {bench.cells()[3].key}: fsp: stage 1 has 16 student channels but 32 teacher channels" in text
+    (folder / "summary.json").write_text("{}")  # a later rerun that finished: no longer a failure
+    assert format_failures(bench) == ""

@@ -26,6 +26,7 @@ def cmd_bench(args) -> int:
     from kdzoo.bench.runner import Bench
 
     bench = Bench(load_bench_config(args.config, args.overrides))
+    bench.command = " ".join(["kdzoo bench -c", args.config, *args.overrides])
     if args.table_only:
         text = write_leaderboard(bench, bench.collect())
     else:

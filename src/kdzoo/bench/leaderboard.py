@@ -61,6 +61,8 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     head = [f"# Leaderboard: {cfg.name}", ""]
     if cfg.description:
         head += [cfg.description.strip(), ""]
+    if getattr(bench, "command", None):
+        head += [f"- Command: `{bench.command}`"]
     head += [
         f"- Teacher: {teacher.get('student', '?')} — test top-1 {_num(teacher.get('best_top1'))} (best) / "
         f"{_num(teacher.get('last_top1'))} (last), trained once on the full training set.",
@@ -73,9 +75,20 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
         f"torch {env.get('torch')}, precision {_precision(results)}.",
         "",
     ]
-    text = "\n".join(head) + format_leaderboard(by_student)
+    text = "\n".join(head) + format_leaderboard(by_student) + format_failures(bench)
     (bench.out / "leaderboard.md").write_text(text)
     return text
+
+
+def format_failures(bench) -> str:
+    """Cells that stopped with an error (their failed.txt), so that a missing row is never silent."""
+    lines = []
+    for cell in bench.cells():
+        folder = bench.run_dir(cell)
+        if (folder / "failed.txt").is_file() and not (folder / "summary.json").is_file():
+            reason = (folder / "failed.txt").read_text().splitlines()[0]
+            lines.append(f"- {cell.key}: {reason}")
+    return "\n".join(["### Failed runs (not in the tables)", "", *lines, ""]) if lines else ""
 
 
 def _precision(results: list[dict]) -> str:

@@ -40,6 +40,7 @@ class Bench:
         self.root = root
         self.out = root / cfg.out
         self.log = log
+        self.command: Optional[str] = None  # the command line, shown in the leaderboard
 
     # ------------------------------------------------------------------------------------------------------
     def recipe_path(self, name: str) -> Path:
