@@ -20,7 +20,7 @@ from kdzoo.engine.checkpoint import load_state_dict_strict, load_weights
 from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.teacher import model_from_meta
 from kdzoo.errors import IncompatiblePairError, KdzooError
-from kdzoo.models.features import Features, FeatureSpec
+from kdzoo.models.features import FeatureModel, Features, FeatureSpec, Needs
 from tests.conftest import run_cli
 from tests.method_harness import (assert_gradient_routing, backward_once, build_regime, random_batch, run_digits,
                                   step_info)
@@ -393,6 +393,11 @@ def test_simkd_wrapper_rebuilds_from_meta(regimes):
         feats = regime.bundle.student(x)
         projected, _ = method.project(feats.stages[-1], feats.stages[-1])
         assert torch.allclose(method.logits(projected), expected, atol=1e-5)
+        # features of the deployable student (the report's CKA uses them): pooled = the head's input
+        tapped = FeatureModel(wrapper, Needs(pooled=True, stages=True, logits=True))(x)
+        assert torch.allclose(tapped.pooled, projected.mean(dim=(2, 3)), atol=1e-5)
+        assert torch.allclose(tapped.stages[-1], projected, atol=1e-5)
+        assert torch.allclose(tapped.logits, expected, atol=1e-5)
     regime.train(True)
 
 

@@ -75,7 +75,7 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
         f"torch {env.get('torch')}, precision {_precision(results)}.",
         "",
     ]
-    text = "\n".join(head) + format_leaderboard(by_student) + format_failures(bench)
+    text = "\n".join(head) + "\n" + format_leaderboard(by_student) + format_failures(bench)
     (bench.out / "leaderboard.md").write_text(text)
     return text
 

@@ -58,6 +58,11 @@ class SimKDStudent(nn.Module):
         object.__setattr__(self, "_tap", FeatureModel(student, Needs(stages=True),
                                                       FeatureSpec(stages=(spec.stages[-1],), head=spec.head)))
 
+    def feature_spec(self) -> FeatureSpec:
+        """The student's stages, then the projected map; the pooled embedding is the reused head's input."""
+        inner = feature_spec(self.student)
+        return FeatureSpec(stages=tuple(f"student.{name}" for name in inner.stages) + ("projector",), head="head")
+
     def features(self, x: Tensor) -> Tensor:
         """The projected map (B, C_t, h, w)."""
         f = self._tap(x).stages[0]
