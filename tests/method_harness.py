@@ -1,20 +1,24 @@
 """Helpers for method tests: a real offline regime on random data, gradient routing, CLI runs on digits."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+from torch import nn
 
 from kdzoo.config import config_from_data
 from kdzoo.data import DatasetInfo
-from kdzoo.distillers.base import Batch, StepInfo
+from kdzoo.distillers.base import Batch, SetupContext, StepInfo
 from kdzoo.engine.checkpoint import save_weights
 from kdzoo.engine.device import Precision
 from kdzoo.engine.distributed import DistInfo
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
+from kdzoo.models.features import Features
 from kdzoo.regimes import RunContext
 from kdzoo.regimes.offline import Offline
 from tests.conftest import CONFIGS, FAST, run_cli
@@ -95,3 +99,26 @@ def run_digits(method_recipe: str, teacher_run: Path, out: Path, *overrides: str
                    f"teacher.checkpoint={teacher_run}", *FAST, *overrides)
     assert code == 0, f"{method_recipe} failed"
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def setup_context(s: Features, t: Features, student: Optional[nn.Module] = None) -> SetupContext:
+    """A SetupContext for building a method from feature shapes alone (10 classes, batch 8)."""
+    return SetupContext(student=student or nn.Identity(), teacher=nn.Identity(), student_shapes=s,
+                        teacher_shapes=t, num_classes=10, train_targets=torch.zeros(10, dtype=torch.long),
+                        batch_size=8, epochs=1, device=torch.device("cpu"))
+
+
+def avg_pool_np(f: np.ndarray, size: int) -> np.ndarray:
+    """Average pooling of (B, C, H, H) to (B, C, size, size) for H a multiple of size, by loops."""
+    b, c, h, _ = f.shape
+    k = h // size
+    out = np.zeros((b, c, size, size))
+    for i, j, y, x in itertools.product(range(b), range(c), range(size), range(size)):
+        out[i, j, y, x] = f[i, j, y * k:(y + 1) * k, x * k:(x + 1) * k].mean()
+    return out
+
+
+def pool_pair_np(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps average-pooled to the smaller one's spatial size."""
+    size = min(a.shape[-1], b.shape[-1])
+    return avg_pool_np(a, size), avg_pool_np(b, size)

@@ -2,7 +2,6 @@
 routing through a real regime, and one short digits epoch through the CLI per method and pair."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -12,7 +11,6 @@ from torch import nn
 
 from kdzoo.bench.anchors import PAIRS
 from kdzoo.distillers.at import at_loss
-from kdzoo.distillers.base import SetupContext
 from kdzoo.distillers.cc import CC, CCParams, cc_loss
 from kdzoo.distillers.fitnet import ConvReg, FitNet, FitNetParams, hint_loss
 from kdzoo.distillers.nst import nst_loss
@@ -23,7 +21,8 @@ from kdzoo.errors import IncompatiblePairError
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
 from kdzoo.regimes.offline import probe_shapes
-from tests.method_harness import assert_gradient_routing, build_regime, random_batch, run_digits
+from tests.method_harness import (assert_gradient_routing, build_regime, pool_pair_np, random_batch, run_digits,
+                                  setup_context)
 
 METHODS = ["fitnet", "at", "sp", "cc", "pkt", "rkd", "nst"]
 RECIPE = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "pkt": 30000.0, "rkd": 1.0, "nst": 50.0}
@@ -43,29 +42,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().numpy()
 
 
-def _ctx(s: Features, t: Features) -> SetupContext:
-    return SetupContext(student=nn.Identity(), teacher=nn.Identity(), student_shapes=s, teacher_shapes=t,
-                        num_classes=10, train_targets=torch.zeros(10, dtype=torch.long), batch_size=8, epochs=1,
-                        device=torch.device("cpu"))
-
-
 # Independent references (loops over the definitions) -------------------------------------------------------------
-def _avg_pool_np(f: np.ndarray, size: int) -> np.ndarray:
-    """Average pooling of (B, C, H, H) to (B, C, size, size) for H a multiple of size, by loops."""
-    b, c, h, _ = f.shape
-    k = h // size
-    out = np.zeros((b, c, size, size))
-    for i, j, y, x in itertools.product(range(b), range(c), range(size), range(size)):
-        out[i, j, y, x] = f[i, j, y * k:(y + 1) * k, x * k:(x + 1) * k].mean()
-    return out
-
-
 def _at_ref(g_s, g_t, p=2.0) -> float:
     total = 0.0
     for f_s, f_t in zip(g_s, g_t):
         f_s, f_t = _np(f_s), _np(f_t)
-        size = min(f_s.shape[-1], f_t.shape[-1])
-        f_s, f_t = _avg_pool_np(f_s, size), _avg_pool_np(f_t, size)
+        f_s, f_t = pool_pair_np(f_s, f_t)
         b = f_s.shape[0]
         sq = 0.0
         for i in range(b):
@@ -74,7 +56,7 @@ def _at_ref(g_s, g_t, p=2.0) -> float:
             a_s = a_s / max(math.sqrt(sum(v * v for v in a_s)), 1e-12)
             a_t = a_t / max(math.sqrt(sum(v * v for v in a_t)), 1e-12)
             sq += sum((x - y) ** 2 for x, y in zip(a_s, a_t))
-        total += sq / (b * size * size)
+        total += sq / (b * f_s.shape[-1] * f_s.shape[-1])
     return total
 
 
@@ -140,8 +122,7 @@ def _nst_ref(g_s, g_t) -> float:
     total = 0.0
     for f_s, f_t in zip(g_s, g_t):
         f_s, f_t = _np(f_s), _np(f_t)
-        size = min(f_s.shape[-1], f_t.shape[-1])
-        f_s, f_t = _avg_pool_np(f_s, size), _avg_pool_np(f_t, size)
+        f_s, f_t = pool_pair_np(f_s, f_t)
         b = f_s.shape[0]
         for n in range(b):
             s = [c.reshape(-1) / math.sqrt((c**2).sum()) for c in f_s[n]]
@@ -166,7 +147,7 @@ def test_hint_loss_matches_hand_computation():
 def test_fitnet_loss_is_mse_of_the_regressed_student_map():
     s = Features(stages=[torch.Size([2, 4, 4, 4])] * 3)
     t = Features(stages=[torch.Size([2, 6, 4, 4]), torch.Size([2, 6, 4, 4]), torch.Size([2, 5, 2, 2])])
-    method = FitNet(FitNetParams(), _ctx(s, t)).eval()
+    method = FitNet(FitNetParams(), setup_context(s, t)).eval()
     g = torch.Generator().manual_seed(3)
     f_s = torch.randn(2, 4, 4, 4, generator=g)
     f_t = torch.randn(2, 5, 2, 2, generator=g)
@@ -212,7 +193,7 @@ def test_fitnet_regressor_output_matches_the_teacher_map(pair, size, channels):
     layers = [2] if size == 32 else range(min(len(s.stages), len(t.stages)))  # the default everywhere; all on small
     for layer in layers:
         with torch.device("meta"):  # shapes only: the regressor runs on meta tensors
-            method = FitNet(FitNetParams(hint_layer=layer), _ctx(s, t))
+            method = FitNet(FitNetParams(hint_layer=layer), setup_context(s, t))
             out = method.regressor(torch.zeros(s.stages[layer]))
         assert out.shape == t.stages[layer], (layer, s.stages[layer], t.stages[layer])
 
@@ -220,7 +201,7 @@ def test_fitnet_regressor_output_matches_the_teacher_map(pair, size, channels):
 def test_fitnet_rejects_a_hint_layer_out_of_range():
     shapes = Features(stages=[torch.Size([2, 4, 8, 8])] * 4)
     with pytest.raises(IncompatiblePairError, match="hint_layer"):
-        FitNet(FitNetParams(hint_layer=4), _ctx(shapes, shapes))
+        FitNet(FitNetParams(hint_layer=4), setup_context(shapes, shapes))
 
 
 # AT ---------------------------------------------------------------------------------------------------------------
@@ -278,7 +259,7 @@ def test_cc_hand_computable_case():
 
 
 def test_cc_embeds_are_linear_and_unnormalised():
-    method = CC(CCParams(feat_dim=3), _ctx(Features(pooled=torch.Size([2, 4])), Features(pooled=torch.Size([2, 5]))))
+    method = CC(CCParams(feat_dim=3), setup_context(Features(pooled=torch.Size([2, 4])), Features(pooled=torch.Size([2, 5]))))
     g = torch.Generator().manual_seed(5)
     f_s, f_t = torch.randn(4, 4, generator=g), torch.randn(4, 5, generator=g)
     w_s, b_s = _np(method.embed_s.linear.weight), _np(method.embed_s.linear.bias)

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from kdzoo.distillers.ab import AB, ABParams, ab_loss, connector, student_body
-from kdzoo.distillers.base import SetupContext
 from kdzoo.distillers.fsp import FSP, FSPParams, fsp_loss, fsp_matrices
 from kdzoo.distillers.ft import FT, FTParams, factor_transfer_loss
 from kdzoo.distillers.vid import VID, VIDParams, gaussian_nll
@@ -22,7 +21,8 @@ from kdzoo.models import create_model
 from kdzoo.models.features import Features, feature_spec
 from kdzoo.regimes.offline import probe_shapes
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import assert_gradient_routing, backward_once, build_regime, random_batch, run_digits
+from tests.method_harness import (assert_gradient_routing, backward_once, build_regime, pool_pair_np, random_batch,
+                                  run_digits, setup_context)
 
 RECIPE = {"vid": 1.0, "ab": 1.0, "ft": 200.0, "fsp": 50.0}
 STAGED = ("ab", "ft", "fsp")  # methods with an init stage
@@ -50,33 +50,12 @@ def _shapes(*maps: tuple) -> Features:
     return Features(stages=[torch.Size(s) for s in maps], preact=[torch.Size(s) for s in maps])
 
 
-def _ctx(s: Features, t: Features, student: nn.Module = None) -> SetupContext:
-    return SetupContext(student=student or nn.Identity(), teacher=nn.Identity(), student_shapes=s,
-                        teacher_shapes=t, num_classes=10, train_targets=torch.zeros(10, dtype=torch.long),
-                        batch_size=8, epochs=1, device=torch.device("cpu"))
-
-
-def _avg_pool_np(f: np.ndarray, size: int) -> np.ndarray:
-    """Average pooling of (B, C, H, H) to (B, C, size, size) for H a multiple of size, by loops."""
-    b, c, h, _ = f.shape
-    k = h // size
-    out = np.zeros((b, c, size, size))
-    for i, j, y, x in itertools.product(range(b), range(c), range(size), range(size)):
-        out[i, j, y, x] = f[i, j, y * k:(y + 1) * k, x * k:(x + 1) * k].mean()
-    return out
-
-
-def _pool_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    size = min(a.shape[-1], b.shape[-1])
-    return _avg_pool_np(a, size), _avg_pool_np(b, size)
-
-
 # VID ---------------------------------------------------------------------------------------------------------------
 def _vid_ref(g_s, g_t, pairs, eps) -> float:
     """Sum over pairs of the mean Gaussian NLL, the regressor applied pixel by pixel as matrix products."""
     total = 0.0
     for f_s, f_t, pair in zip(g_s, g_t, pairs):
-        f_s, f_t = _pool_pair(_np(f_s), _np(f_t))
+        f_s, f_t = pool_pair_np(_np(f_s), _np(f_t))
         w1, w2, w3 = (_np(pair.regressor[i].weight)[:, :, 0, 0] for i in (0, 2, 4))
         var = [math.log(1 + math.exp(v)) + eps for v in _np(pair.log_scale)]
         b, _, h, w = f_s.shape
@@ -101,7 +80,7 @@ def test_vid_hand_computable_case():
 def test_vid_initial_variance_and_regressor_shape():
     s = _shapes((2, 16, 8, 8), (2, 16, 8, 8), (2, 32, 4, 4))
     t = _shapes((2, 32, 8, 8), (2, 64, 8, 8), (2, 128, 4, 4))
-    method = VID(VIDParams(), _ctx(s, t))
+    method = VID(VIDParams(), setup_context(s, t))
     assert len(method.pairs) == 2
     pair = method.pairs[1]
     convs = [m for m in pair.regressor if isinstance(m, nn.Conv2d)]
@@ -118,7 +97,7 @@ def test_vid_matches_independent_computation_with_pooling_and_uneven_stage_lists
               torch.randn(2, 2, 2, 2, generator=g), torch.randn(2, 4, 1, 1, generator=g)]
     t_maps = [torch.randn(2, 5, 8, 8, generator=g), torch.randn(2, 4, 2, 2, generator=g),
               torch.randn(2, 6, 4, 4, generator=g)]
-    method = VID(VIDParams(), _ctx(Features(stages=[m.shape for m in s_maps]),
+    method = VID(VIDParams(), setup_context(Features(stages=[m.shape for m in s_maps]),
                                    Features(stages=[m.shape for m in t_maps])))
     with torch.no_grad():
         for p in method.parameters():
@@ -194,7 +173,7 @@ def test_ab_connectors_fit_every_published_pair_at_every_input_size():
 
     for (teacher, student), (size, channels) in itertools.product(PAIRS.values(), [(32, 3), (28, 1), (8, 1)]):
         s, t = shapes(student, size, channels), shapes(teacher, size, channels)
-        method = AB(ABParams(), _ctx(s, t, model(student, channels)))
+        method = AB(ABParams(), setup_context(s, t, model(student, channels)))
         for conn, s_shape, t_shape in zip(method.connectors, s.preact[1:], t.preact[1:]):
             out = conn.eval()(torch.zeros(s_shape))
             assert out.shape == t_shape, (teacher, student, size)
@@ -210,7 +189,7 @@ def test_student_body_is_everything_but_the_head():
 
 # FT ----------------------------------------------------------------------------------------------------------------
 def _ft_ref(u, e, p1=2.0) -> float:
-    u, e = _pool_pair(_np(u), _np(e))
+    u, e = pool_pair_np(_np(u), _np(e))
     total, count = 0.0, 0
     for i in range(u.shape[0]):
         if p1 == 0:
@@ -246,7 +225,7 @@ def test_ft_matches_independent_computation_with_pooling(p1):
 def test_ft_modules_follow_repdistiller():
     s = _shapes((2, 16, 8, 8), (2, 32, 4, 4))
     t = _shapes((2, 16, 8, 8), (2, 64, 2, 2))
-    method = FT(FTParams(), _ctx(s, t))
+    method = FT(FTParams(), setup_context(s, t))
     convs = lambda seq: [(m.in_channels, m.out_channels, type(m)) for m in seq if isinstance(m, (nn.Conv2d,
                                                                                                  nn.ConvTranspose2d))]
     C, T = nn.Conv2d, nn.ConvTranspose2d
@@ -262,7 +241,7 @@ def test_ft_modules_follow_repdistiller():
     rec = _np(method.paraphraser(f_t))
     assert got.item() == pytest.approx(float(((rec - _np(f_t)) ** 2).mean()), rel=1e-5)
     # 1x1 factor maps: the channel mean is constant after normalisation, so the paper's factor is used
-    tiny = FT(FTParams(), _ctx(_shapes((2, 16, 8, 8), (2, 32, 1, 1)), t))
+    tiny = FT(FTParams(), setup_context(_shapes((2, 16, 8, 8), (2, 32, 1, 1)), t))
     assert tiny.p1 == 0.0
 
 
@@ -276,7 +255,7 @@ def _fsp_ref(s_maps, t_maps) -> float:
     def grams(maps):
         out = []
         for bottom, top in zip(maps[:-1], maps[1:]):
-            bottom, top = _pool_pair(_np(bottom), _np(top))
+            bottom, top = pool_pair_np(_np(bottom), _np(top))
             b, c1, h, w = bottom.shape
             c2 = top.shape[1]
             gram = np.zeros((b, c2, c1))
@@ -310,7 +289,7 @@ def test_fsp_rejects_unequal_channels_naming_them():
     s = _shapes((2, 24, 32, 32), (2, 240, 16, 16))
     t = _shapes((2, 32, 32, 32), (2, 64, 32, 32))
     with pytest.raises(IncompatiblePairError, match=r"student \[24, 240\], teacher \[32, 64\]"):
-        FSP(FSPParams(), _ctx(s, t, create_model("resnet8", 10)))
+        FSP(FSPParams(), setup_context(s, t, create_model("resnet8", 10)))
 
 
 # Through a real regime ---------------------------------------------------------------------------------------------
