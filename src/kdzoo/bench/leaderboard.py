@@ -61,7 +61,7 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     head = [f"# Leaderboard: {cfg.name}", ""]
     if cfg.description:
         head += [cfg.description.strip(), ""]
-    if getattr(bench, "command", None):
+    if bench.command:
         head += [f"- Command: `{bench.command}`"]
     head += [
         f"- Teacher: {teacher.get('student', '?')} — test top-1 {_num(teacher.get('best_top1'))} (best) / "
