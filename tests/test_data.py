@@ -28,6 +28,7 @@ from kdzoo.data import (
     subset,
 )
 from kdzoo.data import digits as digits_module
+from kdzoo.data import fashion_mnist as fashion_mnist_module
 from kdzoo.data.transforms import PadRandomCrop
 from kdzoo.errors import DatasetError
 
@@ -240,6 +241,9 @@ def test_fashion_mnist_torchvision_layout_uncompressed(tmp_path):
     assert torch.equal(test[0][0][0], torch.from_numpy(written["t10k"][0][0]))
 
 
+@pytest.mark.skipif(not all(fashion_mnist_module._find_split_files(None, s) for s in ("train", "test")),
+                    reason=f"Fashion-MNIST files absent ({fashion_mnist_module.DEBIAN_ROOT}); "
+                           "apt-get install dataset-fashion-mnist (.ci/run does)")
 def test_real_fashion_mnist_files():
     train = build_dataset("fashion_mnist", "train")  # default root: the Debian package's folder
     test = build_dataset("fashion_mnist", "test")
