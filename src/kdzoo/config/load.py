@@ -17,12 +17,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the recipe ({err.strerror or err})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text YAML file (byte 0x{raw[err.start]:02x} at offset {err.start} "
+                          "is not UTF-8)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text YAML file (it holds NUL bytes)")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as err:  # control characters: a binary file that happens to be UTF-8
+        raise ConfigError(f"{path}: not a text YAML file (character {err.character!r} at offset "
+                          f"{err.position})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}:{where}: malformed YAML ({problem})") from None
+        raise ConfigError(f"{path}{where}: malformed YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -1,8 +1,21 @@
-"""The typed recipe: every key a YAML recipe may hold, with defaults that follow the classic CIFAR recipe."""
+"""The typed recipe: every key a YAML recipe may hold, with defaults that follow the classic CIFAR recipe.
+
+Allowed ranges sit next to the fields, in the dataclass field metadata, and are checked by `from_dict`
+(so YAML files and dotted overrides alike): `ge`/`gt` (>=, >) and `le`/`lt` (<=, <) bound a number,
+`each` applies its own bounds to every item of a list or value of a mapping, and `hint` is added to the
+message in parentheses. `None` (an optional key left unset) is never range-checked. Floats must be finite
+everywhere (see `kdzoo.config.validate`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
+
+# torch.manual_seed / torch.Generator.manual_seed take up to 2**64 - 1 (numpy gets seed % 2**32); the engine and
+# the loaders add the epoch and rank * 2**32 to the seed, so the recipe range keeps half of that as headroom.
+SEED_MAX = 2**63 - 1
+SEED = {"ge": 0, "le": SEED_MAX}
+POSITIVE_INT = {"ge": 1}
 
 
 @dataclass
@@ -11,12 +24,13 @@ class DatasetConfig:
     root: Optional[str] = None
     download: bool = False
     augment: bool = True
-    image_size: Optional[int] = None
-    batch_size: int = 64  # per process
-    eval_batch_size: int = 256
-    num_workers: int = 0
-    subset: Optional[float] = None  # stratified part of the training set: a fraction (<= 1) or a count (> 1)
-    subset_seed: int = 0
+    image_size: Optional[int] = field(default=None, metadata={"ge": 1})
+    batch_size: int = field(default=64, metadata=POSITIVE_INT)  # per process
+    eval_batch_size: int = field(default=256, metadata=POSITIVE_INT)
+    num_workers: int = field(default=0, metadata={"ge": 0})
+    # stratified part of the training set: a fraction (<= 1) or a count (> 1)
+    subset: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "a fraction <= 1 or a count > 1"})
+    subset_seed: int = field(default=0, metadata=SEED)
     drop_last: bool = False
 
 
@@ -31,20 +45,21 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float = field(default=0.05, metadata={"ge": 0})
+    momentum: float = field(default=0.9, metadata={"ge": 0, "le": 1})
     nesterov: bool = False
-    weight_decay: float = 5e-4
-    grad_clip: Optional[float] = None
+    weight_decay: float = field(default=5e-4, metadata={"ge": 0})
+    # a negative clip norm would flip the gradient
+    grad_clip: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "null turns clipping off"})
 
 
 @dataclass
 class ScheduleConfig:
     name: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = field(default_factory=lambda: [150, 180, 210])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata={"each": {"ge": 0}})
+    gamma: float = field(default=0.1, metadata={"gt": 0})
+    warmup_epochs: float = field(default=0.0, metadata={"ge": 0})
+    min_lr: float = field(default=0.0, metadata={"ge": 0})
 
 
 @dataclass
@@ -53,24 +68,26 @@ class EngineConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it
     channels_last: bool = True
     teacher_first: bool = True  # teacher forward (inference mode) before the student's: less live memory
-    eval_every: int = 1
+    eval_every: int = field(default=1, metadata=POSITIVE_INT)
     progress: bool = True
-    log_every: int = 50
+    log_every: int = field(default=50, metadata=POSITIVE_INT)
     tensorboard: bool = True
     wandb: bool = False
-    threads: Optional[int] = None  # torch intra-op threads on CPU
+    # torch intra-op threads on CPU
+    threads: Optional[int] = field(default=None, metadata={"ge": 1, "hint": "null keeps torch's default"})
 
 
 @dataclass
 class Config:
     name: str = "run"
-    seed: int = 0
-    epochs: int = 240
+    seed: int = field(default=0, metadata=SEED)
+    epochs: int = field(default=240, metadata=POSITIVE_INT)
     regime: str = "offline"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet8"))
     teacher: ModelConfig = field(default_factory=ModelConfig)
-    loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0})
+    loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
+                                   metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters
     regime_args: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)

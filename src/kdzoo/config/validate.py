@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Union
@@ -24,10 +25,54 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     values = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            values[f.name] = coerce(hints[f.name], data[f.name], _join(path, f.name))
+            key = _join(path, f.name)
+            values[f.name] = value = coerce(hints[f.name], data[f.name], key)
+            check_limits(value, f.metadata, key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{_join(path, f.name)}: required key is missing")
     return cls(**values)
+
+
+LIMIT_KEYS = frozenset({"ge", "gt", "le", "lt", "each", "hint"})
+
+
+def check_limits(value: Any, limits: Any, path: str) -> None:
+    """The range of a field, from its metadata (see `kdzoo.config.schema`): `<path>: must be ..., got ...`."""
+    if not limits or value is None:
+        return
+    unknown = set(limits) - LIMIT_KEYS
+    if unknown:
+        raise TypeError(f"unknown limit {sorted(unknown)[0]!r} in the schema at {path}")
+    each = limits.get("each")
+    if each and isinstance(value, list):
+        for i, item in enumerate(value):
+            check_limits(item, each, f"{path}[{i}]")
+    elif each and isinstance(value, dict):
+        for key, item in value.items():
+            check_limits(item, each, _join(path, str(key)))
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ge, gt, le, lt = (limits.get(k) for k in ("ge", "gt", "le", "lt"))
+    if ((ge is not None and value < ge) or (gt is not None and value <= gt)
+            or (le is not None and value > le) or (lt is not None and value >= lt)):
+        hint = f" ({limits['hint']})" if limits.get("hint") else ""
+        raise ConfigError(f"{path}: must be {_range_text(ge, gt, le, lt)}{hint}, got {value!r}")
+
+
+def _range_text(ge: Any, gt: Any, le: Any, lt: Any) -> str:
+    low, high = (ge if ge is not None else gt), (le if le is not None else lt)
+    if low is not None and high is not None:
+        return f"in {'[' if ge is not None else '('}{_bound(low)}, {_bound(high)}{']' if le is not None else ')'}"
+    if low is not None:
+        return f"{'>=' if ge is not None else '>'} {_bound(low)}"
+    return f"{'<=' if le is not None else '<'} {_bound(high)}"
+
+
+def _bound(value: Any) -> str:
+    """2**63 - 1 rather than 9223372036854775807."""
+    if isinstance(value, int) and value >= 2**16 and (value + 1) & value == 0:
+        return f"2**{(value + 1).bit_length() - 1} - 1"
+    return str(value)
 
 
 def to_dict(obj: Any) -> Any:
@@ -85,14 +130,22 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
             return value
         raise ConfigError(f"{path}: expected an integer, got {_describe(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
             try:
-                return float(value)
+                number = float(value)
+            except OverflowError:  # an integer beyond the float range
+                number = math.inf
+        elif isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+            try:
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{path}: expected a number, got {_describe(value)}")
+        if number is None:
+            raise ConfigError(f"{path}: expected a number, got {_describe(value)}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{path}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
