@@ -179,7 +179,7 @@ def test_resume_refuses_recipe_changes(tmp_path, capsys):
     assert run_cli("train", "--resume", out, "optim.lr=1") == 2
     assert "only epochs and engine.* may change" in _err(capsys)
     assert run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", out, *FAST) == 2
-    assert "already holds checkpoints" in _err(capsys)
+    assert "already holds a run" in _err(capsys)
 
 
 def test_import_published_checkpoint(tmp_path, capsys):

@@ -23,9 +23,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KdzooError as err:
         print(f"kdzoo: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("kdzoo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        by_sigterm = bool(stop.args) and stop.args[0] == "SIGTERM"
+        print(f"kdzoo: {'stopped by SIGTERM' if by_sigterm else 'interrupted'}", file=sys.stderr)
+        return 143 if by_sigterm else 130
+    except OSError as err:  # the machine, not the input: disk full, permissions, a vanished folder
+        where = f": {err.filename}" if err.filename else ""
+        print(f"kdzoo: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,12 +106,19 @@ def cmd_list(args) -> int:
 
 def cmd_train(args) -> int:
     from kdzoo.config import load_config
-    from kdzoo.engine.trainer import Engine
+    from kdzoo.engine.run_folder import check_out_path, refuse_existing_run
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
             raise KdzooError("--resume continues in its own folder; drop --out")
+        if args.config:
+            raise KdzooError("--resume continues the recipe saved in the run folder; drop -c (overrides of epochs "
+                             "and engine.* may follow)")
+        check_out_path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise KdzooError(f"{run_dir} is not a run folder (no config.yaml); start it with -c RECIPE --out "
+                             f"{run_dir}")
         fixed = [o for o in args.overrides if not o.startswith(("epochs=", "engine."))]
         if fixed:
             raise KdzooError(f"--resume continues the saved recipe; only epochs and engine.* may change, "
@@ -117,10 +129,10 @@ def cmd_train(args) -> int:
             raise KdzooError(f"kdzoo {args.mode}: give a recipe with -c CONFIG (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out or Path("runs") / cfg.name)
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise KdzooError(f"run folder {run_dir} already holds checkpoints; use --resume {run_dir} "
-                             "or another --out")
+        refuse_existing_run(run_dir, f"kdzoo {args.mode}")
     check_mode(cfg, args.mode)
+    from kdzoo.engine.trainer import Engine  # heavy (torch): imported once the recipe is known to be valid
+
     engine = Engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
     if engine.dist.is_main:

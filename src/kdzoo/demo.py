@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from kdzoo.config import load_config
@@ -29,6 +30,8 @@ def run_demo(out: Path, quiet: bool = False) -> list[dict]:
     for label, recipe, extra in plan:
         folder = out / recipe.removesuffix(".yaml")
         cfg = load_config(recipes / recipe, [*extra, *quiet_overrides])
+        if folder.is_dir():  # the demo owns its folders: a second `make demo` trains afresh
+            shutil.rmtree(folder)
         print(f"== {label}: {cfg.student.arch}, {cfg.epochs} epochs on {cfg.dataset.name} -> {folder}")
         summary = Engine(cfg, folder, quiet=quiet).fit()
         rows.append({"model": label, "arch": cfg.student.arch, "params": summary.get("student_params"),

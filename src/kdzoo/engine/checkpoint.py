@@ -6,7 +6,9 @@ with safetensors, the resume state with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,18 @@ from kdzoo.engine.atomic import atomic_path, atomic_write_text
 from kdzoo.errors import CheckpointError
 
 META_KEY = "kdzoo"
+CHECKSUM_KEY = "kdzoo_sha256"  # of the tensors, so that corrupted bytes under an intact header are caught
 CHECKPOINT_DIR = "checkpoints"
+
+
+def tensors_checksum(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -28,7 +41,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     text = json.dumps(meta, sort_keys=True)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: text})
+        save_file(tensors, str(tmp), metadata={META_KEY: text, CHECKSUM_KEY: tensors_checksum(tensors)})
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
@@ -36,9 +49,12 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors."""
     path = Path(path)
     if path.is_dir():
+        from kdzoo.engine.checkpoint_store import CheckpointStore
+
+        store = CheckpointStore(path / CHECKPOINT_DIR)
         for name in (which, "last") if which == "best" else (which,):
-            candidate = path / CHECKPOINT_DIR / f"{name}.safetensors"
-            if candidate.is_file():
+            candidate = store.weights_path(name)
+            if candidate is not None and candidate.is_file():
                 return candidate
         raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
     if not path.is_file():
@@ -50,10 +66,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a kdzoo checkpoint, read from the safetensors header alone."""
     path = Path(path)
     _check_safetensors(path)
-    with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        header = json.loads(handle.read(size))
-    meta = header.get("__metadata__", {}).get(META_KEY)
+    meta = _header_metadata(path).get(META_KEY)
     if meta is None:
         raise CheckpointError(f"{path} is a safetensors file without kdzoo metadata; "
                               "convert it with `kdzoo import-checkpoint`")
@@ -61,13 +74,23 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata; the tensors' checksum is verified when the file has one."""
     path = Path(path)
     meta = read_meta(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
+    expected = _header_metadata(path).get(CHECKSUM_KEY)
+    if expected is not None and tensors_checksum(state) != expected:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum stored with them")
     return state, meta
+
+
+def _header_metadata(path: Path) -> dict[str, str]:
+    with open(path, "rb") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        return json.loads(handle.read(size)).get("__metadata__", {}) or {}
 
 
 def _check_safetensors(path: Path) -> None:
@@ -105,7 +128,20 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-        raise CheckpointError(f"cannot resume from {path}: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot resume from {path}: {unsafe_load_reason(err)}") from None
+
+
+def unsafe_load_reason(err: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, in one line and without torch's advice to load it
+    unsafely (kdzoo never unpickles code)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), not only tensors, and kdzoo never unpickles code"
+    if "weights_only" in text or "Weights only load failed" in text:
+        return "it holds Python objects, not only tensors, and kdzoo never unpickles code"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:300]
 
 
 def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from kdzoo.data import dataset_info
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state_dict_strict, save_weights
+from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
 from kdzoo.errors import CheckpointError
 from kdzoo.models import create_model
 
@@ -20,7 +20,7 @@ def read_published_state(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means we will not use this file
-        raise CheckpointError(f"cannot read {path} safely (weights_only=True): {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read {path} safely: {unsafe_load_reason(err)}") from None
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "net"):
             if isinstance(obj.get(key), dict):
@@ -36,6 +36,9 @@ def read_published_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def import_checkpoint(path: str | Path, arch: str, num_classes: int, dataset: str, out: str | Path,
                       in_channels: Optional[int] = None) -> Path:
+    from kdzoo.engine.run_folder import refuse_existing_run
+
+    refuse_existing_run(Path(out), "import-checkpoint")
     state = read_published_state(path)
     info = dataset_info(dataset)
     channels = in_channels or info.in_channels

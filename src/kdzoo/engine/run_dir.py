@@ -93,16 +93,22 @@ class RunDir:
             self._writer.flush()
 
     def truncate_metrics(self, keep_until_epoch: int, phase: str) -> None:
-        """On resume, drop metric lines logged after the checkpoint (they will be logged again)."""
+        """On resume, drop metric lines logged after the checkpoint (they will be logged again), and a torn
+        last line that a kill in the middle of a write left behind."""
         path = self.path / "metrics.jsonl"
         if not self.active or not path.exists():
             return
         kept = []
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            kept.append(line)
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by a kill mid-write; the epoch it belonged to is logged again
+            if not isinstance(rec, dict):
+                continue
             if rec.get("phase") == phase and rec.get("epoch", 0) > keep_until_epoch:
-                kept.pop()
+                continue
+            kept.append(line)
         atomic_write_text(path, "".join(k + "\n" for k in kept))
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ terms, the terms' weights) and the network to evaluate.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,17 +15,21 @@ from typing import Any, Optional
 import torch
 from tqdm import tqdm
 
-from kdzoo.config import Config, config_to_yaml
+from kdzoo.config import Config, config_to_yaml, to_dict
 from kdzoo.data import build_dataset, make_loader, set_loader_epoch, stratified_subset, subset
 from kdzoo.distillers.base import StepInfo
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state, save_state, save_weights
+from kdzoo.engine.checkpoint import CHECKPOINT_DIR
+from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.engine.device import Precision, resolve_device, resolve_precision
 from kdzoo.engine.distributed import DistInfo, barrier, broadcast_buffers, init_distributed
 from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.engine.rng import rng_state, seed_everything, set_rng_state
 from kdzoo.engine.step import train_step
+from kdzoo.engine.resume_rules import check_resume_config
 from kdzoo.engine.run_dir import RunDir, environment
+from kdzoo.engine.run_folder import RunLock, check_out_path, clear_run, holds_run
+from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.regimes import REGIMES, Phase, RunContext
 
@@ -64,6 +69,18 @@ class Engine:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         seed_everything(cfg.seed + self.dist.rank)
 
+        self.store = CheckpointStore(self.out / CHECKPOINT_DIR)
+        self.lock = self._open_run_folder(resume)
+        try:
+            self._build()
+            self._start_run(resume)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _build(self) -> None:
+        """Datasets, the regime's networks and the loaders."""
+        cfg = self.cfg
         d = cfg.dataset
         train_set = build_dataset(d.name, "train", root=d.root, download=d.download, augment=d.augment,
                                   image_size=d.image_size)
@@ -85,15 +102,45 @@ class Engine:
             raise ConfigError(f"dataset.batch_size: {d.batch_size} is larger than the {len(train_set)} training "
                               "samples and the last partial batch is dropped")
 
-        self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
+
+    def _open_run_folder(self, resume: bool) -> RunLock:
+        """Lock the folder (main process), finish an interrupted checkpoint publication, check its state."""
+        lock = RunLock(self.out)
+        if not self.dist.is_main:
+            return lock
+        check_out_path(self.out)
+        lock.acquire()
+        try:
+            self.store.repair()
+            if not resume and holds_run(self.out):
+                raise KdzooError(f"run folder {self.out} already holds a run; use --resume {self.out} to continue "
+                                 "it, or another --out")
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def _start_run(self, resume: bool) -> None:
+        cfg = self.cfg
         self.progress = Progress()
         self._resume_state: Optional[dict[str, Any]] = None
+        self._epochs_run = 0
+        if resume and not self.store.has_checkpoint():
+            if self.dist.is_main:
+                self.log(f"{self.out} holds no complete checkpoint: starting from scratch")
+                clear_run(self.out)
+            barrier(self.dist)
+            resume = False
         if resume:
-            self._resume_state = load_state(self.out / CHECKPOINT_DIR / "last.state.pt")
+            self._resume_state = self.store.load_state()
+            saved = self._resume_state.get("config")
+            if saved is not None:
+                check_resume_config(saved, to_dict(cfg), "this resume")
             self.regime.load_state_dict(self._resume_state["regime"])
             self.progress = Progress(**self._resume_state["progress"])
-        else:
-            self.run.write_text("config.yaml", config_to_yaml(cfg))
+        self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
+        self.run.write_text("config.yaml", config_to_yaml(cfg))
+        if not resume:
             self.run.write_json("env.json", {**environment(), "device": str(self.device),
                                              "precision": self.precision.name,
                                              "world_size": self.dist.world_size})
@@ -101,10 +148,32 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
+        """Train every phase not yet done; the folder stays locked until this returns or raises."""
+        try:
+            with stop_on_sigterm():
+                return self._fit()
+        except KeyboardInterrupt as stop:
+            if self.dist.is_main:
+                kept = "the last checkpoint is intact" if self.store.has_checkpoint() else "no checkpoint yet"
+                self.log(f"{self.out}: stopped by {stop.args[0] if stop.args else 'Ctrl-C'}; {kept}; "
+                         f"continue with --resume {self.out}")
+            raise
+        finally:
+            if hasattr(self, "run"):
+                self.run.close()
+            self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         started = time.time()
         for index, phase in enumerate(self.regime.phases()):
             if index >= self.progress.phase:
                 self._run_phase(index, phase)
+        summary_file = self.out / "summary.json"
+        if self._epochs_run == 0 and self.dist.is_main and summary_file.is_file():
+            try:  # a finished run resumed again: report it as it was, rewrite nothing
+                return json.loads(summary_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                pass
         last_metrics = self.progress.last
         summary = {
             "name": self.cfg.name, "dataset": self.info.name, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
@@ -114,7 +183,6 @@ class Engine:
             "wall_time_s": round(time.time() - started, 2), **self.regime.describe(),
         }
         self.run.write_json("summary.json", summary)
-        self.run.close()
         return summary
 
     def _run_phase(self, index: int, phase: Phase) -> None:
@@ -155,6 +223,7 @@ class Engine:
             self.progress.phase, self.progress.epoch = index, epoch + 1
             self.run.log(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
             self._save(phase, epoch, metrics, improved, optimizer, scheduler, scaler, index)
+            self._epochs_run += 1
             self._print_epoch(phase, epoch, record)
         self._resume_state = None
 
@@ -194,8 +263,8 @@ class Engine:
 
     def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in terms.items())
-        last = self.out / CHECKPOINT_DIR / "last.safetensors"
-        kept = f"; last good checkpoint: {last}" if last.exists() else "; no checkpoint was written"
+        last = self.store.weights_path("last")
+        kept = f"; last good checkpoint: {last}" if last is not None else "; no checkpoint was written"
         return (f"loss became non-finite in {phase.name} epoch {epoch + 1}, step {i + 1} ({values}); "
                 f"stopping{kept}")
 
@@ -208,15 +277,12 @@ class Engine:
                 "phase": phase.name, "epoch": epoch + 1, "metrics": metrics, "run": self.cfg.name,
             }
             weights = self.regime.eval_model().state_dict()
-            ckpt = self.run.checkpoints
-            save_weights(ckpt / "last.safetensors", weights, meta)
-            if improved:
-                save_weights(ckpt / "best.safetensors", weights, meta)
-            save_state(ckpt / "last.state.pt", {
+            self.store.save(weights, meta, {
                 "progress": vars(self.progress).copy(), "regime": self.regime.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
-            })
+                "config": to_dict(self.cfg),
+            }, improved)
         barrier(self.dist)
 
     def _print_epoch(self, phase: Phase, epoch: int, record: dict[str, Any]) -> None:

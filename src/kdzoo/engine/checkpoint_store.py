@@ -1,0 +1,179 @@
+"""A run's checkpoints as one atomic unit: deployable weights (last, best) and the resume state together.
+
+Every save writes a new generation of files under serial-numbered names (`c000007.last.safetensors`,
+`c000007.state.pt`, ...), each through a temporary file and a rename, and then commits them all at once by
+atomically replacing the pointer `checkpoint.json`. Until that rename the previous generation is the checkpoint,
+untouched; after it, the new one is. Only then are the usual names (`last.safetensors`, `best.safetensors`,
+`last.state.pt` and their `.json`) linked to the committed files, and files of older generations removed. A kill
+at any point leaves either the old or the new checkpoint complete; `repair()` (run when a run folder is opened)
+finishes an interrupted publication and removes stray temporary files.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from kdzoo.engine.atomic import atomic_path, atomic_write_text
+from kdzoo.engine.checkpoint import load_state, save_state, save_weights
+from kdzoo.errors import CheckpointError
+
+POINTER = "checkpoint.json"
+LEGACY_STATE = "last.state.pt"  # folders written before the pointer existed: the state alone
+PUBLISHED = {"last": "last.safetensors", "best": "best.safetensors", "state": LEGACY_STATE}
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint could not be written for lack of space; the previous checkpoint is intact."""
+
+
+class CheckpointStore:
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+
+    # Reading ------------------------------------------------------------------------------------------------
+    def pointer(self) -> Optional[dict[str, Any]]:
+        path = self.folder / POINTER
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"{path} is unreadable; the run folder's checkpoint is damaged") from None
+        if not isinstance(data, dict) or "serial" not in data:
+            raise CheckpointError(f"{path} is not a kdzoo checkpoint pointer")
+        return data
+
+    def state_path(self) -> Optional[Path]:
+        """The committed resume state, or None when the folder holds no complete checkpoint."""
+        pointer = self.pointer()
+        if pointer is not None:
+            return self.folder / pointer["state"] if pointer.get("state") else None
+        legacy = self.folder / LEGACY_STATE
+        return legacy if legacy.is_file() else None
+
+    def has_checkpoint(self) -> bool:
+        return self.state_path() is not None
+
+    def weights_path(self, which: str) -> Optional[Path]:
+        pointer = self.pointer()
+        if pointer is not None and pointer.get(which):
+            return self.folder / pointer[which]
+        published = self.folder / PUBLISHED[which]
+        return published if published.is_file() else None
+
+    def load_state(self) -> dict[str, Any]:
+        path = self.state_path()
+        if path is None:
+            raise CheckpointError(f"no complete checkpoint in {self.folder}")
+        return load_state(path)
+
+    # Writing ------------------------------------------------------------------------------------------------
+    def save(self, weights: dict[str, torch.Tensor], meta: dict[str, Any], state: dict[str, Any],
+             improved: bool) -> None:
+        """Write a new generation (last, best when `improved`, resume state) and commit it atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        previous = self.pointer()
+        serial = (previous["serial"] if previous else 0) + 1
+        stem = f"c{serial:06d}"
+        new = {"serial": serial, "epoch": meta.get("epoch"), "phase": meta.get("phase"),
+               "last": f"{stem}.last.safetensors", "state": f"{stem}.state.pt",
+               "best": f"{stem}.best.safetensors" if improved or not previous else previous.get("best")}
+        try:
+            save_weights(self.folder / new["last"], weights, meta)
+            if new["best"] == f"{stem}.best.safetensors":
+                save_weights(self.folder / new["best"], weights, meta)
+            save_state(self.folder / new["state"], state)
+            atomic_write_text(self.folder / POINTER, json.dumps(new, indent=2) + "\n")  # the commit
+        except OSError as err:
+            self._remove_generation(stem)
+            raise self._write_error(err, weights, state) from None
+        except RuntimeError as err:  # torch.save reports a failed write as RuntimeError
+            self._remove_generation(stem)
+            if "write" in str(err) or "enforce fail" in str(err):
+                raise self._write_error(err, weights, state) from None
+            raise
+        self._publish(new)
+
+    def repair(self) -> None:
+        """Finish a publication a kill interrupted; remove temporary files and uncommitted generations."""
+        if not self.folder.is_dir():
+            return
+        for stray in self.folder.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+        pointer = self.pointer()
+        if pointer is not None:
+            self._publish(pointer)
+        else:
+            for path in self.folder.glob("c[0-9]*.*"):
+                path.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Remove every checkpoint file (a run that restarts from scratch)."""
+        if self.folder.is_dir():
+            shutil.rmtree(self.folder)
+
+    # Internals ----------------------------------------------------------------------------------------------
+    def _publish(self, pointer: dict[str, Any]) -> None:
+        for which, name in PUBLISHED.items():
+            source = pointer.get(which)
+            if source:
+                _replace_with_link(self.folder / source, self.folder / name)
+                if name.endswith(".safetensors"):
+                    _replace_with_link(self.folder / Path(source).with_suffix(".json"),
+                                       (self.folder / name).with_suffix(".json"))
+        keep = {pointer.get(k) for k in PUBLISHED} | {str(Path(pointer[k]).with_suffix(".json"))
+                                                       for k in ("last", "best") if pointer.get(k)}
+        for path in self.folder.glob("c[0-9]*.*"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def _remove_generation(self, stem: str) -> None:
+        for path in self.folder.glob(f"{stem}.*"):
+            path.unlink(missing_ok=True)
+
+    def _write_error(self, err: Exception, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> Exception:
+        need_mb = (2 * _tensor_bytes(weights) + _tensor_bytes(state)) / 2**20
+        try:
+            free_mb = shutil.disk_usage(self.folder).free / 2**20
+        except OSError:
+            free_mb = float("nan")
+        no_space = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "space" in str(err).lower() \
+            or free_mb < need_mb
+        if no_space:
+            return DiskFullError(
+                f"cannot write a checkpoint in {self.folder}: not enough disk space ({free_mb:.0f} MB free, about "
+                f"{need_mb:.0f} MB needed); the previous checkpoint is intact: free space, then continue with "
+                f"--resume {self.folder.parent}")
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        return CheckpointError(f"cannot write a checkpoint in {self.folder}: {reason}; the previous checkpoint "
+                               "is intact")
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source` in one rename (a hard link, or a copy where links fail)."""
+    if not source.is_file():
+        return
+    if target.is_file() and os.path.samefile(source, target):
+        return
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0

@@ -1,0 +1,87 @@
+"""Who may write a run folder: one process at a time (an exclusive lock), and never over another run's files."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from kdzoo.errors import KdzooError
+
+try:  # POSIX; elsewhere runs are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+LOCK_FILE = ".lock"
+RUN_FILES = ("config.yaml", "env.json", "model.json", "metrics.jsonl", "summary.json")
+RUN_DIRS = ("checkpoints", "tb")  # kept free of torch imports: the CLI checks folders before loading torch
+
+
+def check_out_path(path: Path) -> None:
+    """A run folder must be a folder: not an existing file, nor under one."""
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            where = "is a file" if part == path else f"is under {part}, which is a file"
+            raise KdzooError(f"run folder {path} {where}; choose another --out")
+
+
+def holds_run(path: Path) -> bool:
+    """True when `path` holds files of a kdzoo run (metrics, config, checkpoints)."""
+    if not path.is_dir():
+        return False
+    if any((path / name).exists() for name in RUN_FILES):
+        return True
+    return any((path / name).is_dir() and any((path / name).iterdir()) for name in RUN_DIRS)
+
+
+def refuse_existing_run(path: Path, what: str) -> None:
+    check_out_path(path)
+    if holds_run(path):
+        raise KdzooError(f"run folder {path} already holds a run; {what} will not overwrite it: "
+                         f"use another --out (or --resume {path} to continue a training run)")
+
+
+def clear_run(path: Path) -> None:
+    """Remove a run's own files (a restart from scratch); anything else in the folder stays."""
+    for name in RUN_FILES:
+        (path / name).unlink(missing_ok=True)
+    for name in RUN_DIRS:
+        if (path / name).is_dir():
+            shutil.rmtree(path / name)
+
+
+class RunLock:
+    """An exclusive flock on `<run>/.lock`. The kernel drops it when its process dies, so a lock left by a
+    killed run is never stale; the file keeps the holder's pid for the message."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise KdzooError(f"run folder {self.path.parent} is in use by another kdzoo process (pid {holder}); "
+                                 "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
