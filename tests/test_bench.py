@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -118,3 +119,87 @@ def test_failed_cells_are_listed_not_silently_dropped(tiny_bench):
     assert f"- {bench.cells()[3].key}: fsp: stage 1 has 16 student channels but 32 teacher channels" in text
     (folder / "summary.json").write_text("{}")  # a later rerun that finished: no longer a failure
     assert format_failures(bench) == ""
+
+
+# Progress with an ETA, in the terminal and in <out>/bench.log ------------------------------------------------
+def test_epoch_progress_prefixes_and_adds_an_eta():
+    from kdzoo.bench.runner import EpochProgress
+
+    now = [100.0]
+    lines = []
+    progress = EpochProgress("kd/resnet8/seed0", lines.append, clock=lambda: now[0])
+    for seconds in (10.0, 20.0):  # mean 15 s per epoch so far
+        now[0] += seconds
+        progress("main epoch {}/10  loss 1.0000  top1 50.00  best 50.00  9.0s".format(len(lines) + 1))
+    assert lines[0] == "kd/resnet8/seed0: main epoch 1/10  loss 1.0000  top1 50.00  best 50.00  9.0s  ETA 1m30s"
+    assert lines[1].endswith("ETA 2m00s")  # 8 epochs left x 15 s
+    now[0] += 3.0
+    progress("init:fsp epoch 1/2  loss 1.0")  # a new phase: its own mean, and the ETA says it is the phase's
+    assert lines[2].endswith("  loss 1.0  phase ETA 3s")
+    progress("something else")
+    assert lines[3] == "kd/resnet8/seed0: something else"
+
+
+def test_duration_format():
+    from kdzoo.bench.runner import duration
+
+    assert [duration(s) for s in (0, 12.4, 65, 3599, 3720, 90000)] == ["0s", "12s", "1m05s", "59m59s", "1h02m",
+                                                                      "25h00m"]
+
+
+def test_bench_prints_and_logs_per_epoch_progress(tiny_bench, capsys):
+    path, out = tiny_bench
+    assert run_cli("bench", "-c", path, "seeds=[0]", "rows=[]", "teacher_overrides.epochs=2",
+                   "overrides.epochs=3") == 0
+    terminal = capsys.readouterr().out
+    log = (out / "bench.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  "
+    for label, epochs in (("teacher", 2), ("student/resnet8/seed0", 3)):
+        for i in range(1, epochs + 1):
+            pattern = rf"{label}: main epoch {i}/{epochs}  loss \S+  top1 \S+  best \S+  \S+s  ETA \d+(m\d\ds|s)$"
+            assert any(re.fullmatch(stamp + pattern, line) for line in log), (pattern, log)
+            assert re.search(pattern.rstrip("$"), terminal, re.M), terminal
+    assert any(re.fullmatch(stamp + r"bench tiny-digits: 1 of 1 cells to run -> .*", line) for line in log)
+    assert any(re.fullmatch(stamp + r"\[1/1\] student/resnet8/seed0", line) for line in log)
+    assert any(re.fullmatch(stamp + r"teacher: best \S+  last \S+  \d+s", line) for line in log)
+    # one seed: no fake spread
+    board = (out / "leaderboard.md").read_text()
+    assert "(1 seed)" in board and "± 0.00" not in board
+    row = next(line for line in board.splitlines() if line.startswith("| – | student |"))
+    assert re.fullmatch(r"\| – \| student \| 1 \| \d+\.\d\d \(1 seed\) \| \d+\.\d\d \(1 seed\) \| \+0\.00 \| 1\.00x \|",
+                        row), row
+    # a report over that one run says so too
+    assert run_cli("report", out / "runs", "--out", out / "report", "--no-cka") == 0
+    report = (out / "report" / "report.md").read_text()
+    assert re.search(r"\| student \(resnet8\) \| 1 \| \d+\.\d\d \(1 seed\) \| \d+\.\d\d \(1 seed\) \|  \|", report)
+    assert "± 0.00" not in report
+
+
+def test_bench_checks_every_cell_recipe_before_training_the_teacher(tiny_bench, capsys):
+    path, out = tiny_bench
+    assert run_cli("bench", "-c", path, "overrides.epochs=0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdzoo: error: bench cell student/resnet8/seed0 (student.yaml): epochs: must be >= 1")
+    assert not (out / "teacher").exists()
+    assert run_cli("bench", "-c", path, "seeds=[0, -1]") == 2
+    assert capsys.readouterr().err.strip().startswith("kdzoo: error: seeds[1]: must be in [0, 2**63 - 1]")
+
+
+def test_single_seed_shows_the_seed_count_not_a_zero_std():
+    from kdzoo.bench.leaderboard import format_leaderboard, leaderboard_rows, mean_pm
+
+    assert mean_pm((81.0712, 0.0), 1) == "81.07 (1 seed)"
+    assert mean_pm((81.0712, 0.617), 3) == "81.07 ± 0.62"
+    assert mean_pm((0.51234, 0.0), 1, digits=3) == "0.512 (1 seed)"
+    results = [{"row": "student", "student": "resnet8", "seed": 0, "best_top1": 79.0, "last_top1": 78.5,
+                "epoch_time_s": 1.0},
+               {"row": "kd", "student": "resnet8", "seed": 0, "best_top1": 81.07, "last_top1": 81.0,
+                "epoch_time_s": 2.0},
+               {"row": "kd", "student": "resnet8", "seed": 1, "best_top1": 82.07, "last_top1": 81.0,
+                "epoch_time_s": 2.0},
+               {"row": "dkd", "student": "resnet8", "seed": 0, "best_top1": 80.0, "last_top1": 80.0,
+                "epoch_time_s": 2.0}]
+    text = format_leaderboard(leaderboard_rows(results))
+    assert "| – | student | 1 | 79.00 (1 seed) | 78.50 (1 seed) | +0.00 | 1.00x |" in text
+    assert "| 1 | kd | 2 | 81.57 ± 0.71 | 81.00 ± 0.00 | +2.57 | 2.00x |" in text  # a real 0 spread of 2 seeds
+    assert "| 2 | dkd | 1 | 80.00 (1 seed) | 80.00 (1 seed) | +1.00 | 2.00x |" in text

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from kdzoo.config.load import read_yaml
+from kdzoo.config.schema import SEED
 from kdzoo.config.validate import from_dict
 
 
@@ -28,7 +29,7 @@ class BenchConfig:
     baseline: str  # recipe of the student baseline (labels only)
     rows: list[Union[str, RowConfig]]
     students: list[str]
-    seeds: list[int]
+    seeds: list[int] = field(metadata={"each": SEED})
     overrides: dict[str, Any] = field(default_factory=dict)  # the budget, applied to every student run
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
     description: str = ""

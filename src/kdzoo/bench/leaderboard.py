@@ -9,8 +9,15 @@ from typing import Any, Optional
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (0 for a single value: format it with `mean_pm`, which then says so)."""
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def mean_pm(pair: tuple[float, float], n: int, digits: int = 2) -> str:
+    """`81.07 ± 0.62` over several seeds; `81.07 (1 seed)` for one, which has no spread to show."""
+    if n < 2:
+        return f"{pair[0]:.{digits}f} ({n} seed)"
+    return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
 
 
 def leaderboard_rows(results: list[dict[str, Any]], baseline: str = "student") -> dict[str, list[dict]]:
@@ -46,7 +53,8 @@ def format_leaderboard(by_student: dict[str, list[dict]]) -> str:
         rank = 0
         for r in rows:
             rank_text = "–" if r["row"] == "student" else str(rank := rank + 1)
-            lines.append(f"| {rank_text} | {r['row']} | {r['n']} | {_pm(r['best'])} | {_pm(r['last'])} | "
+            lines.append(f"| {rank_text} | {r['row']} | {r['n']} | {mean_pm(r['best'], r['n'])} | "
+                         f"{mean_pm(r['last'], r['n'])} | "
                          f"{_signed(r['gain'])} | {_ratio(r['rel_time'])} |")
         lines.append("")
     return "\n".join(lines)
@@ -98,10 +106,6 @@ def _precision(results: list[dict]) -> str:
 
 def _read_json(path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _pm(pair: tuple[float, float]) -> str:
-    return f"{pair[0]:.2f} ± {pair[1]:.2f}"
 
 
 def _signed(value: Optional[float]) -> str:

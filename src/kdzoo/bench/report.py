@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from kdzoo.bench.cka import linear_cka
-from kdzoo.bench.leaderboard import mean_std
+from kdzoo.bench.leaderboard import mean_pm, mean_std
 from kdzoo.config import load_config
 from kdzoo.errors import KdzooError
 
@@ -85,13 +85,13 @@ def build_report(paths: list[Path], out: Path, with_cka: bool = True, log=print)
         rows.append({"label": label, "n": len(members),
                      "best": mean_std([m["summary"]["best_top1"] for m in members]),
                      "last": mean_std([m["summary"]["last_top1"] for m in members]),
-                     "cka": mean_std(ckas) if ckas else None})
+                     "cka": mean_std(ckas) if ckas else None, "n_cka": len(ckas)})
     rows.sort(key=lambda r: -r["best"][0])
     lines = ["| run | seeds | best top-1 | last top-1 | linear CKA (teacher, student) |", "|---|---|---|---|---|"]
     for r in rows:
-        cka = "" if r["cka"] is None else f"{r['cka'][0]:.3f} ± {r['cka'][1]:.3f}"
-        lines.append(f"| {r['label']} | {r['n']} | {r['best'][0]:.2f} ± {r['best'][1]:.2f} | "
-                     f"{r['last'][0]:.2f} ± {r['last'][1]:.2f} | {cka} |")
+        cka = "" if r["cka"] is None else mean_pm(r["cka"], r["n_cka"], digits=3)
+        lines.append(f"| {r['label']} | {r['n']} | {mean_pm(r['best'], r['n'])} | {mean_pm(r['last'], r['n'])} | "
+                     f"{cka} |")
     table = "\n".join(lines)
     plot_curves(groups, out / "accuracy_curves.png")
     plot_bars(rows, out / "accuracy_bars.png")

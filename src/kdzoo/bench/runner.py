@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import time
@@ -14,11 +15,62 @@ from kdzoo.bench.config import BenchConfig, RowConfig, dotted
 from kdzoo.bench.leaderboard import write_leaderboard
 from kdzoo.config import Config, load_config, to_dict
 from kdzoo.engine.checkpoint import CHECKPOINT_DIR
+from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.engine.trainer import Engine
 from kdzoo.errors import KdzooError
 
 BASELINE = "student"
 QUIET = {"engine.progress": False}
+LOG_FILE = "bench.log"  # in the bench folder: every line the bench prints, with a timestamp
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)  # shows up at once when the output goes to a pipe (`| tee`) or a file
+
+
+def duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class EpochProgress:
+    """The engine's `log` callable for one run: its per-epoch lines, prefixed with the run's name and followed by
+    an ETA (mean wall time per epoch so far, evaluation and checkpoint included, times the epochs left).
+
+    The engine prints `<phase> epoch i/N  loss ...`; the ETA is for the phase in the line (the whole run for
+    one-phase regimes). Other lines pass through with the prefix."""
+
+    EPOCH = re.compile(r"^(?P<phase>\S+) epoch (?P<i>\d+)/(?P<n>\d+)\b")
+
+    def __init__(self, label: str, sink: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.label, self.sink, self.clock = label, sink, clock
+        self.start()
+
+    def start(self) -> None:
+        """Call right before `Engine.fit()`: the first epoch is timed from here."""
+        self._phase: Optional[str] = None
+        self._since = self.clock()
+        self._times: list[float] = []
+
+    def __call__(self, line: str) -> None:
+        match = self.EPOCH.match(line)
+        if not match:
+            self.sink(f"{self.label}: {line}")
+            return
+        now = self.clock()
+        if match["phase"] != self._phase:
+            self._phase, self._times = match["phase"], []
+        self._times.append(now - self._since)
+        self._since = now
+        left = int(match["n"]) - int(match["i"])
+        eta = duration(statistics.mean(self._times) * left)
+        # a method's init phase comes before `main`: say that its ETA is the phase's only
+        self.sink(f"{self.label}: {line}  " + (f"ETA {eta}" if match["phase"] == "main" else f"phase ETA {eta}"))
 
 
 @dataclass
@@ -35,12 +87,19 @@ class Cell:
 
 
 class Bench:
-    def __init__(self, cfg: BenchConfig, root: Path = Path("."), log: Callable[[str], None] = print):
+    def __init__(self, cfg: BenchConfig, root: Path = Path("."), log: Callable[[str], None] = _print):
         self.cfg = cfg
         self.root = root
         self.out = root / cfg.out
-        self.log = log
+        self.log = log  # the terminal; `say` also appends to <out>/bench.log
         self.command: Optional[str] = None  # the command line, shown in the leaderboard
+
+    def say(self, line: str) -> None:
+        """A progress line to the terminal and to the bench log (appended in one write: worker processes share it)."""
+        self.log(line)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
 
     # ------------------------------------------------------------------------------------------------------
     def recipe_path(self, name: str) -> Path:
@@ -81,12 +140,20 @@ class Bench:
 
     def run(self, only: Optional[set[str]] = None, jobs: int = 1) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
-        self.ensure_teacher()
         todo = self.pending(only)
+        for cell in todo:  # a bad value in a cell's recipe stops the bench now, not after the teacher's hours
+            try:
+                load_config(cell.recipe, cell.overrides)
+            except KdzooError as err:
+                raise type(err)(f"bench cell {cell.key} ({cell.recipe.name}): {err}") from None
+        self.say(f"bench {self.cfg.name}: {len(todo)} of {len(self.cells())} cells to run -> {self.out}")
+        self.ensure_teacher()
+        started = time.monotonic()
         if jobs <= 1:
             for k, cell in enumerate(todo, 1):
-                self.log(f"[{k}/{len(todo)}] {cell.key}")
+                self.say(f"[{k}/{len(todo)}] {cell.key}")
                 self.run_cell(cell, self.run_dir(cell))
+                self._say_grid_eta(started, k, len(todo))
         else:
             self._run_parallel(todo, jobs)
         results = self.collect()
@@ -104,8 +171,16 @@ class Bench:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
             futures = {pool.submit(_run_cell_in_process, self.cfg, str(self.root), cell, threads): cell
                        for cell in todo}
+            started = time.monotonic()
             for k, future in enumerate(as_completed(futures), 1):
-                self.log(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
+                self.say(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
+                self._say_grid_eta(started, k, len(todo))
+
+    def _say_grid_eta(self, started: float, done: int, total: int) -> None:
+        if done < total:
+            eta = (time.monotonic() - started) / done * (total - done)
+            left = total - done
+            self.say(f"  {left} cell{'s' if left > 1 else ''} left, ETA {duration(eta)}")
 
     def ensure_teacher(self) -> None:
         folder = self.teacher_dir()
@@ -115,26 +190,36 @@ class Bench:
             if _comparable(saved) != _comparable(cfg):
                 raise KdzooError(f"bench: {folder} holds a teacher from another recipe; move it away to retrain")
             return
-        self.log(f"training the teacher ({cfg.student.arch}, {cfg.epochs} epochs) -> {folder}")
-        resume = (folder / CHECKPOINT_DIR / "last.state.pt").is_file()
-        Engine(cfg, folder, resume=resume, quiet=True, log=self.log).fit()
+        self.say(f"training the teacher ({cfg.student.arch}, {cfg.epochs} epochs) -> {folder}")
+        resume = folder.exists()  # continues a killed teacher; one killed before its first checkpoint restarts
+        progress = EpochProgress("teacher", self.say)
+        engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
+        progress.start()
+        summary = engine.fit()
+        self.say(f"teacher: best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
+                 f"{duration(summary['wall_time_s'])}")
 
-    def run_cell(self, cell: Cell, folder: Path) -> str:
+    def run_cell(self, cell: Cell, folder: Path, report: bool = True) -> str:
+        """Train one cell; `report=False` (a worker process) leaves the closing line to the caller."""
         cfg = load_config(cell.recipe, cell.overrides)
-        resume = (folder / CHECKPOINT_DIR / "last.state.pt").is_file()
+        resume = CheckpointStore(folder / CHECKPOINT_DIR).has_checkpoint()
         if folder.exists() and not resume:
             shutil.rmtree(folder)  # started but never checkpointed: start again
         started = time.time()
         try:
-            summary = Engine(cfg, folder, resume=resume, quiet=True, log=lambda _: None).fit()
+            progress = EpochProgress(cell.key, self.say)
+            engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
+            progress.start()
+            summary = engine.fit()
         except KdzooError as err:  # a failing cell is recorded and the grid goes on
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "failed.txt").write_text(f"{err}\n{traceback.format_exc()}")
             message = f"failed: {err}"
         else:
-            message = (f"best {summary['best_top1']:.2f}  last {summary['last_top1']:.2f}  "
-                       f"{time.time() - started:.0f}s")
-        self.log(f"  {message}")
+            message = (f"best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
+                       f"{duration(time.time() - started)}")
+        if report:
+            self.say(f"  {message}")
         return message
 
     # ------------------------------------------------------------------------------------------------------
@@ -178,5 +263,9 @@ def _run_cell_in_process(cfg: BenchConfig, root: str, cell: Cell, threads: int) 
     import torch
 
     torch.set_num_threads(threads)
-    bench = Bench(cfg, Path(root), log=lambda _: None)
-    return bench.run_cell(cell, bench.run_dir(cell))
+    bench = Bench(cfg, Path(root))  # per-epoch lines to this process's stdout and the shared bench log
+    return bench.run_cell(cell, bench.run_dir(cell), report=False)
+
+
+def _num(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
