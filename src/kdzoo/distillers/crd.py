@@ -7,6 +7,12 @@ teacher bank rows [i, negatives] and the teacher embedding against the student b
 exp(v.m / nce_t) / Z feed the NCE criterion with a uniform noise distribution P_n = 1/n_data. After the step the
 banks' rows of the batch move to momentum * old + (1 - momentum) * new and are renormalised.
 
+Under several processes (torchrun) the bank update and the Z constants use every process's batch (indices and
+embeddings gathered in rank order), so every rank applies the update a single process would over the global
+batch (rank 0's samples, then rank 1's, ...) and all ranks hold the same banks; the banks are listed in
+`synced_buffers`, which keeps them out of DDP's per-forward broadcast of rank 0's buffers. The negatives are
+drawn per process, against the whole (shared) banks.
+
 Follows HobbitLong/RepDistiller crd/criterion.py and crd/memory.py (mode "exact": the positive is the sample
 itself). Differences: negatives are drawn with replacement on the device (the original draws without
 replacement in the data loader when nce_k is at most the number of other-class samples, e.g. CIFAR-100), and
@@ -25,6 +31,7 @@ from torch import Tensor
 from kdzoo.distillers.base import Method
 from kdzoo.distillers.common import Embed
 from kdzoo.distillers.registry import register_method
+from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Needs
 
@@ -121,6 +128,14 @@ def log_mean_exp(s_pos: Tensor, s_neg: Tensor) -> Tensor:
     return total - math.log(s_pos.numel() + s_neg.numel())
 
 
+def global_log_mean_exp(s_pos: Tensor, s_neg: Tensor) -> Tensor:
+    """`log_mean_exp` over every process's scores together (a collective); the same value in one process."""
+    total = torch.logaddexp(torch.logsumexp(s_pos.flatten(), 0), torch.logsumexp(s_neg.flatten(), 0))
+    count = total.new_tensor(float(s_pos.numel() + s_neg.numel()))
+    parts = all_gather_cat(torch.stack([total, count]).unsqueeze(0))  # (world, 2): log-sum-exp, count
+    return torch.logsumexp(parts[:, 0], 0) - math.log(float(parts[:, 1].sum()))
+
+
 @torch.no_grad()
 def momentum_update(bank: Tensor, idx: Tensor, values: Tensor, momentum: float) -> None:
     """bank[idx] <- normalise(momentum * bank[idx] + (1 - momentum) * values), row-wise L2."""
@@ -144,6 +159,8 @@ class CRD(Method):
     Params = CRDParams
     recipe_loss = {"ce": 1.0, "crd": 0.8}
     recipe_variants = {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}}
+    # Equal on every process by construction (the tables) or by gathered updates (banks, Z): not broadcast by DDP.
+    synced_buffers = ("labels", "order", "counts", "starts", "memory_s", "memory_t", "z_s", "z_t")
 
     def __init__(self, params: CRDParams, ctx):
         super().__init__(params, ctx)
@@ -194,11 +211,11 @@ class CRD(Method):
         return pos, contrast_scores(anchor, bank, neg)
 
     def _log_z(self, z: Tensor, s_pos: Tensor, s_neg: Tensor) -> Tensor:
-        """log Z, with Z = mean(exp(v.m / T)) * n_data set from the first batch and then fixed."""
+        """log Z, with Z = mean(exp(v.m / T)) * n_data set from the first (global) batch and then fixed."""
         if self._z_set:
             return z.log()
         with torch.no_grad():
-            value = torch.where(z < 0, torch.exp(log_mean_exp(s_pos, s_neg) + math.log(self.n_data)), z)
+            value = torch.where(z < 0, torch.exp(global_log_mean_exp(s_pos, s_neg) + math.log(self.n_data)), z)
             z.copy_(value)
             return value.log()
 
@@ -230,5 +247,8 @@ class CRD(Method):
             return
         index, e_s, e_t = self._pending
         self._pending = None
+        # Every process's rows in rank order (identity in one process): all ranks apply the same global update.
+        index = all_gather_cat(index)
+        e_s, e_t = all_gather_cat(torch.cat([e_s, e_t], dim=1)).split([e_s.shape[1], e_t.shape[1]], dim=1)
         momentum_update(self.memory_s, index, e_s, self.params.nce_m)
         momentum_update(self.memory_t, index, e_t, self.params.nce_m)

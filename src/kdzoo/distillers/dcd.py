@@ -10,6 +10,7 @@ L = min(exp(tau), max_tau) * e_s e_t^T + b (B x B, student i against teacher j; 
 
 Follows giakoumoglou/distillers distillers/DCD.py (DCDLoss with trainable=True): exp(tau) is clamped to
 [0, max_tau], so tau stops receiving a gradient while exp(tau) > max_tau, as there.
+Under torchrun the contrast is over each process's own batch (B per process; no gathering across ranks).
 """
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ behind the published table). As there, the queue starts as randn(nce_k, feat_dim
 column has unit norm, so the initial rows are short) until real teacher embeddings replace it. The teacher-side
 embedding receives no gradient in the original (its scores are detached and the queue is a buffer), so it stays
 at its random initialisation there; here it is frozen explicitly (requires_grad False), which is the same.
+
+Under several processes (torchrun) every rank enqueues every process's teacher embeddings, rank 0's first, so
+all ranks hold the same queue, equal to a single process's over the global batch; the queue is listed in
+`synced_buffers`, which keeps it out of DDP's per-forward broadcast of rank 0's buffers.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from torch import Tensor
 from kdzoo.distillers.base import Method
 from kdzoo.distillers.common import Embed
 from kdzoo.distillers.registry import register_method
+from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
 
@@ -63,6 +68,7 @@ class RRD(Method):
     Params = RRDParams
     recipe_loss = {"ce": 1.0, "rrd": 1.0}
     recipe_variants = {"rrd_kd": {"ce": 1.0, "kd": 1.0, "rrd": 1.0}}
+    synced_buffers = ("queue", "queue_ptr")  # equal on every process through gathered updates: not broadcast by DDP
 
     def __init__(self, params: RRDParams, ctx):
         super().__init__(params, ctx)
@@ -92,5 +98,6 @@ class RRD(Method):
 
     def after_step(self) -> None:
         if self._pending is not None:
-            enqueue(self.queue, self.queue_ptr, self._pending)
+            # Every process's keys in rank order (identity in one process): all ranks enqueue the same keys.
+            enqueue(self.queue, self.queue_ptr, all_gather_cat(self._pending))
             self._pending = None

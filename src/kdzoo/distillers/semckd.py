@@ -19,6 +19,7 @@ The attention is not detached: the loss trains the MLPs. Because the MLPs take B
 Follows DefangChen/SimKD (models/util.py SelfA, Proj, MLPEmbed; distiller_zoo/SemCKD.py); deviations: MLPEmbed's
 unused `regressor` Sequential is not created (it never runs, but its parameters joined the optimizer there), the L2
 normalisation has an epsilon, and the embedding width is at least 1 for batches under 4.
+Under torchrun the B x B similarities are over each process's own batch (B = the per-process batch size).
 """
 from __future__ import annotations
 

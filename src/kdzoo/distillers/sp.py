@@ -1,4 +1,7 @@
-"""Similarity-preserving KD: match the row-normalised batch similarity (Gram) matrices of the last stage map."""
+"""Similarity-preserving KD: match the row-normalised batch similarity (Gram) matrices of the last stage map.
+
+Under torchrun the B x B matrices are over each process's own batch (B = the per-process batch size).
+"""
 from __future__ import annotations
 
 import torch

@@ -38,12 +38,71 @@ def init_distributed(device_type: str) -> DistInfo:
     return info
 
 
+SYNCED_BUFFERS = "synced_buffers"  # attribute a module may set: names of its buffers it keeps equal on every rank
+
+
+def synced_buffer_names(module: nn.Module) -> list[str]:
+    """Fully qualified names (relative to `module`) of the buffers its submodules list in `synced_buffers`.
+
+    A module lists there the buffers it keeps identical on every process by itself (e.g. memory banks updated
+    from `all_gather_cat` of every rank's batch): DDP must not overwrite them with rank 0's copy at every forward.
+    """
+    names = []
+    for prefix, sub in module.named_modules():
+        for name in getattr(sub, SYNCED_BUFFERS, ()):
+            full = f"{prefix}.{name}" if prefix else name
+            module.get_buffer(full)  # raises on a name that is not a buffer
+            names.append(full)
+    return names
+
+
 def wrap_ddp(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
-    if not info.enabled or not any(p.requires_grad for p in module.parameters()):
+    """DDP around `module` (rank 0's parameters and buffers to every rank, gradients averaged, buffers broadcast
+    from rank 0 at every forward), except for the `synced_buffer_names`: those get rank 0's values once, here
+    (ranks are seeded apart), and are then left to the module."""
+    if not info.enabled:
         return module
+    synced = synced_buffer_names(module)
+    for name in synced:
+        dist.broadcast(module.get_buffer(name).data, src=0)
+    if not any(p.requires_grad for p in module.parameters()):
+        return module
+    if synced:
+        # The documented (if underscored) way to keep named parameters/buffers out of DDP's synchronisation.
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, synced)
     ids = [device.index] if device.type == "cuda" else None
     # Methods may leave some adapters unused in a step (e.g. an init stage), hence find_unused_parameters.
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def world_size() -> int:
+    """Processes in the default process group; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's `tensor` concatenated along dim 0 in rank order (rank 0's rows first); `tensor` itself in a
+    single process. A collective: every process must call it, with the same trailing shape and dtype; the
+    dim-0 sizes may differ (a last partial batch): they are gathered first and the rows padded to the largest.
+    No gradient flows back through the result; the result stays on the tensor's device (CUDA under NCCL)."""
+    world = world_size()
+    if world == 1:
+        return tensor
+    if tensor.dim() == 0:
+        raise ValueError("all_gather_cat: needs a tensor with at least one dimension")
+    tensor = tensor.detach().contiguous()
+    rows = tensor.shape[0]
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([rows], dtype=torch.long, device=tensor.device))
+    counts = [int(n) for n in torch.cat(sizes).tolist()]  # one host sync
+    largest = max(counts)
+    if largest == 0:
+        return tensor
+    if rows < largest:
+        tensor = torch.cat([tensor, tensor.new_zeros((largest - rows, *tensor.shape[1:]))])
+    parts = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(parts, tensor)
+    return torch.cat([part[:n] for part, n in zip(parts, counts)])
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
