@@ -131,7 +131,8 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out or Path("runs") / cfg.name)
         refuse_existing_run(run_dir, f"kdzoo {args.mode}")
     check_mode(cfg, args.mode)
-    from kdzoo.engine.trainer import Engine  # heavy (torch): imported once the recipe is known to be valid
+    check_names(cfg)
+    from kdzoo.engine.trainer import Engine  # heavy: imported once the recipe is known to be valid
 
     engine = Engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
@@ -155,6 +156,22 @@ def check_mode(cfg, mode: str) -> None:
         raise KdzooError(f"loss.{needing[0]} needs a teacher; use `kdzoo distill` for this recipe")
     if mode == "distill" and not needing:
         raise KdzooError("no loss term uses a teacher; use `kdzoo train` for this recipe")
+
+
+def check_names(cfg) -> None:
+    """Unknown model, dataset or regime names fail before any dataset is read or network built."""
+    from kdzoo.data import list_datasets
+    from kdzoo.models.registry import check_model_name
+    from kdzoo.regimes import REGIMES
+
+    for key, arch in (("student.arch", cfg.student.arch), ("teacher.arch", cfg.teacher.arch)):
+        if arch:
+            check_model_name(arch)
+    if cfg.dataset.name not in list_datasets():
+        from kdzoo.data import dataset_info
+
+        dataset_info(cfg.dataset.name)  # raises the one-line "unknown dataset" error with suggestions
+    REGIMES.get(cfg.regime)
 
 
 def cmd_eval(args) -> int:
