@@ -102,7 +102,6 @@ class Engine:
             raise ConfigError(f"dataset.batch_size: {d.batch_size} is larger than the {len(train_set)} training "
                               "samples and the last partial batch is dropped")
 
-
     def _open_run_folder(self, resume: bool) -> RunLock:
         """Lock the folder (main process), finish an interrupted checkpoint publication, check its state."""
         lock = RunLock(self.out)
