@@ -161,7 +161,7 @@ def test_bench_prints_and_logs_per_epoch_progress(tiny_bench, capsys):
             assert re.search(pattern.rstrip("$"), terminal, re.M), terminal
     assert any(re.fullmatch(stamp + r"bench tiny-digits: 1 of 1 cells to run -> .*", line) for line in log)
     assert any(re.fullmatch(stamp + r"\[1/1\] student/resnet8/seed0", line) for line in log)
-    assert any(re.fullmatch(stamp + r"teacher: best \S+  last \S+  \d+s", line) for line in log)
+    assert any(re.fullmatch(stamp + r"teacher: best \S+  last \S+  \S+", line) for line in log)
     # one seed: no fake spread
     board = (out / "leaderboard.md").read_text()
     assert "(1 seed)" in board and "± 0.00" not in board

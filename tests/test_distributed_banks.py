@@ -117,6 +117,7 @@ def worker(out: Path) -> None:
         model(mine[-1])
     result["seen"] = bundle.seen
     torch.save(result, out / f"rank{rank}.pt")
+    del model  # the DDP reducer goes before its process group (else gloo may abort at exit under load)
     dist.barrier()
     dist.destroy_process_group()
 
