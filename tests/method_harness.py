@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -122,3 +123,12 @@ def pool_pair_np(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both maps average-pooled to the smaller one's spatial size."""
     size = min(a.shape[-1], b.shape[-1])
     return avg_pool_np(a, size), avg_pool_np(b, size)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from kdzoo.distillers import METHODS
 from kdzoo.distillers.dist import dist_parts
 from kdzoo.distillers.dkd import dkd_parts
 from kdzoo.distillers.rkd import rkd_angle_loss, rkd_distance_loss
-from tests.method_harness import build_regime, random_batch, step_info
+from tests.method_harness import build_regime, one_thread, random_batch, step_info  # noqa: F401 (autouse)
 
 STUDENT, TEACHER = "resnet8", "resnet14"
 
@@ -52,12 +52,6 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("bite_teachers")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_every_method_is_covered():

@@ -21,20 +21,14 @@ from kdzoo.models import create_model
 from kdzoo.models.features import Features, feature_spec
 from kdzoo.regimes.offline import probe_shapes
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import (assert_gradient_routing, backward_once, build_regime, pool_pair_np, random_batch,
+from tests.method_harness import (one_thread,  # noqa: F401 (autouse fixture)
+                                  assert_gradient_routing, backward_once, build_regime, pool_pair_np, random_batch,
                                   run_digits, setup_context)
 
 RECIPE = {"vid": 1.0, "ab": 1.0, "ft": 200.0, "fsp": 50.0}
 STAGED = ("ab", "ft", "fsp")  # methods with an init stage
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a loaded 2-core machine two OpenMP threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
