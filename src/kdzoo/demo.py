@@ -2,45 +2,81 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shutil
+import time
 from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
 
 from kdzoo.config import load_config
+from kdzoo.engine.device import cpu_has_bf16, resolve_device, resolve_precision
 from kdzoo.engine.trainer import Engine
 from kdzoo.errors import KdzooError
 
 
 def recipes_dir() -> Path:
-    """The repository's configs/ folder (the demo uses the same recipes a user would)."""
+    """The repository's configs/demo folder: the demo's own, small recipes (a resnet8x4 teacher)."""
     for base in (Path(__file__).resolve().parents[2], Path.cwd()):
-        if (base / "configs" / "digits" / "kd.yaml").is_file():
-            return base / "configs" / "digits"
-    raise KdzooError("kdzoo demo needs the repository's configs/digits recipes; run it from a kdzoo checkout")
+        if (base / "configs" / "demo" / "kd.yaml").is_file():
+            return base / "configs" / "demo"
+    raise KdzooError("kdzoo demo needs the repository's configs/demo recipes; run it from a kdzoo checkout")
 
 
-def run_demo(out: Path, quiet: bool = False) -> list[dict]:
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_line(cfg) -> str:
+    """One line naming the hardware and the precision the demo trains in."""
+    device = resolve_device(cfg.engine.device)
+    precision = resolve_precision(cfg.engine.precision, device)
+    if device.type == "cuda":
+        where = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        where = (f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+                 f"{'with' if cpu_has_bf16() else 'without'} AVX512-BF16/AMX")
+    return f"hardware: {where}; precision {precision} (engine.precision={cfg.engine.precision}), torch {torch.__version__}"
+
+
+def run_demo(out: Path, quiet: bool = False, overrides: Optional[Sequence[str]] = None) -> list[dict]:
+    """Train the three demo runs under `out`; `overrides` (e.g. engine.precision=fp32) apply to all three."""
     recipes = recipes_dir()
-    quiet_overrides = ["engine.progress=false"] if quiet else []
+    common = [*(overrides or []), *(["engine.progress=false"] if quiet else [])]
     rows = []
     plan = [
         ("teacher", "teacher.yaml", []),
         ("student", "student.yaml", []),
         ("student + KD", "kd.yaml", [f"teacher.checkpoint={out / 'teacher'}"]),
     ]
-    for label, recipe, extra in plan:
+    start = time.perf_counter()
+    for i, (label, recipe, extra) in enumerate(plan):
         folder = out / recipe.removesuffix(".yaml")
-        cfg = load_config(recipes / recipe, [*extra, *quiet_overrides])
+        cfg = load_config(recipes / recipe, [*extra, *common])
+        if i == 0:
+            print(hardware_line(cfg))
         if folder.is_dir():  # the demo owns its folders: a second `make demo` trains afresh
             shutil.rmtree(folder)
         print(f"== {label}: {cfg.student.arch}, {cfg.epochs} epochs on {cfg.dataset.name} -> {folder}")
         summary = Engine(cfg, folder, quiet=quiet).fit()
         rows.append({"model": label, "arch": cfg.student.arch, "params": summary.get("student_params"),
                      "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
-                     "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"]})
+                     "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],
+                     "precision": summary.get("precision")})
+    total = time.perf_counter() - start
     table = format_table(rows)
     print()
     print(table)
-    (out / "results.md").write_text(table + "\n")
+    print(f"\ntotal {total:.0f} s; {hardware_line(cfg)}")
+    (out / "results.md").write_text(table + f"\n\ntotal {total:.0f} s; {hardware_line(cfg)}\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     print(f"\nsaved {out / 'results.md'}")
     return rows
