@@ -75,11 +75,12 @@ def test_resume_without_a_complete_checkpoint_starts_from_scratch(tmp_path, caps
     (run / "metrics.jsonl").write_text('{"epoch": 1, "phase": "main", "torn": tr')
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / ".last.safetensors.x.tmp").write_bytes(b"partial")
+    (run / ".summary.json.y.tmp").write_text("{")
     assert run_cli("train", "--resume", run, *TINY[:1], *FAST) == 0
     assert "holds no complete checkpoint: starting from scratch" in capsys.readouterr().out
     epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
-    assert not list((run / "checkpoints").glob("*.tmp"))
+    assert not list(run.rglob("*.tmp"))
 
 
 def test_resume_with_an_edited_config_is_refused(finished, capsys):

@@ -21,6 +21,7 @@ import torch
 
 from kdzoo.engine.atomic import atomic_path, atomic_write_text
 from kdzoo.engine.checkpoint import load_state, save_state, save_weights
+from kdzoo.engine.run_folder import remove_stray_temp_files
 from kdzoo.errors import CheckpointError
 
 POINTER = "checkpoint.json"
@@ -83,10 +84,10 @@ class CheckpointStore:
         stem = f"c{serial:06d}"
         new = {"serial": serial, "epoch": meta.get("epoch"), "phase": meta.get("phase"),
                "last": f"{stem}.last.safetensors", "state": f"{stem}.state.pt",
-               "best": f"{stem}.best.safetensors" if improved or not previous else previous.get("best")}
+               "best": f"{stem}.best.safetensors" if improved else (previous or {}).get("best")}
         try:
             save_weights(self.folder / new["last"], weights, meta)
-            if new["best"] == f"{stem}.best.safetensors":
+            if improved:
                 save_weights(self.folder / new["best"], weights, meta)
             save_state(self.folder / new["state"], state)
             atomic_write_text(self.folder / POINTER, json.dumps(new, indent=2) + "\n")  # the commit
@@ -104,8 +105,7 @@ class CheckpointStore:
         """Finish a publication a kill interrupted; remove temporary files and uncommitted generations."""
         if not self.folder.is_dir():
             return
-        for stray in self.folder.glob(".*.tmp"):
-            stray.unlink(missing_ok=True)
+        remove_stray_temp_files(self.folder)
         pointer = self.pointer()
         if pointer is not None:
             self._publish(pointer)

@@ -42,6 +42,13 @@ def refuse_existing_run(path: Path, what: str) -> None:
                          f"use another --out (or --resume {path} to continue a training run)")
 
 
+def remove_stray_temp_files(path: Path) -> None:
+    """Temporary files of atomic writes that a kill interrupted (`.<name>.<random>.tmp`)."""
+    if path.is_dir():
+        for stray in path.glob(".*.tmp"):
+            stray.unlink(missing_ok=True)
+
+
 def clear_run(path: Path) -> None:
     """Remove a run's own files (a restart from scratch); anything else in the folder stays."""
     for name in RUN_FILES:

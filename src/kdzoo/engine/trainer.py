@@ -28,7 +28,7 @@ from kdzoo.engine.rng import rng_state, seed_everything, set_rng_state
 from kdzoo.engine.step import train_step
 from kdzoo.engine.resume_rules import check_resume_config
 from kdzoo.engine.run_dir import RunDir, environment
-from kdzoo.engine.run_folder import RunLock, check_out_path, clear_run, holds_run
+from kdzoo.engine.run_folder import RunLock, check_out_path, clear_run, holds_run, remove_stray_temp_files
 from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.regimes import REGIMES, Phase, RunContext
@@ -110,6 +110,7 @@ class Engine:
         check_out_path(self.out)
         lock.acquire()
         try:
+            remove_stray_temp_files(self.out)
             self.store.repair()
             if not resume and holds_run(self.out):
                 raise KdzooError(f"run folder {self.out} already holds a run; use --resume {self.out} to continue "
