@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from kdzoo.distillers.ab import AB, ABParams, ab_loss, connector, student_body
+from kdzoo.distillers.ab import AB, ABParams, ab_loss, connector
+from kdzoo.models.features import student_body
 from kdzoo.distillers.fsp import FSP, FSPParams, fsp_loss, fsp_matrices
 from kdzoo.distillers.ft import FT, FTParams, factor_transfer_loss
 from kdzoo.distillers.vid import VID, VIDParams, gaussian_nll

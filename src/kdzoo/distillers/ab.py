@@ -27,32 +27,13 @@ from torch import Tensor, nn
 from kdzoo.distillers.base import InitStage, Method
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
-from kdzoo.models.features import Needs, feature_spec
+from kdzoo.models.features import Needs, student_body
 
 
 @dataclass
 class ABParams:
     margin: float = 1.0  # m of the alternative L2 loss
     init_epochs: int = 30  # epochs of the init stage (the only stage AB acts in)
-
-
-def student_body(model: nn.Module) -> list[nn.Module]:
-    """The modules of `model` whose parameters are all of its parameters except its classifier head's."""
-    head = feature_spec(model).head
-    body: list[nn.Module] = []
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}{name}"
-            if full == head:
-                continue
-            if head.startswith(full + "."):
-                walk(child, full + ".")
-            else:
-                body.append(child)
-
-    walk(model, "")
-    return body
 
 
 def _upsampler(s: int, t: int) -> tuple[int, int, int]:

@@ -1,4 +1,4 @@
-"""Pieces several methods share: embeddings, spatial matching, pairwise distances."""
+"""Pieces several methods share: embeddings, spatial matching, pairwise distances, warm-up ramps."""
 from __future__ import annotations
 
 import torch
@@ -42,3 +42,10 @@ def pairwise_distances(x: Tensor, squared: bool = False, eps: float = 1e-12) -> 
     dist = dist.clone()
     dist[range(len(x)), range(len(x))] = 0
     return dist
+
+
+def warmup_factor(epoch: int, warmup: float) -> float:
+    """min(epoch / warmup, 1) with mdistiller's 1-based epoch counter; `epoch` is kdzoo's 0-based one."""
+    if warmup <= 0:
+        return 1.0
+    return min((epoch + 1) / warmup, 1.0)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.distillers.base import Method
+from kdzoo.distillers.common import warmup_factor
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -28,13 +29,6 @@ PAIR_BETA = {
     ("wrn_40_2", "wrn_16_2"): 6.0,
     ("wrn_40_2", "wrn_40_1"): 6.0,
 }
-
-
-def warmup_factor(epoch: int, warmup: float) -> float:
-    """min(epoch / warmup, 1) with mdistiller's 1-based epoch counter; `epoch` is kdzoo's 0-based one."""
-    if warmup <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup, 1.0)
 
 
 def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> tuple[Tensor, Tensor]:

@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdzoo.distillers.ab import student_body
 from kdzoo.distillers.base import InitStage, Method
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
-from kdzoo.models.features import Needs
+from kdzoo.models.features import Needs, student_body
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import Method, SetupContext
+from kdzoo.distillers.common import warmup_factor
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Features, Needs
@@ -43,13 +44,6 @@ PAIR_WEIGHT = {
 }
 
 PYRAMID = (4, 2, 1)
-
-
-def warmup_factor(epoch: int, warmup: float) -> float:
-    """min(epoch / warmup, 1) with mdistiller's 1-based epoch counter; `epoch` is kdzoo's 0-based one."""
-    if warmup <= 0:
-        return 1.0
-    return min((epoch + 1) / warmup, 1.0)
 
 
 def hcl_level(fs: Tensor, ft: Tensor) -> Tensor:

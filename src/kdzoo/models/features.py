@@ -96,6 +96,26 @@ def get_head(model: nn.Module) -> nn.Module:
     return model.get_submodule(feature_spec(model).head)
 
 
+def student_body(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` whose parameters are all of its parameters except its classifier head's
+    (what AB and FSP train in their init stages; what a frozen-backbone probe freezes)."""
+    head = feature_spec(model).head
+    body: list[nn.Module] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if full == head:
+                continue
+            if head.startswith(full + "."):
+                walk(child, full + ".")
+            else:
+                body.append(child)
+
+    walk(model, "")
+    return body
+
+
 class FeatureModel(nn.Module):
     """Wraps a model; `forward(x)` returns a `Features` holding only what `want` asks for."""
 
