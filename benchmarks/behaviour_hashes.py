@@ -8,6 +8,7 @@ bytes in name order), not the file, whose metadata may legitimately change. Same
 fp32 kernels differ between CPUs.
 
     python benchmarks/behaviour_hashes.py --revs c4b0282 HEAD --out benchmarks/results/behaviour_hashes
+    python benchmarks/behaviour_hashes.py --against benchmarks/results/behaviour_hashes.json   # HEAD vs stored
 """
 from __future__ import annotations
 
@@ -81,8 +82,14 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, help="writes <out>.json and <out>.md")
+    parser.add_argument("--against", type=Path, help="a results .json from an earlier run: its revisions are "
+                        "compared too (e.g. benchmarks/results/behaviour_hashes.json)")
     args = parser.parse_args()
     results = {}
+    if args.against:
+        stored = json.loads(args.against.read_text())["revs"]
+        results.update({f"{rev} (stored)": {m: h for m, h in hashes.items() if m in ("teacher", *args.methods)}
+                        for rev, hashes in stored.items()})
     with tempfile.TemporaryDirectory(prefix="kdzoo-hashes-") as tmp:
         for rev in args.revs:
             name = resolve(rev)
@@ -101,7 +108,7 @@ def main() -> None:
     rows = ["teacher", *args.methods]
     same = {row: len({results[n][row] for n in names}) == 1 for row in rows}
     lines = [f"# Behaviour fingerprint: sha256 of last.safetensors tensors ({args.epochs}-epoch digits runs)", "",
-             f"Command: `python benchmarks/behaviour_hashes.py --revs {' '.join(args.revs)} --epochs {args.epochs}`",
+             f"Command: `python {' '.join(sys.argv)}`",
              f"Hardware: {cpu_model()}, {os.cpu_count()} cores, fp32, "
              f"torch {_torch_version()}", "",
              "| run | " + " | ".join(names) + " | equal |", "|---|" + "---|" * len(names) + "---|"]

@@ -1,9 +1,13 @@
 """Pieces several methods share: embeddings, spatial matching, pairwise distances, warm-up ramps."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kdzoo.engine.distributed import all_gather_cat
 
 
 class Embed(nn.Module):
@@ -17,6 +21,25 @@ class Embed(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.linear(x.flatten(1))
         return F.normalize(x, dim=1) if self.normalize else x
+
+
+class PendingUpdate:
+    """Tensors a method keeps from its loss until after the optimizer step (the backward still needs its
+    buffers as they were read), handed back gathered from every process in rank order (CRD's banks, RRD's
+    queue): each rank then applies the update a single process would make over the global batch."""
+
+    def __init__(self):
+        self._tensors: Optional[tuple[Tensor, ...]] = None
+
+    def put(self, *tensors: Tensor) -> None:
+        self._tensors = tuple(t.detach() for t in tensors)
+
+    def take(self) -> Optional[tuple[Tensor, ...]]:
+        """The gathered tensors (None when nothing is pending); a collective under several processes."""
+        if self._tensors is None:
+            return None
+        tensors, self._tensors = self._tensors, None
+        return tuple(all_gather_cat(t) for t in tensors)
 
 
 def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

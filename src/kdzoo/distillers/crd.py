@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed
+from kdzoo.distillers.common import Embed, PendingUpdate
 from kdzoo.distillers.registry import register_method
 from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError, KdzooError
@@ -189,7 +189,7 @@ class CRD(Method):
         self.register_buffer("memory_t", torch.rand(n_data, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
-        self._pending: Optional[tuple[Tensor, Tensor, Tensor]] = None
+        self._pending = PendingUpdate()
         self._z_set = False  # host-side cache of "both Z constants are set"
 
     def embed(self, s_pooled: Tensor, t_pooled: Tensor) -> tuple[Tensor, Tensor]:
@@ -239,16 +239,13 @@ class CRD(Method):
         if not self._z_set:  # one host sync per run (and per resume); later batches skip computing Z
             self._z_set = bool((self.z_s > 0) & (self.z_t > 0))
         # The backward still needs the bank rows read here: update them after the optimizer step.
-        self._pending = (index, e_s.detach(), e_t.detach())
+        self._pending.put(index, e_s, e_t)
         return {"crd": loss}
 
     def after_step(self) -> None:
-        if self._pending is None:
+        pending = self._pending.take()  # every process's rows: all ranks apply the same global update
+        if pending is None:
             return
-        index, e_s, e_t = self._pending
-        self._pending = None
-        # Every process's rows in rank order (identity in one process): all ranks apply the same global update.
-        index = all_gather_cat(index)
-        e_s, e_t = all_gather_cat(torch.cat([e_s, e_t], dim=1)).split([e_s.shape[1], e_t.shape[1]], dim=1)
+        index, e_s, e_t = pending
         momentum_update(self.memory_s, index, e_s, self.params.nce_m)
         momentum_update(self.memory_t, index, e_t, self.params.nce_m)

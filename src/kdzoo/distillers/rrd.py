@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed
+from kdzoo.distillers.common import Embed, PendingUpdate
 from kdzoo.distillers.registry import register_method
-from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
 
@@ -82,7 +80,7 @@ class RRD(Method):
         self.embed_t.requires_grad_(False)  # never receives a gradient in the original: a fixed random projection
         self.register_buffer("queue", F.normalize(torch.randn(params.nce_k, dim), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self._pending: Optional[Tensor] = None
+        self._pending = PendingUpdate()
 
     def embed(self, s_pooled: Tensor, t_pooled: Tensor) -> tuple[Tensor, Tensor]:
         return (F.normalize(self.embed_s(s_pooled).float(), dim=1),
@@ -93,11 +91,10 @@ class RRD(Method):
         with torch.autocast(device_type=e_s.device.type, enabled=False):
             loss = relational_loss(e_s, e_t, self.queue, self.params.nce_t_s, self.params.nce_t_t)
         # The backward still needs the queue as it is now: enqueue after the optimizer step.
-        self._pending = e_t.detach()
+        self._pending.put(e_t)
         return {"rrd": loss}
 
     def after_step(self) -> None:
-        if self._pending is not None:
-            # Every process's keys in rank order (identity in one process): all ranks enqueue the same keys.
-            enqueue(self.queue, self.queue_ptr, all_gather_cat(self._pending))
-            self._pending = None
+        pending = self._pending.take()  # every process's keys in rank order: all ranks enqueue the same keys
+        if pending is not None:
+            enqueue(self.queue, self.queue_ptr, pending[0])
