@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from kdzoo.config import config_from_data
-from kdzoo.data import DatasetInfo
+from kdzoo.data import image_info
 from kdzoo.distillers import METHODS, Batch, StepInfo
 from kdzoo.engine.checkpoint import save_weights
 from kdzoo.engine.device import Precision, resolve_precision
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         methods.insert(0, "kd")
     settings = args.settings.split(",")
     device = torch.device("cpu")
-    info = DatasetInfo("cifar100", args.classes, 3, 32, (0.5,) * 3, (0.25,) * 3)
+    info = image_info("cifar100", args.classes, 3, 32, (0.5,) * 3, (0.25,) * 3)
     n_train = 50_000
     targets = torch.randint(0, args.classes, (n_train,))
 

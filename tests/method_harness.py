@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kdzoo.config import config_from_data
-from kdzoo.data import DatasetInfo
+from kdzoo.data import image_info
 from kdzoo.distillers.base import Batch, SetupContext, StepInfo
 from kdzoo.engine.checkpoint import save_weights
 from kdzoo.engine.device import Precision
@@ -48,7 +48,7 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
     if teacher is not None:
         data["teacher"] = {"checkpoint": str(teacher_file(folder, teacher, num_classes, in_channels))}
     cfg = config_from_data(data)
-    info = DatasetInfo("synthetic", num_classes, in_channels, size, (0.0,) * in_channels, (1.0,) * in_channels)
+    info = image_info("synthetic", num_classes, in_channels, size, (0.0,) * in_channels, (1.0,) * in_channels)
     torch.manual_seed(seed)
     targets = torch.arange(n_train) % num_classes
     return Offline(RunContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo(), info=info,
@@ -58,7 +58,7 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
 def random_batch(regime: Offline, batch_size: int = 8, seed: int = 1) -> Batch:
     g = torch.Generator().manual_seed(seed)
     info = regime.ctx.info
-    images = torch.randn(batch_size, info.in_channels, info.image_size, info.image_size, generator=g)
+    images = torch.randn(batch_size, *info.input_shape, generator=g)
     n = len(regime.ctx.train_targets)
     index = torch.randperm(n, generator=g)[:batch_size]
     labels = regime.ctx.train_targets[index]

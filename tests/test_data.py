@@ -15,6 +15,7 @@ from torchvision import transforms as classic
 
 from kdzoo.data import (
     DatasetInfo,
+    image_info,
     IndexedDataset,
     ShardSampler,
     build_dataset,
@@ -169,7 +170,7 @@ def test_cifar10_loads_torchvision_pickles(tmp_path):
     assert len(train) == 15 and len(test) == 3
     expected_train_labels = sum((written[f"data_batch_{i}"][1] for i in range(1, 6)), [])
     assert train.targets.dtype == torch.long and train.targets.tolist() == expected_train_labels
-    assert train.info == DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    assert train.info == image_info("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     assert train.classes[3] == "class3"
     # Third sample of batch 2 = index 5: planes R, G, B of the row, untouched by the identity transform.
     image, label = train[5]
@@ -229,7 +230,7 @@ def test_fashion_mnist_debian_layout_idx_gz(tmp_path):
     assert len(train) == 6 and len(test) == 4
     assert train.targets.tolist() == written["train"][1].tolist()
     assert torch.equal(train[2][0], torch.from_numpy(written["train"][0][2]).unsqueeze(0))
-    assert train.info == DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,))
+    assert train.info == image_info("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,))
     image, label = test[3]
     assert image.shape == (1, 28, 28) and image.dtype == torch.float32 and label == written["t10k"][1][3]
 
@@ -352,7 +353,7 @@ def test_digits_fixed_stratified_split():
     train = build_dataset("digits", "train", augment=False)
     test = build_dataset("digits", "test")
     assert (len(train), len(test)) == (1257, 540)
-    assert train.info == DatasetInfo("digits", 10, 1, 8, (0.3056,), (0.3761,))
+    assert train.info == image_info("digits", 10, 1, 8, (0.3056,), (0.3761,))
 
     train_idx, test_idx = digits_module.split_indices("train"), digits_module.split_indices("test")
     assert len(set(train_idx) | set(test_idx)) == 1797 and not set(train_idx) & set(test_idx)
@@ -498,3 +499,14 @@ def test_pad_random_crop_keeps_shape():
     outputs = [PadRandomCrop(2)(image) for _ in range(20)]
     assert all(out.shape == image.shape for out in outputs)
     assert any(not torch.equal(out, image) for out in outputs)
+
+
+def test_dataset_info_describes_inputs_of_any_shape():
+    image = image_info("cifar10", 10, 3, 32, (0.5,) * 3, (0.25,) * 3)
+    assert image.input_shape == (3, 32, 32) and image.in_channels == 3 and image.image_size == 32
+    assert image.with_image_size(96).input_shape == (3, 96, 96)
+    tabular = DatasetInfo("covtype", 7, (54,), (0.0,), (1.0,))
+    assert tabular.in_channels == 54 and tabular.image_size is None
+    spectrogram = image.with_input_shape(torch.Size([1, 40, 101]))
+    assert spectrogram.input_shape == (1, 40, 101) and spectrogram.image_size is None
+

@@ -2,7 +2,7 @@
 
 Every dataset yields `(image, int label)` and carries `.targets` (LongTensor) and `.info` (DatasetInfo).
 """
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.loaders import SeededDataLoader, ShardSampler, make_loader, seed_worker, set_loader_epoch
 from kdzoo.data.registry import DATASETS, DatasetBuilder, build_dataset, dataset_info, default_transform, list_datasets
 from kdzoo.data.splits import split_train_val, stratified_subset
@@ -15,6 +15,7 @@ __all__ = [
     "DATASETS",
     "DatasetBuilder",
     "DatasetInfo",
+    "image_info",
     "IndexedDataset",
     "LabeledSubset",
     "SeededDataLoader",

@@ -10,14 +10,14 @@ from torchvision import datasets
 
 from kdzoo.data.checks import load_failed_error, missing_data_error, missing_files
 from kdzoo.data.in_memory import InMemoryImageDataset
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.data.transforms import small_image_transform
 
 DEFAULT_ROOT = "./data"
 
-CIFAR10_INFO = DatasetInfo("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-CIFAR100_INFO = DatasetInfo("cifar100", 100, 3, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+CIFAR10_INFO = image_info("cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR100_INFO = image_info("cifar100", 100, 3, 32, (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
 
 
 def _without_md5(file_list: list[list[str]]) -> list[list]:

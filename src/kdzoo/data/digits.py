@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from kdzoo.data.in_memory import InMemoryImageDataset
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.data.transforms import small_image_transform
 
@@ -15,7 +15,7 @@ MAX_PIXEL = 16.0  # load_digits pixels are counts 0..16
 TEST_FRACTION = 0.3
 SPLIT_SEED = 0
 # Mean / std of the 1257 training images after scaling to [0, 1] (computed once, fixed split).
-INFO = DatasetInfo("digits", 10, 1, 8, (0.3056,), (0.3761,))
+INFO = image_info("digits", 10, 1, 8, (0.3056,), (0.3761,))
 
 
 @lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ from torchvision import datasets
 
 from kdzoo.data.checks import load_failed_error, missing_data_error
 from kdzoo.data.in_memory import InMemoryImageDataset
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.data.transforms import small_image_transform
 from kdzoo.errors import DatasetError
@@ -24,7 +24,7 @@ DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
 DOWNLOAD_ROOT = "./data"  # where `download` puts torchvision's layout when no root is given
 TORCHVISION_SUBFOLDER = Path("FashionMNIST") / "raw"
 
-INFO = DatasetInfo("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,))
+INFO = image_info("fashion_mnist", 10, 1, 28, (0.2860,), (0.3530,))
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILE_PREFIX = {"train": "train", "test": "t10k"}
 

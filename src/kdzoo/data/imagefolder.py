@@ -15,7 +15,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import default_loader
 
 from kdzoo.data.checks import missing_data_error
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform, small_image_transform
 from kdzoo.errors import DatasetError
@@ -52,8 +52,8 @@ def info(root: str | None) -> DatasetInfo:
     folder = _root(root)
     num_classes = len(class_names(folder))
     if is_tiny_layout(folder):
-        return DatasetInfo(TINY_NAME, num_classes, 3, TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD)
-    return DatasetInfo("imagefolder", num_classes, 3, IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+        return image_info(TINY_NAME, num_classes, 3, TINY_SIZE, IMAGENET_MEAN, IMAGENET_STD)
+    return image_info("imagefolder", num_classes, 3, IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD)
 
 
 class FixedClassImageFolder(ImageFolder):

@@ -1,7 +1,6 @@
 """The dataset registry and the entry points that use it: `build_dataset`, `dataset_info`, `default_transform`."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -88,7 +87,7 @@ def build_dataset(
     if image_size is not None:
         if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
             raise DatasetError(f"{name}: image_size must be a positive integer, got {image_size!r}")
-        info = dataclasses.replace(info, image_size=image_size)
+        info = info.with_image_size(image_size)
     if transform is None:
         transform = builder.transform(split, info, augment)
     dataset = builder.load(split, root=root, download=download, transform=transform)

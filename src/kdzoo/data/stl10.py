@@ -10,12 +10,12 @@ from torchvision import datasets
 
 from kdzoo.data.checks import load_failed_error, missing_data_error, missing_files
 from kdzoo.data.in_memory import InMemoryImageDataset
-from kdzoo.data.info import DatasetInfo
+from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.data.transforms import small_image_transform
 
 DEFAULT_ROOT = "./data"
-INFO = DatasetInfo("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
+INFO = image_info("stl10", 10, 3, 96, (0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 SPLIT_FILES = {"train": ["train_X.bin", "train_y.bin"], "test": ["test_X.bin", "test_y.bin"]}
 

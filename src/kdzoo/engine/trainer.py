@@ -89,7 +89,8 @@ class Engine:
             train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
         test_set = build_dataset(d.name, "test", root=d.root, download=d.download, augment=False,
                                  image_size=d.image_size)
-        self.info = train_set.info
+        # The shape a model sees is that of a real (test-transformed, so deterministic) sample.
+        self.info = train_set.info.with_input_shape(test_set[0][0].shape)
         self.regime = REGIMES.get(cfg.regime)(RunContext(cfg=cfg, device=self.device, precision=self.precision,
                                                          dist=self.dist, info=self.info,
                                                          train_targets=train_set.targets))
@@ -274,6 +275,7 @@ class Engine:
             meta = {
                 "format": "kdzoo", "version": 1, **self.regime.deploy_meta(), "dataset": self.info.name,
                 "dataset_root": self.cfg.dataset.root, "image_size": self.cfg.dataset.image_size,
+                "input_shape": list(self.info.input_shape),
                 "phase": phase.name, "epoch": epoch + 1, "metrics": metrics, "run": self.cfg.name,
             }
             weights = self.regime.eval_model().state_dict()

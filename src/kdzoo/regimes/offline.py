@@ -125,8 +125,7 @@ class Offline(Regime):
                                                             info.num_classes, info.in_channels, info.name)
             teacher_spec = spec_override(cfg.teacher, teacher_model)
 
-        size = info.image_size
-        example = torch.zeros(2, info.in_channels, size, size)
+        example = torch.zeros(2, *info.input_shape)
         setup = SetupContext(
             student=student, teacher=teacher_model,
             student_shapes=probe_shapes(student, student_spec, example),
