@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from kdzoo.config import load_config
 from kdzoo.engine import checkpoint as checkpoint_module
@@ -119,7 +120,8 @@ def test_killed_process_resumes_exactly(tmp_path, reference):
         Engine(tiny_cfg(), sys.argv[1], quiet=True).fit()
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    for at in (3, 12, 27, 32, 40):  # in the first save (24 operations) and in the second
+    # The first save is operations 0-26 (committed by the pointer's rename at 11), the second 27-58 (at 38).
+    for at in (3, 15, 29, 38, 48):
         run = tmp_path / f"killed{at}"
         proc = subprocess.run([sys.executable, str(script), str(run), str(at)], env=env, capture_output=True,
                               text=True, timeout=300)
@@ -133,7 +135,7 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, monkeypatch, capsys, refe
     def full():
         return OSError(errno.ENOSPC, "No space left on device")
 
-    for at, label in ((0, "first checkpoint"), (27, "second checkpoint")):  # 24 operations per first save
+    for at, label in ((0, "first checkpoint"), (36, "second checkpoint")):  # 27 operations in the first save
         run = tmp_path / label.replace(" ", "_")
         with monkeypatch.context() as patch:
             FaultAt(patch, at, error=full)
@@ -151,6 +153,22 @@ def test_disk_full_is_one_line_and_resumable(tmp_path, monkeypatch, capsys, refe
         restarted = "no complete checkpoint: starting from scratch" in capsys.readouterr().out
         assert restarted == (at == 0)
         assert_same(final_weights(run), reference)
+
+
+def test_safetensors_disk_full_is_one_line(tmp_path, monkeypatch):
+    """A full disk under safetensors' writer raises its own SafetensorError (not an OSError)."""
+    store = CheckpointStore(tmp_path / "checkpoints")
+    store.save({"w": torch.ones(3)}, {"epoch": 1}, {"x": torch.zeros(2)}, improved=True)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+                              "\"No space left on device\" })")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", full)
+    with pytest.raises(CheckpointError, match="not enough disk space") as err:
+        store.save({"w": torch.ones(3)}, {"epoch": 2}, {"x": torch.zeros(2)}, improved=True)
+    assert "\n" not in str(err.value) and store.pointer()["epoch"] == 1
+    assert not list(store.folder.glob("c000002*"))
 
 
 def test_torch_write_failure_is_reported_as_disk_full(tmp_path, monkeypatch):

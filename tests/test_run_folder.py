@@ -1,6 +1,7 @@
 """One run per folder, and a resume that never silently changes the run: locks, refusals, one-line errors."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_weights
+from kdzoo.config import load_config
+from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_state, save_weights
+from kdzoo.engine.trainer import Engine
 from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.engine.run_folder import LOCK_FILE, RunLock
 from kdzoo.models import create_model
@@ -37,11 +40,19 @@ def finished(tmp_path) -> Path:
 
 def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "busy"
-    with RunLock(run):  # another process holds the folder (flock is per open file: this blocks us too)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(REPO / 'src')!r}); "
+         f"from kdzoo.engine.run_folder import RunLock; lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); "
+         "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         assert run_cli("train", "-c", STUDENT, "--out", run, *TINY) == 2
-        assert f"run folder {run} is in use by another kdzoo process (pid {os.getpid()})" in one_line_error(capsys)
-    assert not (run / "metrics.jsonl").exists()
-    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY) == 0  # released: the folder is free again
+        assert f"run folder {run} is in use by another kdzoo process (pid {holder.pid})" in one_line_error(capsys)
+        assert not (run / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY) == 0  # its holder died: the folder is free
 
 
 def test_lock_of_a_dead_process_is_not_stale(tmp_path):
@@ -54,9 +65,22 @@ def test_lock_of_a_dead_process_is_not_stale(tmp_path):
 
 
 def test_resume_of_a_running_run_is_refused(tmp_path, finished, capsys):
-    with RunLock(finished):
+    with RunLock(finished):  # flock is per open file: an open run of this very process blocks too
         assert run_cli("train", "--resume", finished) == 2
-        assert "in use by another kdzoo process" in one_line_error(capsys)
+        assert "in use by an open run of this process" in one_line_error(capsys)
+
+
+def test_lock_is_released_with_dataloader_workers_and_by_an_abandoned_engine(tmp_path):
+    run = tmp_path / "workers"
+    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY, "dataset.num_workers=2") == 0
+    RunLock(run).acquire().release()  # forked loader workers did not keep the lock alive
+    engine = Engine(load_config(STUDENT, TINY), run, resume=True, quiet=True)
+    del engine  # built, never fitted: the lock goes with the object
+    gc.collect()
+    with Engine(load_config(STUDENT, [*TINY, "epochs=3", "schedule.name=multistep"]), tmp_path / "other",
+                quiet=True) as engine:
+        assert engine.lock._fd is not None
+    RunLock(tmp_path / "other").acquire().release()
 
 
 def test_fresh_run_into_a_folder_with_another_runs_metrics_is_refused(tmp_path, capsys):
@@ -88,13 +112,43 @@ def test_resume_with_an_edited_config_is_refused(finished, capsys):
     for old, new, key in (("lr: 0.05", "lr: 0.1", "optim.lr"), ("arch: resnet8", "arch: resnet14", "student.arch")):
         assert old in saved
         (finished / "config.yaml").write_text(saved.replace(old, new))
-        assert run_cli("train", "--resume", finished, "epochs=3") == 2
+        assert run_cli("train", "--resume", finished) == 2
         err = one_line_error(capsys)
-        assert err.startswith(f"kdzoo: error: {key}: ") and "only epochs and engine.* may change" in err
+        assert err.startswith(f"kdzoo: error: {key}: ") and "only epochs, engine.* and dataset.root" in err
     (finished / "config.yaml").write_text(saved)
-    assert run_cli("train", "--resume", finished, "epochs=3", *FAST) == 0  # epochs may change
-    assert json.loads((finished / "summary.json").read_text())["epochs"] == 3
-    assert "epochs: 3" in (finished / "config.yaml").read_text()
+    assert run_cli("train", "--resume", finished, "epochs=3") == 2  # cosine: the lr would jump back up
+    assert "a cosine schedule spans the run's 2 epochs" in one_line_error(capsys)
+    assert run_cli("train", "--resume", finished, "dataset.root=/elsewhere", *FAST) == 0  # data may move
+
+
+def test_epochs_may_grow_on_resume_with_a_multistep_schedule(tmp_path, capsys):
+    run = tmp_path / "steps"
+    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY, "schedule.name=multistep") == 0
+    assert run_cli("train", "--resume", run, "epochs=1") == 2
+    assert "epochs: 1 is fewer than the 2 epochs of main this run has already trained" in one_line_error(capsys)
+    assert run_cli("train", "--resume", run, "epochs=3", *FAST) == 0
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 3
+    assert "epochs: 3" in (run / "config.yaml").read_text()
+
+
+def test_trained_run_without_resume_state_is_never_wiped(finished, capsys):
+    for name in ("checkpoint.json", "last.state.pt"):
+        (finished / "checkpoints" / name).unlink()
+    for stale in (finished / "checkpoints").glob("c0*"):
+        stale.unlink()
+    assert run_cli("train", "--resume", finished, *FAST) == 2
+    assert "holds trained weights but no resume state" in one_line_error(capsys)
+    assert (finished / "summary.json").is_file() and (finished / "checkpoints" / "best.safetensors").is_file()
+    assert run_cli("eval", "--checkpoint", finished) == 0  # still usable as it is
+
+
+def test_resume_on_another_world_size_is_refused(finished, capsys):
+    store = CheckpointStore(finished / "checkpoints")
+    state = store.load_state()
+    state["world_size"] = 2
+    save_state(store.state_path(), state)
+    assert run_cli("train", "--resume", finished, *FAST) == 2
+    assert "checkpointed with 2 processes and is resumed with 1" in one_line_error(capsys)
 
 
 def test_resume_with_a_recipe_is_refused(finished, capsys):
@@ -104,14 +158,16 @@ def test_resume_with_a_recipe_is_refused(finished, capsys):
     assert "is not a run folder" in one_line_error(capsys)
 
 
-def test_resuming_a_finished_run_rewrites_nothing(finished, capsys):
-    before = {p: p.read_bytes() for p in (finished / "summary.json", finished / "metrics.jsonl")}
-    pointer = (finished / "checkpoints" / "checkpoint.json").read_bytes()
-    assert run_cli("train", "--resume", finished, *FAST) == 0
+def test_resuming_a_finished_run_rewrites_nothing(tmp_path, capsys):
+    run = tmp_path / "done_tb"
+    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY[:-2], "engine.progress=false") == 0  # with tb/
+    files = [p for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE]
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+    assert run_cli("train", "--resume", run, "engine.progress=false") == 0
     assert "best top1" in capsys.readouterr().out
-    for path, data in before.items():
-        assert path.read_bytes() == data, path
-    assert (finished / "checkpoints" / "checkpoint.json").read_bytes() == pointer
+    assert sorted(p for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE) == sorted(files)
+    for path, (mtime, data) in before.items():
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data, path
 
 
 def test_torn_last_metrics_line_on_resume(tmp_path, finished):
@@ -119,7 +175,7 @@ def test_torn_last_metrics_line_on_resume(tmp_path, finished):
     # as if killed while appending epoch 2's line, with the checkpoint of epoch 1 the last complete one
     run = tmp_path / "torn"
     store = CheckpointStore(run / "checkpoints")
-    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY[1:], "epochs=1") == 0
+    assert run_cli("train", "-c", STUDENT, "--out", run, *TINY[1:], "epochs=1", "schedule.name=multistep") == 0
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write(lines[1][: len(lines[1]) // 2])
     assert run_cli("train", "--resume", run, "epochs=2", *FAST) == 0
@@ -177,7 +233,8 @@ def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path):
     run = tmp_path / "term"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, "-m", "kdzoo.cli", "train", "-c", str(STUDENT), "--out", str(run), "epochs=200",
-           "dataset.subset=120", "dataset.batch_size=40", "engine.progress=false", "engine.tensorboard=false"]
+           "dataset.subset=120", "dataset.batch_size=40", "schedule.name=multistep", "engine.progress=false",
+           "engine.tensorboard=false"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not CheckpointStore(run / "checkpoints").has_checkpoint() and time.time() < deadline:

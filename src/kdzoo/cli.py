@@ -119,10 +119,11 @@ def cmd_train(args) -> int:
         if not (run_dir / "config.yaml").is_file():
             raise KdzooError(f"{run_dir} is not a run folder (no config.yaml); start it with -c RECIPE --out "
                              f"{run_dir}")
-        fixed = [o for o in args.overrides if not o.startswith(("epochs=", "engine."))]
+        from kdzoo.engine.resume_rules import RULE, may_change
+
+        fixed = [o for o in args.overrides if not may_change(o.partition("=")[0])]
         if fixed:
-            raise KdzooError(f"--resume continues the saved recipe; only epochs and engine.* may change, "
-                             f"not {fixed[0]}")
+            raise KdzooError(f"--resume: {fixed[0]}: {RULE}")
         cfg = load_config(run_dir / "config.yaml", args.overrides)
     else:
         if not args.config:

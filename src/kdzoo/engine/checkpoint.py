@@ -11,11 +11,12 @@ import json
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 
 from kdzoo.engine.atomic import atomic_path, atomic_write_text
 from kdzoo.errors import CheckpointError
@@ -53,8 +54,8 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 
         store = CheckpointStore(path / CHECKPOINT_DIR)
         for name in (which, "last") if which == "best" else (which,):
-            candidate = store.weights_path(name)
-            if candidate is not None and candidate.is_file():
+            candidate = store.readable_weights(name)
+            if candidate is not None:
                 return candidate
         raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
     if not path.is_file():
@@ -65,54 +66,71 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of a kdzoo checkpoint, read from the safetensors header alone."""
     path = Path(path)
-    _check_safetensors(path)
-    meta = _header_metadata(path).get(META_KEY)
+    return _kdzoo_meta(path, _checked_header(path))
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata, from one read of the file (a checkpoint replaced meanwhile cannot mix two
+    versions); the tensors' checksum is verified when the file has one."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    header = _checked_header(path, data)
+    meta = _kdzoo_meta(path, header)
+    try:
+        state = load_bytes(data)
+    except (SafetensorError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
+    expected = (header.get("__metadata__") or {}).get(CHECKSUM_KEY)
+    if expected is not None and tensors_checksum(state) != expected:
+        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum stored with them")
+    return state, meta
+
+
+def _kdzoo_meta(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    meta = (header.get("__metadata__") or {}).get(META_KEY)
     if meta is None:
         raise CheckpointError(f"{path} is a safetensors file without kdzoo metadata; "
                               "convert it with `kdzoo import-checkpoint`")
     return json.loads(meta)
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata; the tensors' checksum is verified when the file has one."""
-    path = Path(path)
-    meta = read_meta(path)
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({str(err).splitlines()[0]})") from None
-    expected = _header_metadata(path).get(CHECKSUM_KEY)
-    if expected is not None and tensors_checksum(state) != expected:
-        raise CheckpointError(f"{path} is corrupt: its tensors do not match the checksum stored with them")
-    return state, meta
-
-
-def _header_metadata(path: Path) -> dict[str, str]:
-    with open(path, "rb") as handle:
-        size = struct.unpack("<Q", handle.read(8))[0]
-        return json.loads(handle.read(size)).get("__metadata__", {}) or {}
-
-
-def _check_safetensors(path: Path) -> None:
-    """Refuse anything that is not a complete safetensors file, without unpickling it."""
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
-            raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
-                                  "convert it with `kdzoo import-checkpoint`")
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
-        header_len = struct.unpack("<Q", head)[0]
-        if header_len > size - 8 or header_len > 100_000_000:
-            raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
+def _checked_header(path: Path, data: Optional[bytes] = None) -> dict[str, Any]:
+    """The header of a complete safetensors file (from `data`, else read from `path`); anything else is refused
+    without unpickling it."""
+    if data is None:
         try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path} is corrupt or truncated (unreadable safetensors header)") from None
+            size = path.stat().st_size
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                header_bytes = handle.read(_header_length(path, head, size))
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+    else:
+        size, head = len(data), data[:8]
+        header_bytes = data[8:8 + _header_length(path, head, size)]
+    try:
+        header = json.loads(header_bytes)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path} is corrupt or truncated (unreadable safetensors header)") from None
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    if 8 + header_len + max(ends, default=0) > size:
+    if 8 + len(header_bytes) + max(ends, default=0) > size:
         raise CheckpointError(f"{path} is corrupt or truncated (data ends early)")
+    return header
+
+
+def _header_length(path: Path, head: bytes, size: int) -> int:
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
+                              "convert it with `kdzoo import-checkpoint`")
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
+    header_len = struct.unpack("<Q", head)[0]
+    if header_len > size - 8 or header_len > 100_000_000:
+        raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
+    return header_len
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from safetensors import SafetensorError
 
 from kdzoo.engine.atomic import atomic_path, atomic_write_text
 from kdzoo.engine.checkpoint import load_state, save_state, save_weights
@@ -53,10 +54,10 @@ class CheckpointStore:
     def state_path(self) -> Optional[Path]:
         """The committed resume state, or None when the folder holds no complete checkpoint."""
         pointer = self.pointer()
-        if pointer is not None:
-            return self.folder / pointer["state"] if pointer.get("state") else None
-        legacy = self.folder / LEGACY_STATE
-        return legacy if legacy.is_file() else None
+        if pointer is not None and pointer.get("state") and (self.folder / pointer["state"]).is_file():
+            return self.folder / pointer["state"]
+        published = self.folder / LEGACY_STATE  # the usual name: also all that folders from before the pointer have
+        return published if published.is_file() else None
 
     def has_checkpoint(self) -> bool:
         return self.state_path() is not None
@@ -67,6 +68,16 @@ class CheckpointStore:
             return self.folder / pointer[which]
         published = self.folder / PUBLISHED[which]
         return published if published.is_file() else None
+
+    def readable_weights(self, which: str) -> Optional[Path]:
+        """The file to read `which` from: its usual name when that is the committed file (replaced by renames,
+        never removed, so a reader during training cannot lose it), else the committed generation file."""
+        committed = self.weights_path(which)
+        published = self.folder / PUBLISHED[which]
+        if published.is_file() and (committed is None or not committed.is_file()
+                                    or os.path.samefile(committed, published)):
+            return published
+        return committed if committed is not None and committed.is_file() else None
 
     def load_state(self) -> dict[str, Any]:
         path = self.state_path()
@@ -87,19 +98,22 @@ class CheckpointStore:
                "best": f"{stem}.best.safetensors" if improved else (previous or {}).get("best")}
         try:
             save_weights(self.folder / new["last"], weights, meta)
-            if improved:
-                save_weights(self.folder / new["best"], weights, meta)
+            if improved:  # the same tensors and metadata: a second name for the same file
+                for suffix in (".safetensors", ".json"):
+                    _replace_with_link(self.folder / Path(new["last"]).with_suffix(suffix),
+                                       self.folder / Path(new["best"]).with_suffix(suffix))
             save_state(self.folder / new["state"], state)
             atomic_write_text(self.folder / POINTER, json.dumps(new, indent=2) + "\n")  # the commit
-        except OSError as err:
+        except (OSError, RuntimeError, SafetensorError) as err:  # torch and safetensors report failed writes so
             self._remove_generation(stem)
+            if isinstance(err, RuntimeError) and not _is_write_failure(err):
+                raise
             raise self._write_error(err, weights, state) from None
-        except RuntimeError as err:  # torch.save reports a failed write as RuntimeError
-            self._remove_generation(stem)
-            if "write" in str(err) or "enforce fail" in str(err):
-                raise self._write_error(err, weights, state) from None
-            raise
-        self._publish(new)
+        try:
+            self._publish(new)
+        except OSError as err:  # committed: the checkpoint is safe; the usual names follow at the next open
+            raise CheckpointError(f"checkpoint of epoch {new['epoch']} is saved in {self.folder}, but linking its "
+                                  f"usual names failed ({err.strerror or err}); the run resumes from it") from None
 
     def repair(self) -> None:
         """Finish a publication a kill interrupted; remove temporary files and uncommitted generations."""
@@ -112,11 +126,6 @@ class CheckpointStore:
         else:
             for path in self.folder.glob("c[0-9]*.*"):
                 path.unlink(missing_ok=True)
-
-    def clear(self) -> None:
-        """Remove every checkpoint file (a run that restarts from scratch)."""
-        if self.folder.is_dir():
-            shutil.rmtree(self.folder)
 
     # Internals ----------------------------------------------------------------------------------------------
     def _publish(self, pointer: dict[str, Any]) -> None:
@@ -143,8 +152,9 @@ class CheckpointStore:
             free_mb = shutil.disk_usage(self.folder).free / 2**20
         except OSError:
             free_mb = float("nan")
-        no_space = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "space" in str(err).lower() \
-            or free_mb < need_mb
+        code = getattr(err, "errno", None)
+        no_space = code in (errno.ENOSPC, errno.EDQUOT) or "no space" in str(err).lower() or (
+            code is None and free_mb < need_mb)  # torch's write failures carry no errno
         if no_space:
             return DiskFullError(
                 f"cannot write a checkpoint in {self.folder}: not enough disk space ({free_mb:.0f} MB free, about "
@@ -153,6 +163,12 @@ class CheckpointStore:
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
         return CheckpointError(f"cannot write a checkpoint in {self.folder}: {reason}; the previous checkpoint "
                                "is intact")
+
+
+def _is_write_failure(err: RuntimeError) -> bool:
+    """torch.save's report of a failed write (e.g. `[enforce fail at inline_container.cc] ... file write failed`)."""
+    text = str(err)
+    return "enforce fail" in text or "write" in text.lower()
 
 
 def _replace_with_link(source: Path, target: Path) -> None:

@@ -59,22 +59,27 @@ class RunDir:
     def __init__(self, path: str | Path, active: bool = True, tensorboard: bool = True):
         self.path = Path(path)
         self.active = active
-        self._writer = None
+        self.tensorboard = tensorboard
+        self._writer = None  # opened at the first logged epoch: a no-op resume leaves tb/ as it was
         if active:
             self.path.mkdir(parents=True, exist_ok=True)
             self.checkpoints.mkdir(exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.path / "tb"))
 
     @property
     def checkpoints(self) -> Path:
         return self.path / CHECKPOINT_DIR
 
     def write_text(self, name: str, text: str) -> None:
-        if self.active:
-            atomic_write_text(self.path / name, text)
+        """Atomically, and only when the text changes (a resumed run rewrites nothing it does not change)."""
+        if not self.active:
+            return
+        path = self.path / name
+        try:
+            if path.read_text() == text:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
+        atomic_write_text(path, text)
 
     def write_json(self, name: str, data: Any) -> None:
         self.write_text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
@@ -86,6 +91,10 @@ class RunDir:
         record = {"time": time.time(), **record}
         with open(self.path / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self.tensorboard and self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.path / "tb"))
         if self._writer is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("time", "epoch", "step"):
@@ -98,8 +107,8 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not self.active or not path.exists():
             return
-        kept = []
-        for line in path.read_text(errors="replace").splitlines():
+        raw, kept = path.read_text(errors="replace"), []
+        for line in raw.splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -109,7 +118,9 @@ class RunDir:
             if rec.get("phase") == phase and rec.get("epoch", 0) > keep_until_epoch:
                 continue
             kept.append(line)
-        atomic_write_text(path, "".join(k + "\n" for k in kept))
+        text = "".join(k + "\n" for k in kept)
+        if text != raw:
+            atomic_write_text(path, text)
 
     def close(self) -> None:
         if self._writer is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Optional
 
@@ -58,6 +59,28 @@ def clear_run(path: Path) -> None:
             shutil.rmtree(path / name)
 
 
+_HELD_FDS: set[int] = set()  # lock descriptors of this process, closed in forked children (DataLoader workers)
+
+
+def _close_held_in_child() -> None:
+    # A forked child shares the lock's open file description: had it kept the descriptor, the lock would
+    # outlive its run (and a killed run) as long as the child lives. Closing the child's copy never unlocks.
+    for fd in list(_HELD_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+class RunFolderBusy(KdzooError):
+    """Another process (or another open run in this one) holds the run folder."""
+
+
 class RunLock:
     """An exclusive flock on `<run>/.lock`. The kernel drops it when its process dies, so a lock left by a
     killed run is never stale; the file keeps the holder's pid for the message."""
@@ -65,26 +88,32 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = Path(path) / LOCK_FILE
         self._fd: Optional[int] = None
+        self._finalizer = None
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
-                raise KdzooError(f"run folder {self.path.parent} is in use by another kdzoo process (pid {holder}); "
-                                 "wait for it to finish or choose another --out") from None
+                who = "an open run of this process" if holder == str(os.getpid()) else \
+                    f"another kdzoo process (pid {holder})"
+                raise RunFolderBusy(f"run folder {self.path.parent} is in use by {who}; wait for it to finish or "
+                                    "choose another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+        _HELD_FDS.add(fd)
+        self._finalizer = weakref.finalize(self, _close_fd, fd)  # an abandoned lock closes with its object
         return self
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
+            self._finalizer.detach()
+            _close_fd(self._fd)  # closing drops the flock
             self._fd = None
 
     def __enter__(self) -> "RunLock":
@@ -92,3 +121,11 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _close_fd(fd: int) -> None:
+    _HELD_FDS.discard(fd)
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -56,8 +56,6 @@ class Engine:
         self.out = Path(out)
         self.quiet = quiet or not cfg.engine.progress
         self.log = log
-        if cfg.epochs < 0:
-            raise ConfigError("epochs: must be >= 0")
         self.device = resolve_device(cfg.engine.device, _local_rank())
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -127,6 +125,9 @@ class Engine:
         self._resume_state: Optional[dict[str, Any]] = None
         self._epochs_run = 0
         if resume and not self.store.has_checkpoint():
+            if self.store.weights_path("last") is not None or (self.out / "summary.json").is_file():
+                raise KdzooError(f"{self.out} holds trained weights but no resume state, so it cannot be continued; "
+                                 "evaluate or deploy it as it is, or train again in another folder")
             if self.dist.is_main:
                 self.log(f"{self.out} holds no complete checkpoint: starting from scratch")
                 clear_run(self.out)
@@ -137,15 +138,36 @@ class Engine:
             saved = self._resume_state.get("config")
             if saved is not None:
                 check_resume_config(saved, to_dict(cfg), "this resume")
+            saved_world = self._resume_state.get("world_size", self.dist.world_size)
+            if saved_world != self.dist.world_size:
+                raise KdzooError(f"the run was checkpointed with {saved_world} processes and is resumed with "
+                                 f"{self.dist.world_size}: the global batch would change; resume it with "
+                                 f"--nproc_per_node giving {saved_world} processes in all")
             self.regime.load_state_dict(self._resume_state["regime"])
             self.progress = Progress(**self._resume_state["progress"])
+            phase = self.regime.phases()[self.progress.phase]
+            if phase.epochs < self.progress.epoch:
+                raise ConfigError(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
+                                  f"{phase.name} this run has already trained")
         self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
-        self.run.write_text("config.yaml", config_to_yaml(cfg))
+        self.run.write_text("config.yaml", config_to_yaml(cfg))  # unchanged text is not rewritten
         if not resume:
             self.run.write_json("env.json", {**environment(), "device": str(self.device),
                                              "precision": self.precision.name,
                                              "world_size": self.dist.world_size})
         self.run.write_json("model.json", self.regime.describe())
+
+    def close(self) -> None:
+        """Release the run folder (`fit` does at its end; for an Engine that is built but never fitted)."""
+        if hasattr(self, "run"):
+            self.run.close()
+        self.lock.release()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -160,9 +182,7 @@ class Engine:
                          f"continue with --resume {self.out}")
             raise
         finally:
-            if hasattr(self, "run"):
-                self.run.close()
-            self.lock.release()
+            self.close()
 
     def _fit(self) -> dict[str, Any]:
         started = time.time()
@@ -283,7 +303,7 @@ class Engine:
                 "progress": vars(self.progress).copy(), "regime": self.regime.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
-                "config": to_dict(self.cfg),
+                "config": to_dict(self.cfg), "world_size": self.dist.world_size,
             }, improved)
         barrier(self.dist)
 
