@@ -203,3 +203,27 @@ def test_single_seed_shows_the_seed_count_not_a_zero_std():
     assert "| – | student | 1 | 79.00 (1 seed) | 78.50 (1 seed) | +0.00 | 1.00x |" in text
     assert "| 1 | kd | 2 | 81.57 ± 0.71 | 81.00 ± 0.00 | +2.57 | 2.00x |" in text  # a real 0 spread of 2 seeds
     assert "| 2 | dkd | 1 | 80.00 (1 seed) | 80.00 (1 seed) | +1.00 | 2.00x |" in text
+
+
+def test_killed_cell_resumes_a_changed_recipe_restarts_a_busy_one_is_skipped(tiny_bench, capsys):
+    from kdzoo.bench.config import load_bench_config
+    from kdzoo.engine.checkpoint_store import CheckpointStore
+    from kdzoo.engine.run_folder import RunLock
+
+    path, out = tiny_bench
+    bench = Bench(load_bench_config(path))
+    bench.ensure_teacher()
+    cell = bench.cells()[0]
+    folder = bench.run_dir(cell)
+    assert "best " in bench.run_cell(cell, folder)
+    (folder / "summary.json").unlink()  # as if killed after its last checkpoint
+    assert "best " in bench.run_cell(cell, folder)  # continued, not restarted: the pointer did not move
+    assert CheckpointStore(folder / "checkpoints").pointer()["serial"] == 1
+    changed = type(cell)(**{**vars(cell), "overrides": [*cell.overrides, "optim.lr=0.01"]})
+    (folder / "summary.json").unlink()
+    assert "best " in bench.run_cell(changed, folder)
+    assert "its recipe changed since its checkpoint" in capsys.readouterr().out
+    assert "lr: 0.01" in (folder / "config.yaml").read_text()
+    with RunLock(folder):
+        assert bench.run_cell(cell, folder).startswith("skipped: run folder")
+    assert not (folder / "failed.txt").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from kdzoo.demo import run_demo
+from tests.conftest import CONFIGS
 
 
 def test_demo_runs_twice_and_prints_a_table(tmp_path, capsys):
@@ -16,3 +17,16 @@ def test_demo_runs_twice_and_prints_a_table(tmp_path, capsys):
     table = (tmp_path / "results.md").read_text()
     assert table.count("| resnet8 |") == 2 and "| teacher | resnet8x4 |" in table
     assert (tmp_path / "kd" / "summary.json").is_file()
+
+
+def test_demo_never_clears_a_run_that_is_not_its_own(tmp_path, capsys):
+    from kdzoo.cli import main
+
+    other = tmp_path / "teacher"
+    assert main(["train", "-c", str(CONFIGS / "digits" / "student.yaml"), "--out", str(other), "epochs=1",
+                 "engine.progress=false", "engine.tensorboard=false"]) == 0
+    before = (other / "checkpoints" / "last.safetensors").read_bytes()
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "holds a run that is not the demo's (digits-student)" in capsys.readouterr().err
+    assert (other / "checkpoints" / "last.safetensors").read_bytes() == before
+

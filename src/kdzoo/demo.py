@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,6 +12,7 @@ import torch
 
 from kdzoo.config import load_config
 from kdzoo.engine.device import cpu_has_bf16, resolve_device, resolve_precision
+from kdzoo.engine.run_folder import RunLock, clear_run, holds_run
 from kdzoo.engine.trainer import Engine
 from kdzoo.errors import KdzooError
 
@@ -47,6 +47,22 @@ def hardware_line(cfg) -> str:
     return f"hardware: {where}; precision {precision} (engine.precision={cfg.engine.precision}), torch {torch.__version__}"
 
 
+def replace_demo_run(folder: Path) -> None:
+    """A second `make demo` trains afresh: it clears its own earlier run (under the folder's lock), never
+    another run that happens to live there."""
+    if not holds_run(folder):
+        return
+    try:
+        name = load_config(folder / "config.yaml").name
+    except KdzooError:
+        name = None
+    if not (name or "").startswith("demo-"):
+        raise KdzooError(f"{folder} holds a run that is not the demo's ({name or 'no readable config.yaml'}); "
+                         "give the demo another --out")
+    with RunLock(folder):
+        clear_run(folder)
+
+
 def run_demo(out: Path, quiet: bool = False, overrides: Optional[Sequence[str]] = None) -> list[dict]:
     """Train the three demo runs under `out`; `overrides` (e.g. engine.precision=fp32) apply to all three."""
     recipes = recipes_dir()
@@ -63,8 +79,7 @@ def run_demo(out: Path, quiet: bool = False, overrides: Optional[Sequence[str]] 
         cfg = load_config(recipes / recipe, [*extra, *common])
         if i == 0:
             print(hardware_line(cfg))
-        if folder.is_dir():  # the demo owns its folders: a second `make demo` trains afresh
-            shutil.rmtree(folder)
+        replace_demo_run(folder)
         print(f"== {label}: {cfg.student.arch}, {cfg.epochs} epochs on {cfg.dataset.name} -> {folder}")
         summary = Engine(cfg, folder, quiet=quiet).fit()
         rows.append({"model": label, "arch": cfg.student.arch, "params": summary.get("student_params"),

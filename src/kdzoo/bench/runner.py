@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
 import time
 import traceback
@@ -14,10 +13,10 @@ from typing import Any, Callable, Optional
 from kdzoo.bench.config import BenchConfig, RowConfig, dotted
 from kdzoo.bench.leaderboard import write_leaderboard
 from kdzoo.config import Config, load_config, to_dict
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR
-from kdzoo.engine.checkpoint_store import CheckpointStore
+from kdzoo.engine.run_folder import RunFolderBusy, RunLock, clear_run
+from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.engine.trainer import Engine
-from kdzoo.errors import KdzooError
+from kdzoo.errors import ConfigError, KdzooError
 
 BASELINE = "student"
 QUIET = {"engine.progress": False}
@@ -172,9 +171,17 @@ class Bench:
             futures = {pool.submit(_run_cell_in_process, self.cfg, str(self.root), cell, threads): cell
                        for cell in todo}
             started = time.monotonic()
-            for k, future in enumerate(as_completed(futures), 1):
-                self.say(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
-                self._say_grid_eta(started, k, len(todo))
+            try:
+                with stop_on_sigterm():
+                    for k, future in enumerate(as_completed(futures), 1):
+                        self.say(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
+                        self._say_grid_eta(started, k, len(todo))
+            except KeyboardInterrupt:  # stop the workers' cells cleanly too (each stops at its SIGTERM)
+                pool.shutdown(wait=False, cancel_futures=True)
+                for process in list(getattr(pool, "_processes", {}).values()):
+                    if process.is_alive():
+                        process.terminate()
+                raise
 
     def _say_grid_eta(self, started: float, done: int, total: int) -> None:
         if done < total:
@@ -200,17 +207,24 @@ class Bench:
                  f"{duration(summary['wall_time_s'])}")
 
     def run_cell(self, cell: Cell, folder: Path, report: bool = True) -> str:
-        """Train one cell; `report=False` (a worker process) leaves the closing line to the caller."""
+        """Train one cell; `report=False` (a worker process) leaves the closing line to the caller. A killed
+        cell continues from its checkpoint (the engine restarts one that has none, under the folder's lock);
+        one whose recipe changed since its checkpoint starts again."""
         cfg = load_config(cell.recipe, cell.overrides)
-        resume = CheckpointStore(folder / CHECKPOINT_DIR).has_checkpoint()
-        if folder.exists() and not resume:
-            shutil.rmtree(folder)  # started but never checkpointed: start again
+        (folder / "failed.txt").unlink(missing_ok=True)
         started = time.time()
         try:
-            progress = EpochProgress(cell.key, self.say)
-            engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
-            progress.start()
-            summary = engine.fit()
+            try:
+                summary = self._train_cell(cfg, cell, folder, resume=folder.exists())
+            except ConfigError as err:
+                if "the checkpointed run used" not in str(err):
+                    raise
+                self.say(f"  {cell.key}: its recipe changed since its checkpoint ({err}); starting it again")
+                with RunLock(folder):
+                    clear_run(folder)
+                summary = self._train_cell(cfg, cell, folder, resume=False)
+        except RunFolderBusy as err:  # another bench trains this cell: leave it to that one
+            message = f"skipped: {err}"
         except KdzooError as err:  # a failing cell is recorded and the grid goes on
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "failed.txt").write_text(f"{err}\n{traceback.format_exc()}")
@@ -221,6 +235,12 @@ class Bench:
         if report:
             self.say(f"  {message}")
         return message
+
+    def _train_cell(self, cfg: Config, cell: Cell, folder: Path, resume: bool) -> dict[str, Any]:
+        progress = EpochProgress(cell.key, self.say)
+        engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
+        progress.start()
+        return engine.fit()
 
     # ------------------------------------------------------------------------------------------------------
     def collect(self) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""Freezing parts of a model by module prefix (`freeze: [backbone]`): no gradients, and BatchNorm statistics
-held fixed, so that a frozen part stays bit-identical through training."""
+"""Freezing parts of a model by module prefix: no gradients, and BatchNorm statistics held fixed, so that a
+frozen part stays bit-identical through training (for the model slots of the coming regimes: HSAKD's frozen
+teacher backbone, linear probes)."""
 from __future__ import annotations
 
 import types

@@ -1,5 +1,5 @@
-"""Loading the part of a checkpoint that fits (`checkpoint_strict: false`): a backbone into a model with a new
-head, a plain network into a larger one. What was skipped is reported, never silently dropped."""
+"""Loading the part of a checkpoint that fits: a backbone into a model with a new head, a plain network into
+a larger one (HSAKD's `_aux` models, transfer probes). What was skipped is reported, never silently dropped."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
