@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -10,7 +15,7 @@ import yaml
 
 from kdzoo.bench.cka import linear_cka
 from kdzoo.bench.runner import Bench
-from tests.conftest import CONFIGS, run_cli
+from tests.conftest import CONFIGS, REPO, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -227,3 +232,39 @@ def test_killed_cell_resumes_a_changed_recipe_restarts_a_busy_one_is_skipped(tin
     with RunLock(folder):
         assert bench.run_cell(cell, folder).startswith("skipped: run folder")
     assert not (folder / "failed.txt").exists()
+
+
+def test_a_changed_budget_reruns_finished_cells(tiny_bench, capsys):
+    from kdzoo.bench.config import load_bench_config
+
+    path, out = tiny_bench
+    assert run_cli("bench", "-c", path, "seeds=[0]", "rows=[]") == 0
+    bench = Bench(load_bench_config(path, ["seeds=[0]", "rows=[]", "overrides.epochs=2"]))
+    (cell,) = bench.pending()  # finished at 1 epoch: not finished for a 2-epoch budget
+    message = bench.run_cell(cell, bench.run_dir(cell))
+    assert message.startswith("best "), message
+    assert "its recipe changed since its checkpoint" in capsys.readouterr().out  # cosine: restarted, not resumed
+    assert bench.pending() == []
+
+
+def test_sigterm_stops_a_parallel_bench_and_its_workers(tiny_bench):
+    path, out = tiny_bench
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "kdzoo.cli", "bench", "-c", str(path), "--jobs", "2", "seeds=[0,1,2,3]",
+           "overrides.epochs=30"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    log = out / "bench.log"
+    while time.time() < deadline and not (log.is_file() and "epoch 1/30" in log.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("the bench did not stop within 90 s of SIGTERM")
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "kdzoo: stopped by SIGTERM" in err
+    finished = list((out / "runs").rglob("summary.json"))
+    assert len(finished) < 12  # the queued cells were not run
+

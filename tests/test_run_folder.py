@@ -247,3 +247,15 @@ def test_sigterm_stops_like_ctrl_c_and_resumes(tmp_path):
     done = CheckpointStore(run / "checkpoints").pointer()["epoch"]
     assert run_cli("train", "--resume", run, f"epochs={done + 1}", *FAST) == 0
     assert CheckpointStore(run / "checkpoints").pointer()["epoch"] == done + 1
+
+
+def test_resume_tolerates_keys_older_runs_lack_and_refuses_other_data(finished, capsys):
+    store = CheckpointStore(finished / "checkpoints")
+    state = store.load_state()
+    del state["config"]["dataset"]["drop_last"]  # a key added to the schema after this run was saved
+    save_state(store.state_path(), state)
+    assert run_cli("train", "--resume", finished, *FAST) == 0
+    state["data"]["train_samples"] = 999  # as if dataset.root now held another dataset
+    save_state(store.state_path(), state)
+    assert run_cli("train", "--resume", finished, *FAST) == 2
+    assert "dataset: the run was checkpointed on" in one_line_error(capsys)

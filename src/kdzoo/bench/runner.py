@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import statistics
 import time
@@ -13,10 +14,11 @@ from typing import Any, Callable, Optional
 from kdzoo.bench.config import BenchConfig, RowConfig, dotted
 from kdzoo.bench.leaderboard import write_leaderboard
 from kdzoo.config import Config, load_config, to_dict
+from kdzoo.engine.resume_rules import ResumeMismatch, differences
 from kdzoo.engine.run_folder import RunFolderBusy, RunLock, clear_run
 from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.engine.trainer import Engine
-from kdzoo.errors import ConfigError, KdzooError
+from kdzoo.errors import KdzooError
 
 BASELINE = "student"
 QUIET = {"engine.progress": False}
@@ -134,8 +136,19 @@ class Bench:
     # ------------------------------------------------------------------------------------------------------
     def pending(self, only: Optional[set[str]] = None) -> list[Cell]:
         """Cells still to run (finished ones, with a summary.json, are skipped: resumable per cell)."""
-        return [c for c in self.cells() if (not only or c.row in only)
-                and not (self.run_dir(c) / "summary.json").is_file()]
+        return [c for c in self.cells() if (not only or c.row in only) and not self._finished(c)]
+
+    def _finished(self, cell: Cell) -> bool:
+        """Finished with the cell's current recipe (a changed budget or recipe runs the cell again)."""
+        folder = self.run_dir(cell)
+        if not (folder / "summary.json").is_file():
+            return False
+        try:
+            saved = _comparable(load_config(folder / "config.yaml"))
+            current = _comparable(load_config(cell.recipe, cell.overrides))
+        except KdzooError:
+            return False
+        return not any(differences(saved, current, _comparable(Config())))
 
     def run(self, only: Optional[set[str]] = None, jobs: int = 1) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +175,6 @@ class Bench:
     def _run_parallel(self, todo: list[Cell], jobs: int) -> None:
         """Cells in `jobs` processes, each with its share of the CPU threads (small nets scale poorly)."""
         import multiprocessing
-        import os
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -176,11 +188,16 @@ class Bench:
                     for k, future in enumerate(as_completed(futures), 1):
                         self.say(f"[{k}/{len(todo)}] {futures[future].key}: {future.result()}")
                         self._say_grid_eta(started, k, len(todo))
-            except KeyboardInterrupt:  # stop the workers' cells cleanly too (each stops at its SIGTERM)
-                pool.shutdown(wait=False, cancel_futures=True)
-                for process in list(getattr(pool, "_processes", {}).values()):
+            except KeyboardInterrupt:  # stop the workers' cells too: each stops cleanly at its SIGTERM, and the
+                # pool, broken by their exit, runs no queued cell (cancelling futures here would race its thread)
+                workers = list((getattr(pool, "_processes", None) or {}).values())
+                for process in workers:
                     if process.is_alive():
                         process.terminate()
+                for process in workers:
+                    process.join(30)
+                    if process.is_alive():
+                        process.kill()
                 raise
 
     def _say_grid_eta(self, started: float, done: int, total: int) -> None:
@@ -216,9 +233,7 @@ class Bench:
         try:
             try:
                 summary = self._train_cell(cfg, cell, folder, resume=folder.exists())
-            except ConfigError as err:
-                if "the checkpointed run used" not in str(err):
-                    raise
+            except ResumeMismatch as err:
                 self.say(f"  {cell.key}: its recipe changed since its checkpoint ({err}); starting it again")
                 with RunLock(folder):
                     clear_run(folder)
@@ -226,9 +241,12 @@ class Bench:
         except RunFolderBusy as err:  # another bench trains this cell: leave it to that one
             message = f"skipped: {err}"
         except KdzooError as err:  # a failing cell is recorded and the grid goes on
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "failed.txt").write_text(f"{err}\n{traceback.format_exc()}")
             message = f"failed: {err}"
+            try:
+                with RunLock(folder):  # not into a folder another bench has taken over meanwhile
+                    (folder / "failed.txt").write_text(f"{err}\n{traceback.format_exc()}")
+            except RunFolderBusy:
+                message = f"skipped: {err}"
         else:
             message = (f"best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
                        f"{duration(time.time() - started)}")
@@ -284,7 +302,11 @@ def _run_cell_in_process(cfg: BenchConfig, root: str, cell: Cell, threads: int) 
 
     torch.set_num_threads(threads)
     bench = Bench(cfg, Path(root))  # per-epoch lines to this process's stdout and the shared bench log
-    return bench.run_cell(cell, bench.run_dir(cell), report=False)
+    try:
+        with stop_on_sigterm():
+            return bench.run_cell(cell, bench.run_dir(cell), report=False)
+    except KeyboardInterrupt:  # stopped (its checkpoint is complete): never take another queued cell
+        os._exit(143)
 
 
 def _num(value: Optional[float]) -> str:

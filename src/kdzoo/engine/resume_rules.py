@@ -1,8 +1,8 @@
-"""What a resumed run may change: the checkpointed recipe is the truth; only the budget and the engine's
-execution options (`epochs`, `engine.*`) may differ, so that a resume never silently trains another recipe."""
+"""What a resumed run may change: the checkpointed recipe is the truth; only the budget, the engine's execution
+options and where the data lives may differ, so that a resume never silently trains another recipe."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from kdzoo.errors import ConfigError
 
@@ -11,28 +11,40 @@ MAY_CHANGE = ("epochs", "engine", "dataset.root", "dataset.download", "dataset.n
               "dataset.eval_batch_size")
 RULE = ("a resumed run keeps its recipe: only epochs, engine.* and dataset.root/download/num_workers/"
         "eval_batch_size may change")
+_ABSENT = object()  # a key a run saved by an older kdzoo does not have
+
+
+class ResumeMismatch(ConfigError):
+    """The run cannot continue as asked (another recipe, budget, world size or dataset): start it again."""
 
 
 def may_change(key: str) -> bool:
     return any(key == allowed or key.startswith(allowed + ".") for allowed in MAY_CHANGE)
 
 
-def differences(saved: Any, current: Any, path: str = "") -> Iterator[tuple[str, Any, Any]]:
-    """(dotted key, saved value, current value) for every leaf that differs."""
+def differences(saved: Any, current: Any, defaults: Any = _ABSENT,
+                path: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """(dotted key, saved value, current value) for every leaf that differs; a key the saved recipe lacks
+    (written before the key existed) counts only when the current value is not the key's default."""
     if isinstance(saved, dict) and isinstance(current, dict):
+        defaults = defaults if isinstance(defaults, dict) else {}
         for key in list(saved) + [k for k in current if k not in saved]:
-            yield from differences(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
+            yield from differences(saved.get(key, _ABSENT), current.get(key, _ABSENT), defaults.get(key, _ABSENT),
+                                   f"{path}.{key}" if path else str(key))
+    elif saved is _ABSENT and current == defaults:
+        return
     elif saved != current:
-        yield path, saved, current
+        yield path, None if saved is _ABSENT else saved, None if current is _ABSENT else current
 
 
-def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: str) -> None:
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: str,
+                        defaults: Optional[dict[str, Any]] = None) -> None:
     """Refuse, in one line, a resume whose recipe differs from the checkpointed one outside MAY_CHANGE."""
-    for key, old, new in differences(saved, current):
+    for key, old, new in differences(saved, current, defaults if defaults is not None else _ABSENT):
         if not may_change(key):
-            raise ConfigError(f"{key}: {source} says {new!r}, but the checkpointed run used {old!r}; {RULE}")
+            raise ResumeMismatch(f"{key}: {source} says {new!r}, but the checkpointed run used {old!r}; {RULE}")
     schedule = current.get("schedule", {}).get("name")
     if saved.get("epochs") != current.get("epochs") and schedule == "cosine":
-        raise ConfigError(f"epochs: a cosine schedule spans the run's {saved.get('epochs')} epochs; resuming with "
-                          f"{current.get('epochs')} would make the lr jump back up. Train a new run for another "
-                          "budget (epochs may change on resume with multistep or constant schedules)")
+        raise ResumeMismatch(f"epochs: a cosine schedule spans the run's {saved.get('epochs')} epochs; resuming "
+                             f"with {current.get('epochs')} would make the lr jump back up. Train a new run for "
+                             "another budget (epochs may change on resume with multistep or constant schedules)")

@@ -52,29 +52,30 @@ def remove_stray_temp_files(path: Path) -> None:
 
 def clear_run(path: Path) -> None:
     """Remove a run's own files (a restart from scratch); anything else in the folder stays."""
-    for name in RUN_FILES:
-        (path / name).unlink(missing_ok=True)
+    # In this order, a kill part-way leaves a folder that `--resume` restarts from scratch: first what marks
+    # a trained run (summary, weights), config.yaml last.
+    (path / "summary.json").unlink(missing_ok=True)
     for name in RUN_DIRS:
         if (path / name).is_dir():
             shutil.rmtree(path / name)
+    for name in sorted(RUN_FILES, key=lambda n: n == "config.yaml"):
+        (path / name).unlink(missing_ok=True)
 
 
-_HELD_FDS: set[int] = set()  # lock descriptors of this process, closed in forked children (DataLoader workers)
+_HELD: "weakref.WeakSet[RunLock]" = weakref.WeakSet()  # locks this process holds
 
 
-def _close_held_in_child() -> None:
-    # A forked child shares the lock's open file description: had it kept the descriptor, the lock would
-    # outlive its run (and a killed run) as long as the child lives. Closing the child's copy never unlocks.
-    for fd in list(_HELD_FDS):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_FDS.clear()
+def _forget_held_in_child() -> None:
+    # A forked child shares each lock's open file description: had it kept the descriptor, the lock would
+    # outlive its run (and a killed run) as long as the child lives. Closing the child's copy never unlocks the
+    # parent's; the child's lock objects forget their descriptor so that they never close a reused number.
+    for lock in list(_HELD):
+        lock._forget()
+    _HELD.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_held_in_child)
+    os.register_at_fork(after_in_child=_forget_held_in_child)
 
 
 class RunFolderBusy(KdzooError):
@@ -106,7 +107,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
-        _HELD_FDS.add(fd)
+        _HELD.add(self)
         self._finalizer = weakref.finalize(self, _close_fd, fd)  # an abandoned lock closes with its object
         return self
 
@@ -114,6 +115,13 @@ class RunLock:
         if self._fd is not None:
             self._finalizer.detach()
             _close_fd(self._fd)  # closing drops the flock
+            self._fd = None
+            _HELD.discard(self)
+
+    def _forget(self) -> None:
+        if self._fd is not None:
+            self._finalizer.detach()
+            _close_fd(self._fd)
             self._fd = None
 
     def __enter__(self) -> "RunLock":
@@ -124,7 +132,6 @@ class RunLock:
 
 
 def _close_fd(fd: int) -> None:
-    _HELD_FDS.discard(fd)
     try:
         os.close(fd)
     except OSError:

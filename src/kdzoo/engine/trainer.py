@@ -26,11 +26,11 @@ from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.engine.rng import rng_state, seed_everything, set_rng_state
 from kdzoo.engine.step import train_step
-from kdzoo.engine.resume_rules import check_resume_config
+from kdzoo.engine.resume_rules import RULE, ResumeMismatch, check_resume_config
 from kdzoo.engine.run_dir import RunDir, environment
 from kdzoo.engine.run_folder import RunLock, check_out_path, clear_run, holds_run, remove_stray_temp_files
 from kdzoo.engine.signals import stop_on_sigterm
-from kdzoo.errors import ConfigError, KdzooError
+from kdzoo.errors import ConfigError, DatasetError, KdzooError
 from kdzoo.regimes import REGIMES, Phase, RunContext
 
 
@@ -87,6 +87,8 @@ class Engine:
             train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
         test_set = build_dataset(d.name, "test", root=d.root, download=d.download, augment=False,
                                  image_size=d.image_size)
+        if len(test_set) == 0 or len(train_set) == 0:
+            raise DatasetError(f"{d.name}: the {'test' if len(test_set) == 0 else 'training'} split is empty")
         # The shape a model sees is that of a real (test-transformed, so deterministic) sample.
         self.info = train_set.info.with_input_shape(test_set[0][0].shape)
         self.regime = REGIMES.get(cfg.regime)(RunContext(cfg=cfg, device=self.device, precision=self.precision,
@@ -137,17 +139,21 @@ class Engine:
             self._resume_state = self.store.load_state()
             saved = self._resume_state.get("config")
             if saved is not None:
-                check_resume_config(saved, to_dict(cfg), "this resume")
+                check_resume_config(saved, to_dict(cfg), "this resume", defaults=to_dict(type(cfg)()))
+            data = self._resume_state.get("data", self._data_identity())
+            if data != self._data_identity():
+                raise ResumeMismatch(f"dataset: the run was checkpointed on {data}, but the data now is "
+                                     f"{self._data_identity()}; {RULE}")
             saved_world = self._resume_state.get("world_size", self.dist.world_size)
             if saved_world != self.dist.world_size:
-                raise KdzooError(f"the run was checkpointed with {saved_world} processes and is resumed with "
+                raise ResumeMismatch(f"the run was checkpointed with {saved_world} processes and is resumed with "
                                  f"{self.dist.world_size}: the global batch would change; resume it with "
                                  f"--nproc_per_node giving {saved_world} processes in all")
             self.regime.load_state_dict(self._resume_state["regime"])
             self.progress = Progress(**self._resume_state["progress"])
             phase = self.regime.phases()[self.progress.phase]
             if phase.epochs < self.progress.epoch:
-                raise ConfigError(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
+                raise ResumeMismatch(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
                                   f"{phase.name} this run has already trained")
         self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
         self.run.write_text("config.yaml", config_to_yaml(cfg))  # unchanged text is not rewritten
@@ -156,6 +162,11 @@ class Engine:
                                              "precision": self.precision.name,
                                              "world_size": self.dist.world_size})
         self.run.write_json("model.json", self.regime.describe())
+
+    def _data_identity(self) -> dict[str, Any]:
+        """What a moved dataset must still be for a resume to continue the same run."""
+        return {"name": self.info.name, "train_samples": len(self.train_loader.dataset),
+                "input_shape": list(self.info.input_shape)}
 
     def close(self) -> None:
         """Release the run folder (`fit` does at its end; for an Engine that is built but never fitted)."""
@@ -303,7 +314,7 @@ class Engine:
                 "progress": vars(self.progress).copy(), "regime": self.regime.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
-                "config": to_dict(self.cfg), "world_size": self.dist.world_size,
+                "config": to_dict(self.cfg), "world_size": self.dist.world_size, "data": self._data_identity(),
             }, improved)
         barrier(self.dist)
 
