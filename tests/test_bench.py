@@ -128,7 +128,7 @@ def test_failed_cells_are_listed_not_silently_dropped(tiny_bench):
 
 # Progress with an ETA, in the terminal and in <out>/bench.log ------------------------------------------------
 def test_epoch_progress_prefixes_and_adds_an_eta():
-    from kdzoo.bench.runner import EpochProgress
+    from kdzoo.bench.progress import EpochProgress
 
     now = [100.0]
     lines = []
@@ -146,7 +146,7 @@ def test_epoch_progress_prefixes_and_adds_an_eta():
 
 
 def test_duration_format():
-    from kdzoo.bench.runner import duration
+    from kdzoo.bench.progress import duration
 
     assert [duration(s) for s in (0, 12.4, 65, 3599, 3720, 90000)] == ["0s", "12s", "1m05s", "59m59s", "1h02m",
                                                                       "25h00m"]

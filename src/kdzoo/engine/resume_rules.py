@@ -48,3 +48,19 @@ def check_resume_config(saved: dict[str, Any], current: dict[str, Any], source: 
         raise ResumeMismatch(f"epochs: a cosine schedule spans the run's {saved.get('epochs')} epochs; resuming "
                              f"with {current.get('epochs')} would make the lr jump back up. Train a new run for "
                              "another budget (epochs may change on resume with multistep or constant schedules)")
+
+
+def check_resume_state(state: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any],
+                       data: dict[str, Any], world_size: int) -> None:
+    """A resume state may continue this run: the same recipe (see check_resume_config), data of the same
+    identity (name, size, input shape) and the same number of processes (the global batch)."""
+    if state.get("config") is not None:
+        check_resume_config(state["config"], current, "this resume", defaults)
+    saved_data = state.get("data", data)
+    if saved_data != data:
+        raise ResumeMismatch(f"dataset: the run was checkpointed on {saved_data}, but the data now is {data}; {RULE}")
+    saved_world = state.get("world_size", world_size)
+    if saved_world != world_size:
+        raise ResumeMismatch(f"the run was checkpointed with {saved_world} processes and is resumed with "
+                             f"{world_size}: the global batch would change; resume it with --nproc_per_node "
+                             f"giving {saved_world} processes in all")

@@ -78,6 +78,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_held_in_child)
 
 
+def open_run_folder(path: Path, store, resume: bool, main: bool = True) -> "RunLock":
+    """Lock a run folder (the main process of a run), finish an interrupted checkpoint publication (`store`: the
+    run's CheckpointStore), remove stray temporary files, and refuse a fresh run over another run's files."""
+    lock = RunLock(path)
+    if not main:
+        return lock
+    check_out_path(path)
+    lock.acquire()
+    try:
+        remove_stray_temp_files(path)
+        store.repair()
+        if not resume and holds_run(path):
+            raise KdzooError(f"run folder {path} already holds a run; use --resume {path} to continue it, or "
+                             "another --out")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 class RunFolderBusy(KdzooError):
     """Another process (or another open run in this one) holds the run folder."""
 

@@ -26,9 +26,9 @@ from kdzoo.engine.evaluate import evaluate
 from kdzoo.engine.optim import build_optimizer, build_scheduler
 from kdzoo.engine.rng import rng_state, seed_everything, set_rng_state
 from kdzoo.engine.step import train_step
-from kdzoo.engine.resume_rules import RULE, ResumeMismatch, check_resume_config
+from kdzoo.engine.resume_rules import ResumeMismatch, check_resume_state
 from kdzoo.engine.run_dir import RunDir, environment
-from kdzoo.engine.run_folder import RunLock, check_out_path, clear_run, holds_run, remove_stray_temp_files
+from kdzoo.engine.run_folder import clear_run, open_run_folder
 from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.errors import ConfigError, DatasetError, KdzooError
 from kdzoo.regimes import REGIMES, Phase, RunContext
@@ -68,7 +68,7 @@ class Engine:
         seed_everything(cfg.seed + self.dist.rank)
 
         self.store = CheckpointStore(self.out / CHECKPOINT_DIR)
-        self.lock = self._open_run_folder(resume)
+        self.lock = open_run_folder(self.out, self.store, resume, main=self.dist.is_main)
         try:
             self._build()
             self._start_run(resume)
@@ -103,24 +103,6 @@ class Engine:
             raise ConfigError(f"dataset.batch_size: {d.batch_size} is larger than the {len(train_set)} training "
                               "samples and the last partial batch is dropped")
 
-    def _open_run_folder(self, resume: bool) -> RunLock:
-        """Lock the folder (main process), finish an interrupted checkpoint publication, check its state."""
-        lock = RunLock(self.out)
-        if not self.dist.is_main:
-            return lock
-        check_out_path(self.out)
-        lock.acquire()
-        try:
-            remove_stray_temp_files(self.out)
-            self.store.repair()
-            if not resume and holds_run(self.out):
-                raise KdzooError(f"run folder {self.out} already holds a run; use --resume {self.out} to continue "
-                                 "it, or another --out")
-        except BaseException:
-            lock.release()
-            raise
-        return lock
-
     def _start_run(self, resume: bool) -> None:
         cfg = self.cfg
         self.progress = Progress()
@@ -137,24 +119,14 @@ class Engine:
             resume = False
         if resume:
             self._resume_state = self.store.load_state()
-            saved = self._resume_state.get("config")
-            if saved is not None:
-                check_resume_config(saved, to_dict(cfg), "this resume", defaults=to_dict(type(cfg)()))
-            data = self._resume_state.get("data", self._data_identity())
-            if data != self._data_identity():
-                raise ResumeMismatch(f"dataset: the run was checkpointed on {data}, but the data now is "
-                                     f"{self._data_identity()}; {RULE}")
-            saved_world = self._resume_state.get("world_size", self.dist.world_size)
-            if saved_world != self.dist.world_size:
-                raise ResumeMismatch(f"the run was checkpointed with {saved_world} processes and is resumed with "
-                                 f"{self.dist.world_size}: the global batch would change; resume it with "
-                                 f"--nproc_per_node giving {saved_world} processes in all")
+            check_resume_state(self._resume_state, to_dict(cfg), to_dict(type(cfg)()), self._data_identity(),
+                               self.dist.world_size)
             self.regime.load_state_dict(self._resume_state["regime"])
             self.progress = Progress(**self._resume_state["progress"])
             phase = self.regime.phases()[self.progress.phase]
             if phase.epochs < self.progress.epoch:
                 raise ResumeMismatch(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
-                                  f"{phase.name} this run has already trained")
+                                     f"{phase.name} this run has already trained")
         self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
         self.run.write_text("config.yaml", config_to_yaml(cfg))  # unchanged text is not rewritten
         if not resume:
