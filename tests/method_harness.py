@@ -21,7 +21,7 @@ from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
 from kdzoo.regimes import RunContext
-from kdzoo.regimes.offline import Offline
+from kdzoo.regimes.offline import Offline, probe_shapes
 from tests.conftest import CONFIGS, FAST, run_cli
 
 CPU = torch.device("cpu")
@@ -100,6 +100,16 @@ def run_digits(method_recipe: str, teacher_run: Path, out: Path, *overrides: str
                    f"teacher.checkpoint={teacher_run}", *FAST, *overrides)
     assert code == 0, f"{method_recipe} failed"
     return json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def probed_pair(student: str, teacher: str, size: int = 32, seed: int = 0):
+    """(student, teacher, student shapes, teacher shapes): two fresh 10-class RGB zoo models and their probed
+    feature shapes at `size` x `size`."""
+    torch.manual_seed(seed)
+    s_model = create_model(student, num_classes=10, in_channels=3)
+    t_model = create_model(teacher, num_classes=10, in_channels=3)
+    example = torch.zeros(2, 3, size, size)
+    return s_model, t_model, probe_shapes(s_model, None, example), probe_shapes(t_model, None, example)
 
 
 def setup_context(s: Features, t: Features, student: Optional[nn.Module] = None) -> SetupContext:

@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 from kdzoo.distillers import METHODS
-from kdzoo.models import create_model
-from kdzoo.regimes.offline import probe_shapes
-from tests.method_harness import setup_context
+from tests.method_harness import probed_pair, setup_context
 
 PARAMS = {
     "ce": {"label_smoothing": 0.0},
@@ -105,11 +103,8 @@ def test_dkd_and_reviewkd_pair_overrides():
 # Adapter structure -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ctx():
-    torch.manual_seed(0)
-    student = create_model("resnet8", num_classes=10, in_channels=3)
-    teacher = create_model("resnet32x4", num_classes=10, in_channels=3)
-    example = torch.zeros(2, 3, 32, 32)
-    c = setup_context(probe_shapes(student, None, example), probe_shapes(teacher, None, example), student)
+    student, teacher, s_shapes, t_shapes = probed_pair("resnet8", "resnet32x4")
+    c = setup_context(s_shapes, t_shapes, student)
     return dataclasses.replace(c, teacher=teacher, train_targets=torch.arange(40) % 10)
 
 

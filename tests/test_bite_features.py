@@ -17,10 +17,8 @@ import torch
 
 from kdzoo.distillers import METHODS
 from kdzoo.distillers.base import Batch
-from kdzoo.models import create_model
 from kdzoo.models.features import Features
-from kdzoo.regimes.offline import probe_shapes
-from tests.method_harness import setup_context, step_info
+from tests.method_harness import probed_pair, setup_context, step_info
 
 B = 8
 N_STAGES = 4  # resnet8 / resnet14: stem, layer1, layer2, layer3
@@ -67,11 +65,7 @@ USED = {
 
 @pytest.fixture(scope="module")
 def nets():
-    torch.manual_seed(0)
-    student = create_model("resnet8", num_classes=10, in_channels=3)
-    teacher = create_model("resnet14", num_classes=10, in_channels=3)
-    example = torch.zeros(2, 3, 32, 32)
-    return student, teacher, probe_shapes(student, None, example), probe_shapes(teacher, None, example)
+    return probed_pair("resnet8", "resnet14")
 
 
 def _features(shapes: Features, seed: int) -> Features:

@@ -135,7 +135,7 @@ def test_two_processes_hold_the_single_process_banks(tmp_path):
            str(free_port()), str(Path(__file__).resolve()), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
 
     reference = Bundle(seed=0)  # one process over the global batches (rank 0's rows, then rank 1's)
     start = banks(reference)
