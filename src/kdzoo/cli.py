@@ -112,15 +112,14 @@ def cmd_train(args) -> int:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
             raise KdzooError("--resume continues in its own folder; drop --out")
+        from kdzoo.engine.resume_rules import RULE, may_change
+
         if args.config:
-            raise KdzooError("--resume continues the recipe saved in the run folder; drop -c (overrides of epochs "
-                             "and engine.* may follow)")
+            raise KdzooError(f"--resume continues the recipe saved in the run folder; drop -c ({RULE})")
         check_out_path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise KdzooError(f"{run_dir} is not a run folder (no config.yaml); start it with -c RECIPE --out "
                              f"{run_dir}")
-        from kdzoo.engine.resume_rules import RULE, may_change
-
         fixed = [o for o in args.overrides if not may_change(o.partition("=")[0])]
         if fixed:
             raise KdzooError(f"--resume: {fixed[0]}: {RULE}")

@@ -122,15 +122,19 @@ def nce_loss_scores(s_pos: Tensor, s_neg: Tensor, log_z: Tensor, n_data: int) ->
     return -(log_d1.sum() + log_d0_sum) / b
 
 
+def log_sum_exp(s_pos: Tensor, s_neg: Tensor) -> Tensor:
+    """log of the sum of exp over the positives and negatives together."""
+    return torch.logaddexp(torch.logsumexp(s_pos.flatten(), 0), torch.logsumexp(s_neg.flatten(), 0))
+
+
 def log_mean_exp(s_pos: Tensor, s_neg: Tensor) -> Tensor:
     """log of the mean of exp over the positives and negatives together (the original's out.mean())."""
-    total = torch.logaddexp(torch.logsumexp(s_pos.flatten(), 0), torch.logsumexp(s_neg.flatten(), 0))
-    return total - math.log(s_pos.numel() + s_neg.numel())
+    return log_sum_exp(s_pos, s_neg) - math.log(s_pos.numel() + s_neg.numel())
 
 
 def global_log_mean_exp(s_pos: Tensor, s_neg: Tensor) -> Tensor:
     """`log_mean_exp` over every process's scores together (a collective); the same value in one process."""
-    total = torch.logaddexp(torch.logsumexp(s_pos.flatten(), 0), torch.logsumexp(s_neg.flatten(), 0))
+    total = log_sum_exp(s_pos, s_neg)
     count = total.new_tensor(float(s_pos.numel() + s_neg.numel()))
     parts = all_gather_cat(torch.stack([total, count]).unsqueeze(0))  # (world, 2): log-sum-exp, count
     return torch.logsumexp(parts[:, 0], 0) - math.log(float(parts[:, 1].sum()))

@@ -89,9 +89,8 @@ def open_run_folder(path: Path, store, resume: bool, main: bool = True) -> "RunL
     try:
         remove_stray_temp_files(path)
         store.repair()
-        if not resume and holds_run(path):
-            raise KdzooError(f"run folder {path} already holds a run; use --resume {path} to continue it, or "
-                             "another --out")
+        if not resume:
+            refuse_existing_run(path, "a fresh run")
     except BaseException:
         lock.release()
         raise
