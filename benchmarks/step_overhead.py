@@ -29,7 +29,10 @@ from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.step import train_step
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
-from kdzoo.regimes import REGIMES, RunContext
+from kdzoo.data import IndexedDataset
+from kdzoo.data.in_memory import InMemoryImageDataset
+from kdzoo.program import BuildContext, DataStream, to_batch
+from kdzoo.regimes.offline import offline_program
 
 # Where a method's step costs more than 1.15x KD's, the part of the step that costs the time (from profiles of
 # the step and the layers' sizes; printed under the table). AB and FSP distil only in their init stage:
@@ -135,22 +138,27 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file):
         data["teacher"] = {"checkpoint": str(teacher_file)}
     cfg = config_from_data(data)
     device = torch.device("cpu")
-    regime = REGIMES.get(cfg.regime)(RunContext(cfg=cfg, device=device, precision=precision, dist=DistInfo(),
-                                                info=info, train_targets=targets))
-    phase = regime.phases()[-1]
+    images = torch.zeros(len(targets), 3, 32, 32)
+    dataset = InMemoryImageDataset(images, targets, classes=[str(c) for c in range(args.classes)])
+    dataset.info = info
+    streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True),
+               "test": DataStream(dataset, args.batch)}
+    program = offline_program(BuildContext(cfg=cfg, device=device, precision=precision, dist=DistInfo()),
+                              streams, info)
+    phase = program.phases[-1]
     optimizer = build_optimizer(phase.params, cfg.optim)
     images = torch.randn(args.batch, 3, 32, 32)
     labels = torch.randint(0, args.classes, (args.batch,))
     index = torch.randint(0, len(targets), (args.batch,))
-    raw = (images, labels, index) if regime.needs_index else (images, labels)
-    batch: Batch = regime.make_batch(raw)
-    regime.train(True)
+    batch: Batch = to_batch((images, labels, index), device, engine.get("channels_last", False))
+    program.train(True)
     counter = {"step": 0}
 
     def run():
         info_ = StepInfo(epoch=0, epochs=240, step=counter["step"], steps_per_epoch=782)
         train_step(phase, batch, info_, optimizer, precision)
-        regime.after_step(phase.name)
+        program.after_optimizer_step()
+        phase.after_step()
         counter["step"] += 1
 
     return run

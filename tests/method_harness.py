@@ -20,8 +20,8 @@ from kdzoo.engine.distributed import DistInfo
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
-from kdzoo.regimes import RunContext
-from kdzoo.regimes.offline import Offline, probe_shapes
+from kdzoo.program import BuildContext, DataStream, Program, to_batch
+from kdzoo.regimes.offline import offline_program, probe_shapes, train_stream_needs
 from tests.conftest import CONFIGS, FAST, run_cli
 
 CPU = torch.device("cpu")
@@ -38,10 +38,83 @@ def teacher_file(folder: Path, arch: str, num_classes: int = 10, in_channels: in
     return path
 
 
+class RandomImages(torch.utils.data.Dataset):
+    """`n` random images with the given labels: a stand-in dataset for building programs."""
+
+    def __init__(self, targets: torch.Tensor, shape: tuple[int, ...], info, with_index: bool = False, seed: int = 0):
+        self.targets, self.shape, self.info, self.with_index = targets, shape, info, with_index
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        image = torch.randn(*self.shape, generator=torch.Generator().manual_seed(self.seed + i))
+        return (image, self.targets[i], i) if self.with_index else (image, self.targets[i])
+
+
+class OfflineView:
+    """The offline program as the method tests look at it: its student, teacher, bundle, methods and phases."""
+
+    def __init__(self, program: Program, cfg, info):
+        self.program, self.cfg, self.info = program, cfg, info
+
+    @property
+    def student(self) -> nn.Module:
+        return self.program.models["student"].module
+
+    @property
+    def teacher(self):
+        slot = self.program.models.get("teacher")
+        return slot.features if slot is not None else None
+
+    @property
+    def bundle(self) -> nn.Module:
+        return self.program.trainable
+
+    @property
+    def methods(self) -> dict:
+        return {key.replace(":", "."): m for key, m in self.program.trainable.methods.items()}
+
+    @property
+    def train_targets(self) -> torch.Tensor:
+        return self.program.data["train"].dataset.targets
+
+    @property
+    def needs_index(self) -> bool:
+        return self.program.data["train"].dataset.with_index
+
+    @property
+    def drop_last(self) -> bool:
+        return self.program.data["train"].drop_last
+
+    def phases(self):
+        return self.program.phases
+
+    def train(self, mode: bool = True) -> None:
+        self.program.train(mode)
+
+    def make_batch(self, raw) -> Batch:
+        return to_batch(raw, CPU)
+
+    def after_step(self, phase: str = "main") -> None:
+        self.program.after_optimizer_step()
+        next(p for p in self.program.phases if p.name == phase).after_step()
+
+    def state_dict(self) -> dict:
+        return self.program.state_dict()
+
+    def eval_model(self) -> nn.Module:
+        return self.program.artifacts["student"].module()
+
+    def deploy_meta(self) -> dict:
+        return self.program.artifacts["student"].meta()
+
+
 def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict, methods: Optional[dict] = None,
                  num_classes: int = 10, in_channels: int = 3, size: int = 32, n_train: int = 200,
-                 batch_size: int = 8, epochs: int = 10, seed: int = 0) -> Offline:
-    """The offline regime exactly as a run builds it, on a synthetic dataset description."""
+                 batch_size: int = 8, epochs: int = 10, seed: int = 0) -> OfflineView:
+    """The offline program exactly as a run builds it, on synthetic streams."""
     data = {"student": {"arch": student}, "loss": loss, "methods": methods or {}, "epochs": epochs,
             "dataset": {"name": "cifar100", "batch_size": batch_size},
             "engine": {"precision": "fp32", "channels_last": False, "progress": False, "tensorboard": False}}
@@ -51,17 +124,21 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
     info = image_info("synthetic", num_classes, in_channels, size, (0.0,) * in_channels, (1.0,) * in_channels)
     torch.manual_seed(seed)
     targets = torch.arange(n_train) % num_classes
-    return Offline(RunContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo(), info=info,
-                              train_targets=targets))
+    shape = info.input_shape
+    needs = train_stream_needs(cfg)
+    streams = {"train": DataStream(RandomImages(targets, shape, info, with_index=needs["needs_index"]), batch_size,
+                                   train=True, drop_last=needs["drop_last"]),
+               "test": DataStream(RandomImages(targets[:20], shape, info), batch_size)}
+    ctx = BuildContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo())
+    return OfflineView(offline_program(ctx, streams, info), cfg, info)
 
 
-def random_batch(regime: Offline, batch_size: int = 8, seed: int = 1) -> Batch:
+def random_batch(regime: OfflineView, batch_size: int = 8, seed: int = 1) -> Batch:
     g = torch.Generator().manual_seed(seed)
-    info = regime.ctx.info
-    images = torch.randn(batch_size, *info.input_shape, generator=g)
-    n = len(regime.ctx.train_targets)
+    images = torch.randn(batch_size, *regime.info.input_shape, generator=g)
+    n = len(regime.train_targets)
     index = torch.randperm(n, generator=g)[:batch_size]
-    labels = regime.ctx.train_targets[index]
+    labels = regime.train_targets[index]
     raw = (images, labels, index) if regime.needs_index else (images, labels)
     return regime.make_batch(raw)
 
@@ -70,7 +147,7 @@ def step_info(epoch: int = 0, epochs: int = 10, step: int = 0, steps_per_epoch: 
     return StepInfo(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch)
 
 
-def backward_once(regime: Offline, batch: Batch, phase_index: int = -1, info: Optional[StepInfo] = None) -> dict:
+def backward_once(regime: OfflineView, batch: Batch, phase_index: int = -1, info: Optional[StepInfo] = None) -> dict:
     """One forward/backward of a phase (default: main) on `batch`; returns the raw terms."""
     phase = regime.phases()[phase_index]
     regime.train(True)
@@ -81,7 +158,7 @@ def backward_once(regime: Offline, batch: Batch, phase_index: int = -1, info: Op
     return terms
 
 
-def assert_gradient_routing(regime: Offline, batch: Batch, phase_index: int = -1) -> dict:
+def assert_gradient_routing(regime: OfflineView, batch: Batch, phase_index: int = -1) -> dict:
     """Gradients reach the student and the method adapters, never the teacher; returns the terms."""
     terms = backward_once(regime, batch, phase_index)
     assert all(torch.isfinite(v).all() for v in terms.values()), terms

@@ -18,7 +18,7 @@ from kdzoo.config import load_config
 from kdzoo.engine import checkpoint as checkpoint_module
 from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint
 from kdzoo.engine.checkpoint_store import POINTER, CheckpointStore
-from kdzoo.engine.trainer import Engine
+from kdzoo.regimes import make_engine
 from kdzoo.errors import CheckpointError
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
@@ -82,14 +82,14 @@ class FaultAt:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     run = tmp_path_factory.mktemp("ref") / "run"
-    Engine(tiny_cfg(), run, quiet=True).fit()
+    make_engine(tiny_cfg(), run, quiet=True).fit()
     return final_weights(run)
 
 
 def test_every_step_of_the_checkpoint_sequence_can_fail(tmp_path, monkeypatch, reference):
     with monkeypatch.context() as patch:
         counter = FaultAt(patch, None)
-        Engine(tiny_cfg(), tmp_path / "count", quiet=True).fit()
+        make_engine(tiny_cfg(), tmp_path / "count", quiet=True).fit()
     steps = counter.count
     assert steps >= 2 * 6, counter.names  # two epochs, each: last, best, state, pointer, links, cleanup
     for at in range(steps):
@@ -97,8 +97,8 @@ def test_every_step_of_the_checkpoint_sequence_can_fail(tmp_path, monkeypatch, r
         with monkeypatch.context() as patch:
             FaultAt(patch, at)
             with pytest.raises(Crash):
-                Engine(tiny_cfg(), run, quiet=True).fit()
-        Engine(tiny_cfg(), run, resume=True, quiet=True).fit()
+                make_engine(tiny_cfg(), run, quiet=True).fit()
+        make_engine(tiny_cfg(), run, resume=True, quiet=True).fit()
         assert_same(final_weights(run), reference)
         assert_clean(run)
 
@@ -110,14 +110,14 @@ def test_killed_process_resumes_exactly(tmp_path, reference):
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
         from tests.test_checkpoint_faults import FaultAt, tiny_cfg
-        from kdzoo.engine.trainer import Engine
+        from kdzoo.regimes import make_engine
 
         class Patch:
             def setattr(self, module, name, value):
                 setattr(module, name, value)
 
         fault = FaultAt(Patch(), int(sys.argv[2]), error=lambda: os._exit(137))
-        Engine(tiny_cfg(), sys.argv[1], quiet=True).fit()
+        make_engine(tiny_cfg(), sys.argv[1], quiet=True).fit()
     """))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     # The first save is operations 0-26 (committed by the pointer's rename at 11), the second 27-58 (at 38).
@@ -192,7 +192,7 @@ def test_torch_write_failure_is_reported_as_disk_full(tmp_path, monkeypatch):
 
 def test_repair_removes_stray_temporary_and_uncommitted_files(tmp_path):
     run = tmp_path / "run"
-    Engine(tiny_cfg("epochs=1"), run, quiet=True).fit()
+    make_engine(tiny_cfg("epochs=1"), run, quiet=True).fit()
     folder = run / "checkpoints"
     (folder / ".last.safetensors.abc.tmp").write_bytes(b"half")
     (folder / "c000009.state.pt").write_bytes(b"uncommitted")

@@ -12,15 +12,15 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
-from kdzoo.data import build_dataset
 from kdzoo.distillers.base import Batch, StepInfo
 from kdzoo.engine.checkpoint import load_weights, read_meta, save_weights
 from kdzoo.engine.device import Precision
 from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.trainer import Engine
+from kdzoo.regimes import make_engine
 from kdzoo.models import create_model
-from kdzoo.regimes import RunContext
+from kdzoo.program import BuildContext
 from kdzoo.regimes.offline import Offline
+from tests.method_harness import OfflineView
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 
@@ -54,9 +54,9 @@ def test_train_distill_eval_through_cli(tmp_path, digits_teacher, capsys):
 
 def test_teacher_gets_no_gradients_and_optimizer_holds_student_only(digits_teacher):
     cfg = load_config(CONFIGS / "digits" / "kd.yaml", [f"teacher.checkpoint={digits_teacher}", "epochs=1"])
-    train = build_dataset("digits", "train")
-    regime = Offline(RunContext(cfg=cfg, device=torch.device("cpu"), precision=Precision("fp32", torch.device("cpu")),
-                                dist=DistInfo(), info=train.info, train_targets=train.targets))
+    program = Offline.build(BuildContext(cfg=cfg, device=torch.device("cpu"),
+                                         precision=Precision("fp32", torch.device("cpu")), dist=DistInfo()))
+    regime = OfflineView(program, cfg, program.info)
     (main,) = regime.phases()
     teacher_params = {id(p) for p in regime.teacher.parameters()}
     student_params = {id(p) for p in regime.student.parameters()}
@@ -80,7 +80,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, digits_teacher):
     assert run_cli("distill", "-c", CONFIGS / "digits" / "kd.yaml", "--out", full, *common) == 0
     # An interrupted run: 1 epoch of the 3-epoch schedule, then --resume with the full budget.
     cfg = load_config(CONFIGS / "digits" / "kd.yaml", common)
-    engine = Engine(cfg, part, quiet=True)
+    engine = make_engine(cfg, part, quiet=True)
     _stop_after_epochs(engine, 1)
     assert json.loads(read_json_line(part / "metrics.jsonl", -1))["epoch"] == 1
     assert run_cli("distill", "--resume", part, *FAST) == 0
@@ -96,7 +96,7 @@ def read_json_line(path: Path, index: int) -> str:
     return path.read_text().splitlines()[index]
 
 
-def _stop_after_epochs(engine: Engine, epochs: int) -> None:
+def _stop_after_epochs(engine, epochs: int) -> None:
     """Run the engine but stop (as if killed) once `epochs` epochs are checkpointed."""
     original = engine._save
 

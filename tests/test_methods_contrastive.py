@@ -20,7 +20,7 @@ from kdzoo.distillers.dcd import DCD, DCDParams, dcd_loss
 from kdzoo.distillers.rrd import RRD, RRDParams, enqueue, relational_loss
 from kdzoo.errors import KdzooError
 from kdzoo.models.features import Features
-from tests.method_harness import assert_gradient_routing, build_regime, random_batch, run_digits, step_info
+from tests.method_harness import assert_gradient_routing, build_regime, random_batch, run_digits
 
 STEP = StepInfo(epoch=0, epochs=1, step=0, steps_per_epoch=1)
 

@@ -344,7 +344,7 @@ def test_srrl_teacher_head_stays_frozen_and_out_of_state(regimes):
     assert not head_ptrs & {v.data_ptr() for v in state.values()}
     before = [p.detach().clone() for p in head.parameters()]
     connector = regime.methods["srrl"].connector.conv.weight.detach().clone()
-    optimizer = build_optimizer(phase.params, regime.ctx.cfg.optim)
+    optimizer = build_optimizer(phase.params, regime.cfg.optim)
     backward_once(regime, random_batch(regime, seed=5))
     optimizer.step()
     assert all(p.grad is None for p in head.parameters())

@@ -339,7 +339,13 @@ def test_init_phase_trains_exactly_the_declared_modules(teachers, method):
     regime = build_regime(teachers, "resnet8x4", "resnet32x4", loss={"ce": 1.0, method: RECIPE[method]},
                           methods={method: {"init_epochs": 7}})
     init, main = regime.phases()
-    assert (init.name, init.epochs, init.evaluate, init.schedule) == (f"init:{method}", 7, False, False)
+    assert (init.name, init.epochs, init.evaluates) == (f"init:{method}", 7, False)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    controller = init.controller(optimizer, 10)
+    for _ in range(25):  # an init stage trains at a constant lr, whatever the recipe's schedule
+        optimizer.step()
+        controller.after_step()
+    assert optimizer.param_groups[0]["lr"] == 0.3 and main.evaluates
     assert init.weights == {method: 1.0}
     student = regime.student
     head = {id(p) for p in student.get_submodule(feature_spec(student).head).parameters()}

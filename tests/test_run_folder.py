@@ -15,7 +15,7 @@ import torch
 
 from kdzoo.config import load_config
 from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_state, save_weights
-from kdzoo.engine.trainer import Engine
+from kdzoo.regimes import make_engine
 from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.engine.run_folder import LOCK_FILE, RunLock
 from kdzoo.models import create_model
@@ -74,10 +74,10 @@ def test_lock_is_released_with_dataloader_workers_and_by_an_abandoned_engine(tmp
     run = tmp_path / "workers"
     assert run_cli("train", "-c", STUDENT, "--out", run, *TINY, "dataset.num_workers=2") == 0
     RunLock(run).acquire().release()  # forked loader workers did not keep the lock alive
-    engine = Engine(load_config(STUDENT, TINY), run, resume=True, quiet=True)
+    engine = make_engine(load_config(STUDENT, TINY), run, resume=True, quiet=True)
     del engine  # built, never fitted: the lock goes with the object
     gc.collect()
-    with Engine(load_config(STUDENT, [*TINY, "epochs=3", "schedule.name=multistep"]), tmp_path / "other",
+    with make_engine(load_config(STUDENT, [*TINY, "epochs=3", "schedule.name=multistep"]), tmp_path / "other",
                 quiet=True) as engine:
         assert engine.lock._fd is not None
     RunLock(tmp_path / "other").acquire().release()

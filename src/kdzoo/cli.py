@@ -131,9 +131,9 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out or Path("runs") / cfg.name)
         refuse_existing_run(run_dir, f"kdzoo {args.mode}")
     check_names(cfg, args.mode)
-    from kdzoo.engine.trainer import Engine  # heavy: imported once the recipe is known to be valid
+    from kdzoo.regimes import make_engine  # heavy: imported once the recipe is known to be valid
 
-    engine = Engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
+    engine = make_engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
     if engine.dist.is_main:
         print(f"{cfg.name}: best top1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), "

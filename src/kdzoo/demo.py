@@ -13,7 +13,7 @@ import torch
 from kdzoo.config import load_config
 from kdzoo.engine.device import cpu_has_bf16, resolve_device, resolve_precision
 from kdzoo.engine.run_folder import RunLock, clear_run, holds_run
-from kdzoo.engine.trainer import Engine
+from kdzoo.regimes import make_engine
 from kdzoo.errors import KdzooError
 
 
@@ -81,7 +81,7 @@ def run_demo(out: Path, quiet: bool = False, overrides: Optional[Sequence[str]] 
             print(hardware_line(cfg))
         replace_demo_run(folder)
         print(f"== {label}: {cfg.student.arch}, {cfg.epochs} epochs on {cfg.dataset.name} -> {folder}")
-        summary = Engine(cfg, folder, quiet=quiet).fit()
+        summary = make_engine(cfg, folder, quiet=quiet).fit()
         rows.append({"model": label, "arch": cfg.student.arch, "params": summary.get("student_params"),
                      "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
                      "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],

@@ -17,7 +17,7 @@ from kdzoo.config import Config, load_config, to_dict
 from kdzoo.engine.resume_rules import ResumeMismatch, differences
 from kdzoo.engine.run_folder import RunFolderBusy, RunLock, clear_run
 from kdzoo.engine.signals import stop_on_sigterm
-from kdzoo.engine.trainer import Engine
+from kdzoo.regimes import make_engine
 from kdzoo.errors import KdzooError
 
 BASELINE = "student"
@@ -172,7 +172,7 @@ class Bench:
         self.say(f"training the teacher ({cfg.student.arch}, {cfg.epochs} epochs) -> {folder}")
         resume = folder.exists()  # continues a killed teacher; one killed before its first checkpoint restarts
         progress = EpochProgress("teacher", self.say)
-        engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
+        engine = make_engine(cfg, folder, resume=resume, quiet=True, log=progress)
         progress.start()
         summary = engine.fit()
         self.say(f"teacher: best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
@@ -211,7 +211,7 @@ class Bench:
 
     def _train_cell(self, cfg: Config, cell: Cell, folder: Path, resume: bool) -> dict[str, Any]:
         progress = EpochProgress(cell.key, self.say)
-        engine = Engine(cfg, folder, resume=resume, quiet=True, log=progress)
+        engine = make_engine(cfg, folder, resume=resume, quiet=True, log=progress)
         progress.start()
         return engine.fit()
 
@@ -247,7 +247,7 @@ class Bench:
 def _comparable(cfg: Config) -> dict[str, Any]:
     """A recipe without the settings that do not change results (progress bars, logging)."""
     data = to_dict(cfg)
-    for key in ("progress", "tensorboard", "wandb", "log_every"):
+    for key in ("progress", "tensorboard", "log_every"):
         data["engine"].pop(key, None)
     return data
 

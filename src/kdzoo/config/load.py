@@ -74,8 +74,26 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     return config_from_data(apply_overrides(data, overrides))
 
 
+# Keys earlier versions wrote into every run folder's config.yaml, never used: dropped when they hold their
+# only value, so those folders still resume.
+_RETIRED = {("regime_args",): {}, ("engine", "wandb"): False}
+
+
 def config_from_data(data: dict[str, Any]) -> Config:
-    return from_dict(Config, _student_alias(data))
+    return from_dict(Config, drop_retired(_student_alias(data)))
+
+
+def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return data
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for path, unused in _RETIRED.items():
+        parent = data
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == unused:
+            del parent[path[-1]]
+    return data
 
 
 def _student_alias(data: dict[str, Any]) -> dict[str, Any]:

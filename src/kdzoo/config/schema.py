@@ -23,7 +23,9 @@ class DatasetConfig:
     name: str = "digits"
     root: Optional[str] = None
     download: bool = False
-    augment: bool = True
+    augment: bool = True  # false: the `train` pipeline does not augment
+    # named views of each training sample and their pipelines (train, plain, test); null: {x: train}
+    views: Optional[dict[str, str]] = None
     image_size: Optional[int] = field(default=None, metadata={"ge": 1})
     batch_size: int = field(default=64, metadata=POSITIVE_INT)  # per process
     eval_batch_size: int = field(default=256, metadata=POSITIVE_INT)
@@ -31,6 +33,8 @@ class DatasetConfig:
     # stratified part of the training set: a fraction (<= 1) or a count (> 1)
     subset: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "a fraction <= 1 or a count > 1"})
     subset_seed: int = field(default=0, metadata=SEED)
+    # stratified part of the training set held out as the `val` stream (evaluation pipeline)
+    val_fraction: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
     drop_last: bool = False
 
 
@@ -40,6 +44,9 @@ class ModelConfig:
     checkpoint: Optional[str] = None  # a run folder or a .safetensors file
     stages: Optional[list[str]] = None  # feature spec override for models kdzoo has no table for
     head: Optional[str] = None
+    # false: load only the checkpoint's tensors that fit (a backbone under a new head), listing the rest
+    checkpoint_strict: bool = True
+    freeze: list[str] = field(default_factory=list)  # module prefixes kept fixed ("" = the whole model)
 
 
 @dataclass
@@ -55,11 +62,16 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: Literal["multistep", "cosine", "constant"] = "multistep"
+    # plateau: constant (after warm-up) until `patience` evaluations bring no new best of the selection
+    # metric, then lr *= gamma (and the best weights back when reload_best); stop after max_cuts cuts
+    name: Literal["multistep", "cosine", "constant", "plateau"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata={"each": {"ge": 0}})
     gamma: float = field(default=0.1, metadata={"gt": 0})
     warmup_epochs: float = field(default=0.0, metadata={"ge": 0})
     min_lr: float = field(default=0.0, metadata={"ge": 0})
+    patience: int = field(default=5, metadata={"ge": 0})
+    reload_best: bool = True
+    max_cuts: Optional[int] = field(default=None, metadata={"ge": 0, "hint": "null: never stop"})
 
 
 @dataclass
@@ -72,7 +84,6 @@ class EngineConfig:
     progress: bool = True
     log_every: int = field(default=50, metadata=POSITIVE_INT)
     tensorboard: bool = True
-    wandb: bool = False
     # torch intra-op threads on CPU
     threads: Optional[int] = field(default=None, metadata={"ge": 1, "hint": "null keeps torch's default"})
 
@@ -89,7 +100,6 @@ class Config:
     loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
                                    metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters
-    regime_args: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)

@@ -7,26 +7,44 @@ weights the terms by the recipe's `loss:` mapping and never refers to a method b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
 from kdzoo.models.features import Features, Needs
 
+if TYPE_CHECKING:
+    from kdzoo.distillers.context import Binding, StepContext
+
 
 @dataclass
 class Batch:
-    """One training batch. `index` holds dataset indices when some method needs them."""
+    """One training batch. `index` holds dataset indices when some method needs them; `views` the named views
+    of the samples when the stream makes several (`inputs` is the first); `original` marks the rows that are
+    original samples where a batch function added others (rotations), `mixed_targets` and `mix_lambda` the
+    second labels and weight of mixed inputs, `groups` a group id per row (comparative sampling)."""
 
     inputs: Tensor
     targets: Tensor
     index: Optional[Tensor] = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    views: dict[str, Tensor] = field(default_factory=dict)
+    original: Optional[Tensor] = None
+    mixed_targets: Optional[Tensor] = None
+    mix_lambda: Optional[Tensor] = None
+    groups: Optional[Tensor] = None
 
     @property
     def size(self) -> int:
         return self.targets.shape[0]
+
+    def view(self, name: str = "x") -> Tensor:
+        """The inputs of view `name`; "x" is `inputs` when the stream names no views."""
+        if name in self.views:
+            return self.views[name]
+        if name == "x":
+            return self.inputs
+        raise KeyError(f"this batch has no view {name!r} (views: {', '.join(self.views) or 'x'})")
 
 
 @dataclass
@@ -37,11 +55,6 @@ class StepInfo:
     epochs: int  # epochs in the current phase
     step: int  # optimizer steps taken so far in this phase
     steps_per_epoch: int
-
-    @property
-    def progress(self) -> float:
-        """Fractional epochs completed."""
-        return self.step / max(self.steps_per_epoch, 1)
 
 
 @dataclass
@@ -112,6 +125,28 @@ class Method(nn.Module):
     def losses(self, batch: Batch, s: Features, t: Optional[Features], step: StepInfo) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    # What a program's step calls: the default reads the bound networks from the step context and calls
+    # `losses` / `init_losses`; a method that needs more (several views, no-grad passes) overrides these.
+    @property
+    def binding(self) -> "Binding":
+        return self.__dict__.get("_binding") or _default_binding()
+
+    def bind(self, binding: "Binding") -> "Method":
+        self.__dict__["_binding"] = binding  # a plain attribute: not a submodule, not in the state_dict
+        return self
+
+    def step_losses(self, ctx: "StepContext") -> dict[str, Tensor]:
+        b = self.binding
+        s = ctx.features(b.student, b.view)
+        t = ctx.teacher_features(b) if self.needs_teacher() else None
+        return {b.term(k): v for k, v in self.losses(ctx.batch, s, t, ctx.info).items()}
+
+    def step_init_losses(self, ctx: "StepContext", needs_student: bool = True) -> dict[str, Tensor]:
+        b = self.binding
+        s = ctx.features(b.student, b.view) if needs_student else Features()
+        t = ctx.teacher_features(b) if self.needs_teacher() else None
+        return {b.term(k): v for k, v in self.init_losses(ctx.batch, s, t, ctx.info).items()}
+
     # Optional hooks -------------------------------------------------------------------------------------------
     def init_stage(self) -> Optional[InitStage]:
         """A pre-training stage run before the main one, or None."""
@@ -137,6 +172,12 @@ class Method(nn.Module):
     @classmethod
     def rebuild_inference(cls, student: nn.Module, meta: dict[str, Any]) -> nn.Module:
         raise NotImplementedError(f"{cls.name} has no inference wrapper")
+
+
+def _default_binding():
+    from kdzoo.distillers.context import Binding
+
+    return Binding()
 
 
 class FrozenRef:

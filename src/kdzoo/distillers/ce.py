@@ -23,4 +23,7 @@ class CrossEntropy(Method):
     Params = CEParams
 
     def losses(self, batch, s, t, step):
-        return {"ce": F.cross_entropy(s.logits, batch.targets, label_smoothing=self.params.label_smoothing)}
+        logits, targets = s.logits, batch.targets
+        if batch.original is not None:  # rows a batch function added (rotations) have no class label
+            logits, targets = logits[batch.original], targets[batch.original]
+        return {"ce": F.cross_entropy(logits, targets, label_smoothing=self.params.label_smoothing)}

@@ -14,10 +14,17 @@ def register_method(cls):
     return cls
 
 
+def split_term(term: str) -> tuple[str, str]:
+    """"peer1.kd" -> ("peer1", "kd"); "kd" -> ("", "kd")."""
+    namespace, _, bare = term.rpartition(".")
+    return namespace, bare
+
+
 def method_for_term(term: str):
-    """The method class that produces loss term `term`."""
+    """The method class that produces loss term `term` (namespaced or not)."""
+    bare = split_term(term)[1]
     for name in METHODS:
         cls = METHODS.get(name)
-        if term in cls.term_names():
+        if bare in cls.term_names():
             return cls
     raise ConfigError(f"loss.{term}: unknown loss term (methods: {', '.join(METHODS.names())})")

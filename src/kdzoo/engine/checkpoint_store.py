@@ -66,14 +66,14 @@ class CheckpointStore:
         pointer = self.pointer()
         if pointer is not None and pointer.get(which):
             return self.folder / pointer[which]
-        published = self.folder / PUBLISHED[which]
+        published = self.folder / PUBLISHED.get(which, f"{which}.safetensors")
         return published if published.is_file() else None
 
     def readable_weights(self, which: str) -> Optional[Path]:
         """The file to read `which` from: its usual name when that is the committed file (replaced by renames,
         never removed, so a reader during training cannot lose it), else the committed generation file."""
         committed = self.weights_path(which)
-        published = self.folder / PUBLISHED[which]
+        published = self.folder / PUBLISHED.get(which, f"{which}.safetensors")
         if published.is_file() and (committed is None or not committed.is_file()
                                     or os.path.samefile(committed, published)):
             return published
@@ -87,8 +87,9 @@ class CheckpointStore:
 
     # Writing ------------------------------------------------------------------------------------------------
     def save(self, weights: dict[str, torch.Tensor], meta: dict[str, Any], state: dict[str, Any],
-             improved: bool) -> None:
-        """Write a new generation (last, best when `improved`, resume state) and commit it atomically."""
+             improved: bool, extra: Optional[dict[str, tuple[dict, dict]]] = None) -> None:
+        """Write a new generation (last, best when `improved`, resume state) and commit it atomically.
+        `extra` holds further artifacts, {name: (weights, meta)}, published as `<name>.last/best.safetensors`."""
         self.folder.mkdir(parents=True, exist_ok=True)
         previous = self.pointer()
         serial = (previous["serial"] if previous else 0) + 1
@@ -96,12 +97,18 @@ class CheckpointStore:
         new = {"serial": serial, "epoch": meta.get("epoch"), "phase": meta.get("phase"),
                "last": f"{stem}.last.safetensors", "state": f"{stem}.state.pt",
                "best": f"{stem}.best.safetensors" if improved else (previous or {}).get("best")}
+        for name in extra or {}:
+            for which in ("last", "best"):
+                new[f"{name}.{which}"] = (f"{stem}.{name}.{which}.safetensors" if which == "last" or improved
+                                          else (previous or {}).get(f"{name}.{which}"))
         try:
-            save_weights(self.folder / new["last"], weights, meta)
-            if improved:  # the same tensors and metadata: a second name for the same file
-                for suffix in (".safetensors", ".json"):
-                    _replace_with_link(self.folder / Path(new["last"]).with_suffix(suffix),
-                                       self.folder / Path(new["best"]).with_suffix(suffix))
+            files = [("", weights, meta)] + [(f"{name}.", w, m) for name, (w, m) in (extra or {}).items()]
+            for prefix, tensors, metadata in files:
+                save_weights(self.folder / new[f"{prefix}last"], tensors, metadata)
+                if improved:  # the same tensors and metadata: a second name for the same file
+                    for suffix in (".safetensors", ".json"):
+                        _replace_with_link(self.folder / Path(new[f"{prefix}last"]).with_suffix(suffix),
+                                           self.folder / Path(new[f"{prefix}best"]).with_suffix(suffix))
             save_state(self.folder / new["state"], state)
             atomic_write_text(self.folder / POINTER, json.dumps(new, indent=2) + "\n")  # the commit
         except (OSError, RuntimeError, SafetensorError) as err:  # torch and safetensors report failed writes so
@@ -129,15 +136,18 @@ class CheckpointStore:
 
     # Internals ----------------------------------------------------------------------------------------------
     def _publish(self, pointer: dict[str, Any]) -> None:
-        for which, name in PUBLISHED.items():
+        published = {**PUBLISHED, **{key: f"{key}.safetensors" for key in pointer
+                                     if key.endswith((".last", ".best"))}}
+        for which, name in published.items():
             source = pointer.get(which)
             if source:
                 _replace_with_link(self.folder / source, self.folder / name)
                 if name.endswith(".safetensors"):
                     _replace_with_link(self.folder / Path(source).with_suffix(".json"),
                                        (self.folder / name).with_suffix(".json"))
-        keep = {pointer.get(k) for k in PUBLISHED} | {str(Path(pointer[k]).with_suffix(".json"))
-                                                       for k in ("last", "best") if pointer.get(k)}
+        weights = [k for k in published if k != "state"]
+        keep = {pointer.get(k) for k in published} | {str(Path(pointer[k]).with_suffix(".json"))
+                                                       for k in weights if pointer.get(k)}
         for path in self.folder.glob("c[0-9]*.*"):
             if path.name not in keep:
                 path.unlink(missing_ok=True)

@@ -55,7 +55,9 @@ def check_resume_state(state: dict[str, Any], current: dict[str, Any], defaults:
     """A resume state may continue this run: the same recipe (see check_resume_config), data of the same
     identity (name, size, input shape) and the same number of processes (the global batch)."""
     if state.get("config") is not None:
-        check_resume_config(state["config"], current, "this resume", defaults)
+        from kdzoo.config.load import drop_retired
+
+        check_resume_config(drop_retired(state["config"]), current, "this resume", defaults)
     saved_data = state.get("data", data)
     if saved_data != data:
         raise ResumeMismatch(f"dataset: the run was checkpointed on {saved_data}, but the data now is {data}; {RULE}")

@@ -8,7 +8,7 @@ import torch
 from kdzoo.distillers.base import Batch, StepInfo
 from kdzoo.engine.device import Precision
 from kdzoo.errors import KdzooError
-from kdzoo.regimes.base import Phase
+from kdzoo.program import Phase
 
 
 def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:

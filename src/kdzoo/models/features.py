@@ -6,10 +6,9 @@ so `model(x)` keeps returning logits and published state_dicts load unchanged.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Optional
 
-import torch
 from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
@@ -63,7 +62,6 @@ class Features:
     pooled: Optional[Tensor] = None
     stages: Optional[list[Tensor]] = None
     preact: Optional[list[Tensor]] = None
-    extra: dict = field(default_factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Features":
         """Apply `fn` to every tensor (e.g. clone, float, detach)."""
@@ -75,7 +73,7 @@ class Features:
             return None if ts is None else [fn(t) for t in ts]
 
         return replace(self, logits=one(self.logits), pooled=one(self.pooled), stages=many(self.stages),
-                       preact=many(self.preact), extra=dict(self.extra))
+                       preact=many(self.preact))
 
 
 def feature_spec(model: nn.Module) -> FeatureSpec:

@@ -1,0 +1,51 @@
+"""The data streams a recipe's `dataset:` section describes: `train` (a stratified subset if asked, each view
+through its pipeline), `test`, and `val` when `dataset.val_fraction` holds part of the training set out
+(stratified, evaluation pipeline). Regimes build their streams here; the engine builds none."""
+from __future__ import annotations
+
+import torch
+
+from kdzoo.config.schema import DatasetConfig
+from kdzoo.data.info import DatasetInfo
+from kdzoo.data.registry import _builder, build_dataset
+from kdzoo.data.splits import split_train_val, stratified_subset
+from kdzoo.data.stream import DataStream
+from kdzoo.data.views import IDENTITY, MultiViewDataset, pipeline
+from kdzoo.data.wrappers import IndexedDataset, subset
+from kdzoo.errors import DatasetError
+
+
+def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channels_last: bool = False,
+                   needs_index: bool = False, drop_last: bool = False) -> tuple[dict[str, DataStream], DatasetInfo]:
+    """{"train", "test"[, "val"]} streams and the info of what the models see (shape from a real sample)."""
+    common = dict(root=d.root, download=d.download, image_size=d.image_size)
+    views = dict(d.views) if d.views else {"x": "train"}
+    if views == {"x": "train"}:
+        train_set = build_dataset(d.name, "train", augment=d.augment, **common)
+    else:
+        raw = build_dataset(d.name, "train", transform=IDENTITY, **common)
+        builder = _builder(d.name)
+        train_set = MultiViewDataset(raw, {name: pipeline(p, builder, raw.info, d.augment)
+                                           for name, p in views.items()})
+    val_set = None
+    if d.val_fraction is not None:
+        keep, held_out = split_train_val(train_set.targets, d.val_fraction, d.subset_seed)
+        val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)
+        train_set = subset(train_set, keep)
+    if d.subset is not None:
+        size = int(d.subset) if d.subset > 1 else d.subset
+        train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
+    test_set = build_dataset(d.name, "test", augment=False, **common)
+    if len(test_set) == 0 or len(train_set) == 0:
+        raise DatasetError(f"{d.name}: the {'test' if len(test_set) == 0 else 'training'} split is empty")
+    # The shape a model sees is that of a real (test-transformed, so deterministic) sample.
+    info = train_set.info.with_input_shape(test_set[0][0].shape)
+    stream = dict(seed=seed, num_workers=d.num_workers, device=device, channels_last=channels_last)
+    streams = {
+        "train": DataStream(IndexedDataset(train_set) if needs_index else train_set, d.batch_size, train=True,
+                            drop_last=drop_last, **stream),
+        "test": DataStream(test_set, d.eval_batch_size, **stream),
+    }
+    if val_set is not None:
+        streams["val"] = DataStream(val_set, d.eval_batch_size, **stream)
+    return streams, info

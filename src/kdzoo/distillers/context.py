@@ -1,0 +1,68 @@
+"""What a method sees in a training step: the batch, where training stands, and the networks' features,
+computed on demand and once per (network, view), so that two methods asking for the student's features of the
+same view cost one forward."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from kdzoo.distillers.base import Batch, StepInfo
+from kdzoo.models.features import Features
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Which networks and view a method instance reads, and the namespace of its terms.
+
+    `namespace: peer1` turns the method's term `kd` into `peer1.kd`; `detach_teacher` makes a trainable
+    network a teacher whose features give targets but receive no gradient (mutual learning)."""
+
+    student: str = "student"
+    teacher: str = "teacher"
+    view: str = "x"
+    namespace: str = ""
+    detach_teacher: bool = False
+
+    def term(self, name: str) -> str:
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+
+class StepContext:
+    """`features(model, view)`: the features of network `model` (a slot name) on view `view` of the batch; a
+    frozen network runs under inference_mode, a trainable one builds its graph. `no_grad_features` is the
+    same forward without a graph (scoring passes), memoised apart."""
+
+    def __init__(self, batch: Batch, info: StepInfo, sources: Mapping[str, Callable[[Tensor], Features]]):
+        self.batch, self.info = batch, info
+        self._sources = sources
+        self._cache: dict[tuple[str, str, bool], Features] = {}
+
+    def has(self, model: str) -> bool:
+        return model in self._sources
+
+    def features(self, model: str = "student", view: str = "x") -> Features:
+        key = (model, view, True)
+        if key not in self._cache:
+            self._cache[key] = self._source(model)(self.batch.view(view))
+        return self._cache[key]
+
+    def no_grad_features(self, model: str = "student", view: str = "x") -> Features:
+        key = (model, view, False)
+        if key not in self._cache:
+            with torch.no_grad():
+                self._cache[key] = self._source(model)(self.batch.view(view))
+        return self._cache[key]
+
+    def teacher_features(self, binding: Binding) -> Features:
+        feats = self.features(binding.teacher, binding.view)
+        return feats.map(Tensor.detach) if binding.detach_teacher else feats
+
+    def _source(self, model: str) -> Callable[[Tensor], Features]:
+        try:
+            return self._sources[model]
+        except KeyError:
+            raise KeyError(f"no network named {model!r} in this step (networks: {', '.join(self._sources)})") \
+                from None

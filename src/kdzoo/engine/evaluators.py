@@ -1,0 +1,89 @@
+"""Evaluators: what a phase measures after its epochs. Each returns metrics named `<stream>_<metric>` (or
+`<stream>_<head>_<metric>`); the phase's `select` names the one that picks the best checkpoint.
+
+ClassifierEvaluator is top-1/top-5/loss of one network on one stream; HeadsEvaluator the same for every named
+output of a network with several heads; MetricEvaluator is the hook for any other measure (linear probe, kNN):
+a function of the runtime that returns its metrics.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo.engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers
+from kdzoo.engine.evaluate import evaluate
+
+
+class Runtime(Protocol):
+    """What the engine lends an evaluator or a hook."""
+
+    device: torch.device
+    dist: DistInfo
+    channels_last: bool
+
+    def loader(self, stream: str): ...
+
+
+@dataclass
+class ClassifierEvaluator:
+    """Metrics `<stream>_top1` ..., or `<stream>_<name>_top1` ... when several networks are evaluated."""
+
+    model: Callable[[], nn.Module]
+    stream: str = "test"
+    name: str = ""
+
+    def __call__(self, rt: Runtime) -> dict[str, float]:
+        model = self.model()
+        broadcast_buffers(model, rt.dist)
+        metrics = evaluate(model, rt.loader(self.stream), rt.device, rt.dist, rt.channels_last)
+        prefix = f"{self.stream}_{self.name}_" if self.name else f"{self.stream}_"
+        return {f"{prefix}{k}": v for k, v in metrics.items() if k != "n"}
+
+
+@dataclass
+class HeadsEvaluator:
+    """`heads(model(x))` -> {head name: logits}; top-1/top-5 per head, exact across processes."""
+
+    model: Callable[[], nn.Module]
+    heads: Callable[[object], dict[str, Tensor]]
+    stream: str = "test"
+
+    @torch.inference_mode()
+    def __call__(self, rt: Runtime) -> dict[str, float]:
+        model = self.model()
+        broadcast_buffers(model, rt.dist)
+        was_training = model.training
+        model.eval()
+        sums: dict[str, Tensor] = {}
+        for raw in rt.loader(self.stream):
+            images, targets = raw[0].to(rt.device), raw[1].to(rt.device)
+            for name, logits in self.heads(model(images)).items():
+                logits = logits.float()
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+                row = torch.tensor([top[:, 0].sum().item(), top.any(dim=1).sum().item(),
+                                    F.cross_entropy(logits, targets, reduction="sum").item(), targets.numel()],
+                                   dtype=torch.float64)
+                sums[name] = sums.get(name, torch.zeros(4, dtype=torch.float64)) + row
+        model.train(was_training)
+        out = {}
+        for name, total in sums.items():
+            all_reduce_sum(total, rt.dist)
+            n = max(total[3].item(), 1.0)
+            out.update({f"{self.stream}_{name}_top1": 100.0 * total[0].item() / n,
+                        f"{self.stream}_{name}_top5": 100.0 * total[1].item() / n,
+                        f"{self.stream}_{name}_loss": total[2].item() / n})
+        return out
+
+
+@dataclass
+class MetricEvaluator:
+    """Any measure: `fn(runtime) -> {name: value}` (names should start with the stream they read)."""
+
+    fn: Callable[[Runtime], dict[str, float]]
+
+    def __call__(self, rt: Runtime) -> dict[str, float]:
+        return dict(self.fn(rt))

@@ -1,0 +1,170 @@
+"""Running a program's phases: per phase an optimizer and a controller; per epoch the phase's hook, its stream
+once through `train_step`, its evaluators, the controller's decision and a checkpoint of everything."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from tqdm import tqdm
+
+from kdzoo.data.loaders import set_loader_epoch
+from kdzoo.distillers.base import StepInfo
+from kdzoo.engine.controllers import Controller, constant
+from kdzoo.engine.distributed import DistInfo
+from kdzoo.engine.optim import build_optimizer
+from kdzoo.engine.rng import set_rng_state
+from kdzoo.engine.step import train_step
+from kdzoo.errors import KdzooError
+from kdzoo.program import Phase
+
+if TYPE_CHECKING:
+    from kdzoo.engine.trainer import Engine
+
+
+class NonFiniteLoss(KdzooError):
+    """The loss became NaN or Inf; the run stops and `last` stays the last good checkpoint."""
+
+
+@dataclass
+class Runtime:
+    """What evaluators and hooks may use: the device, the processes, the program's streams' loaders."""
+
+    engine: "Engine"
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def dist(self) -> DistInfo:
+        return self.engine.dist
+
+    @property
+    def channels_last(self) -> bool:
+        return self.engine.cfg.engine.channels_last
+
+    def loader(self, stream: str):
+        return self.engine.program.data[stream].loader(self.engine.dist)
+
+
+class PhaseRunner:
+    def __init__(self, engine: "Engine"):
+        self.engine, self.program, self.cfg = engine, engine.program, engine.cfg
+        self.runtime = Runtime(engine)
+        self.epochs_run = 0
+        self.best_state: Optional[dict[str, Any]] = None  # kept when a controller may reload it
+
+    def run(self, index: int, phase: Phase) -> None:
+        e, progress = self.engine, self.engine.progress
+        stream = self.program.data[phase.stream]
+        loader = stream.loader(e.dist)
+        optimizer = build_optimizer(phase.params, self.cfg.optim, lr=phase.lr)
+        controller: Controller = (phase.controller or constant(phase.epochs))(optimizer, len(loader))
+        scaler = e.precision.scaler()
+        start_epoch = 0
+        state = e._resume_state
+        if state is not None:  # the first phase run after --resume
+            set_rng_state(state["rng"])
+            if progress.phase == index:  # the checkpoint was taken inside (or at the end of) this phase
+                optimizer.load_state_dict(state["optimizer"])
+                controller.load_state_dict(state.get("controller") or {"scheduler": state["scheduler"]})
+                if scaler is not None and state.get("scaler"):
+                    scaler.load_state_dict(state["scaler"])
+                self.best_state = state.get("best_state")
+                start_epoch = phase.epochs if progress.stopped else progress.epoch
+            e.run.truncate_metrics(start_epoch, phase.name)
+        for epoch in range(start_epoch, phase.epochs):
+            if phase.on_epoch_start is not None:
+                phase.on_epoch_start(epoch, self.runtime)
+            set_loader_epoch(loader, epoch)
+            record = {"phase": phase.name, "epoch": epoch + 1,
+                      **self._train_epoch(phase, epoch, loader, stream, optimizer, controller, scaler)}
+            metrics, improved, stop = {}, False, False
+            if phase.evaluates and ((epoch + 1) % self.cfg.engine.eval_every == 0 or epoch + 1 == phase.epochs):
+                metrics = {}
+                for evaluator in phase.evaluators:
+                    metrics.update(evaluator(self.runtime))
+                if phase.select not in metrics:
+                    raise KdzooError(f"phase {phase.name}: its evaluators gave no {phase.select!r} "
+                                     f"(they gave {', '.join(metrics)})")
+                record.update(metrics)
+                progress.last = metrics
+                improved = metrics[phase.select] > progress.best_top1
+                if improved:
+                    progress.best_top1, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
+                    if controller.wants_best_state:
+                        self.best_state = self.program.snapshot()
+                decision = controller.after_eval(metrics, improved)
+                if decision.reload_best and self.best_state is not None:
+                    self.program.load_state_dict(self.best_state)
+                    record["reloaded_best"] = progress.best_epoch
+                stop = decision.stop
+            progress.phase, progress.epoch, progress.stopped = index, epoch + 1, stop
+            e.run.log(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
+            e._save(phase, epoch, metrics, improved, optimizer, controller, scaler, self.best_state)
+            self.epochs_run += 1
+            self._print_epoch(phase, epoch, record)
+            if stop:
+                e.log(f"{phase.name}: stopped by its controller after epoch {epoch + 1}")
+                break
+        e._resume_state = None
+
+    def _train_epoch(self, phase: Phase, epoch: int, loader, stream, optimizer, controller: Controller,
+                     scaler) -> dict[str, float]:
+        e, cfg = self.engine, self.cfg
+        self.program.train(True)
+        steps = len(loader)
+        check_every = 1 if e.device.type == "cpu" else max(cfg.engine.log_every, 1)
+        sums: dict[str, torch.Tensor] = {}
+        running = torch.zeros((), device=e.device)
+        seen, started = 0, time.time()
+        bar = tqdm(loader, total=steps, desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+                   disable=e.quiet or not e.dist.is_main, leave=False, dynamic_ncols=True)
+        for i, raw in enumerate(bar):
+            batch = stream.batch(raw)
+            info = StepInfo(epoch=epoch, epochs=phase.epochs, step=epoch * steps + i, steps_per_epoch=steps)
+            total, terms = train_step(phase, batch, info, optimizer, e.precision, scaler, cfg.optim.grad_clip)
+            running = running + total
+            if (i + 1) % check_every == 0 or i + 1 == steps:
+                if not torch.isfinite(running):
+                    raise NonFiniteLoss(self._nan_message(phase, epoch, i, terms))
+            controller.after_step()
+            self.program.after_optimizer_step()
+            if phase.after_step is not None:
+                phase.after_step()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            seen += batch.size
+            if not bar.disable and (i % max(cfg.engine.log_every // 5, 1) == 0 or i + 1 == steps):
+                rate = seen * e.dist.world_size / max(time.time() - started, 1e-9)
+                bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")
+        elapsed = time.time() - started
+        stats = {f"train_{k}": (v / steps).item() for k, v in sums.items()}
+        stats["train_loss"] = running.item() / steps
+        stats["lr"] = optimizer.param_groups[0]["lr"]
+        stats["epoch_time_s"] = round(elapsed, 3)
+        stats["images_per_s"] = round(seen * e.dist.world_size / max(elapsed, 1e-9), 1)
+        return stats
+
+    def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
+        values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in terms.items())
+        last = self.engine.store.weights_path("last")
+        kept = f"; last good checkpoint: {last}" if last is not None else "; no checkpoint was written"
+        return (f"loss became non-finite in {phase.name} epoch {epoch + 1}, step {i + 1} ({values}); "
+                f"stopping{kept}")
+
+    def _print_epoch(self, phase: Phase, epoch: int, record: dict[str, Any]) -> None:
+        e = self.engine
+        if not e.dist.is_main:
+            return
+        parts = [f"{phase.name} epoch {epoch + 1}/{phase.epochs}", f"loss {record['train_loss']:.4f}"]
+        shown = f"{phase.report}_top1"
+        if shown in record:
+            parts.append(f"top1 {record[shown]:.2f}")
+            if phase.select != shown and phase.select in record:
+                parts.append(f"{phase.select} {record[phase.select]:.2f}")
+            parts.append(f"best {e.progress.best_top1:.2f}")
+        parts.append(f"{record['epoch_time_s']:.1f}s")
+        (tqdm.write if not e.quiet else e.log)("  ".join(parts))

@@ -1,0 +1,6 @@
+"""The program interface between regimes and the engine (see `program.py`)."""
+from kdzoo.data.stream import DataStream, to_batch
+from kdzoo.distillers.context import Binding, StepContext
+from kdzoo.program.program import Artifact, BuildContext, ModelSlot, Phase, Program
+
+__all__ = ["Artifact", "Binding", "BuildContext", "DataStream", "ModelSlot", "Phase", "Program", "StepContext", "to_batch"]

@@ -1,0 +1,84 @@
+"""The method instances a recipe calls for: one per (namespace, method) among the loss terms, with its
+parameters from `methods:` and its binding (which networks and view it reads).
+
+    loss: {ce: 1, kd: 1}                               -> ce, kd on student/teacher
+    loss: {peer0.ce: 1, peer0.kd: 1, peer1.kd: 1}      -> peer0.ce, peer0.kd, peer1.kd
+    methods: {peer0.kd: {teacher: peer1, detach_teacher: true, T: 3}}
+
+An instance's parameters are those of `methods.<method>` updated by `methods.<namespace>.<method>`; the keys
+student, teacher, view and detach_teacher are its binding (default: student = the namespace or "student",
+teacher = "teacher", view = "x").
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Callable, Iterable
+
+from kdzoo.config.validate import from_dict
+from kdzoo.distillers import METHODS, Method, SetupContext, method_for_term
+from kdzoo.distillers.context import Binding
+from kdzoo.distillers.registry import split_term
+from kdzoo.errors import ConfigError
+
+BINDING_KEYS = tuple(f.name for f in fields(Binding) if f.name != "namespace")
+
+
+def method_instances(loss: dict[str, float]) -> dict[str, tuple[str, type]]:
+    """{instance: (namespace, method class)} for the terms with a non-zero weight, in recipe order."""
+    found: dict[str, tuple[str, type]] = {}
+    for term, weight in loss.items():
+        cls = method_for_term(term)
+        namespace = split_term(term)[0]
+        if weight != 0:
+            found.setdefault(f"{namespace}.{cls.name}" if namespace else cls.name, (namespace, cls))
+    if not found:
+        raise ConfigError("loss: every term has weight 0; nothing to train")
+    return found
+
+
+def check_method_sections(methods_cfg: dict, instances: dict[str, tuple[str, type]], loss: dict) -> None:
+    for key in methods_cfg:
+        namespace, name = split_term(key)
+        METHODS.get(name)  # raises "unknown method"
+        terms = METHODS.get(name).term_names()
+        if not any(split_term(t)[1] in terms and (not namespace or split_term(t)[0] == namespace) for t in loss):
+            raise ConfigError(f"methods.{key}: parameters given, but no loss term uses method {name}")
+
+
+def binding_for(instance: str, namespace: str, section: dict) -> Binding:
+    values = {k: section[k] for k in BINDING_KEYS if k in section}
+    for key, value in values.items():
+        if not isinstance(value, str if key != "detach_teacher" else bool):
+            raise ConfigError(f"methods.{instance}.{key}: expected a {'name' if key != 'detach_teacher' else 'bool'}"
+                              f", got {value!r}")
+    values.setdefault("student", namespace or "student")
+    return Binding(namespace=namespace, **values)
+
+
+def build_methods(loss: dict[str, float], methods_cfg: dict, setup_for: Callable[[Binding], SetupContext],
+                  networks: Iterable[str]) -> dict[str, Method]:
+    """Every method instance of the recipe, constructed and bound; `networks` are the slot names it may bind."""
+    instances = method_instances(loss)
+    check_method_sections(methods_cfg, instances, loss)
+    networks = set(networks)
+    built: dict[str, Method] = {}
+    for instance, (namespace, cls) in instances.items():
+        section = {**methods_cfg.get(cls.name, {}), **(methods_cfg.get(instance, {}) if namespace else {})}
+        binding = binding_for(instance, namespace, section)
+        for role in ("student", "teacher") if cls.needs_teacher() else ("student",):
+            if getattr(binding, role) not in networks:
+                raise ConfigError(f"methods.{instance}.{role}: no network named {getattr(binding, role)!r} "
+                                  f"(networks: {', '.join(sorted(networks))})")
+        params = from_dict(cls.Params, {k: v for k, v in section.items() if k not in BINDING_KEYS},
+                           f"methods.{instance}")
+        built[instance] = cls(params, setup_for(binding)).bind(binding)
+    return built
+
+
+def produced_terms(methods: Iterable[Method], main: bool = True) -> set[str]:
+    return {m.binding.term(t) for m in methods if m.main_stage or not main for t in m.term_names()}
+
+
+def module_key(instance: str) -> str:
+    """ModuleDict keys may not hold dots: "peer1.kd" is kept as "peer1:kd"."""
+    return instance.replace(".", ":")

@@ -1,0 +1,163 @@
+"""The declarative program a regime builds and the engine executes: named model slots, data streams, phases and
+deployable artifacts. The engine knows none of them by name; it iterates phases over their streams, steps their
+optimizers, calls their controllers, evaluators and hooks, and checkpoints `trainable` and the artifacts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from kdzoo.config.schema import Config
+from kdzoo.data.info import DatasetInfo
+from kdzoo.data.stream import DataStream
+from kdzoo.distillers.base import Batch, StepInfo
+from kdzoo.engine.device import Precision
+from kdzoo.engine.distributed import DistInfo
+from kdzoo.errors import ConfigError
+from kdzoo.models.ema import ema_update
+
+ROLES = ("train", "frozen", "ema", "cached")
+
+
+@dataclass
+class BuildContext:
+    """What a program factory (`Regime.build`) gets from the engine."""
+
+    cfg: Config
+    device: torch.device
+    precision: Precision
+    dist: DistInfo
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class ModelSlot:
+    """One named network. `module` is the bare network (what is saved and deployed); `features` is what
+    `StepContext.features` calls (a FeatureModel or FrozenTeacher around it; default: the module itself).
+
+    role: train (the optimizer updates it), frozen (never updated; eval mode), ema (after every optimizer step
+    `module <- decay * module + (1 - decay) * slots[ema_of].module`), cached (outputs read from a cache)."""
+
+    module: nn.Module
+    role: str = "train"
+    features: Optional[Callable[[Tensor], Any]] = None
+    ema_of: Optional[str] = None
+    ema_decay: float = 0.999
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ConfigError(f"model slot role {self.role!r}: use one of {', '.join(ROLES)}")
+        if (self.role == "ema") != (self.ema_of is not None):
+            raise ConfigError("model slot: role ema and ema_of go together")
+        if self.features is None:
+            self.features = self.module
+
+    @property
+    def frozen(self) -> bool:
+        return self.role != "train"
+
+
+@dataclass
+class Artifact:
+    """A deployable network: `module()` gives it (its state_dict is what the checkpoint holds), `meta()` the
+    metadata that rebuilds it (arch, classes, wrapper)."""
+
+    module: Callable[[], nn.Module]
+    meta: Callable[[], dict[str, Any]]
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own optimizer: `epochs` of `step` over batches of `stream`.
+
+    step(batch, info) returns the loss terms; `weights` says which terms the loss sums and how.
+    controller(optimizer, steps_per_epoch) -> Controller: the lr schedule and what happens after evaluation
+    (None: a constant lr). evaluators run after every `engine.eval_every` epochs and the last; `select` names
+    the metric that decides the best checkpoint (higher is better) and `report` the stream reported as the
+    run's result. on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
+    """
+
+    name: str
+    epochs: int
+    params: list
+    step: Callable[[Batch, StepInfo], dict[str, Tensor]]
+    weights: dict[str, float]
+    stream: str = "train"
+    controller: Optional[Callable[..., Any]] = None
+    evaluators: list = field(default_factory=list)
+    select: str = "test_top1"
+    report: str = "test"
+    lr: Optional[float] = None  # None: the recipe's optim.lr
+    on_epoch_start: Optional[Callable[[int, Any], None]] = None
+    after_step: Optional[Callable[[], None]] = None
+
+    @property
+    def evaluates(self) -> bool:
+        return bool(self.evaluators)
+
+
+@dataclass
+class Program:
+    """What `Regime.build(ctx)` returns.
+
+    trainable: one module holding every trained parameter and all training state (adapters, banks); it is
+    what DDP wraps and what the resume state saves. artifacts: what checkpoints deploy, the first one as
+    `last/best.safetensors`, any other as `<name>.last/best.safetensors`."""
+
+    models: dict[str, ModelSlot]
+    data: dict[str, DataStream]
+    phases: list[Phase]
+    artifacts: dict[str, Artifact]
+    trainable: nn.Module
+    info: DatasetInfo
+    describe: Callable[[], dict[str, Any]] = dict
+
+    def __post_init__(self):
+        for phase in self.phases:
+            if phase.stream not in self.data:
+                raise ConfigError(f"phase {phase.name}: no data stream named {phase.stream!r}")
+        for name, slot in self.models.items():
+            if slot.role == "ema" and slot.ema_of not in self.models:
+                raise ConfigError(f"model {name}: ema_of {slot.ema_of!r} is not a model of this program")
+        if not self.artifacts:
+            raise ConfigError("a program needs at least one artifact to deploy")
+
+    def train(self, mode: bool = True) -> None:
+        """Trainable slots follow `mode`; frozen, cached and EMA slots stay in eval mode."""
+        self.trainable.train(mode)
+        for slot in self.models.values():
+            if slot.frozen:
+                slot.module.eval()
+
+    def after_optimizer_step(self) -> None:
+        """EMA slots follow their sources."""
+        for slot in self.models.values():
+            if slot.role == "ema":
+                ema_update(slot.module, self.models[slot.ema_of].module, slot.ema_decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"bundle": self.trainable.state_dict()}
+        ema = {name: slot.module.state_dict() for name, slot in self.models.items() if slot.role == "ema"}
+        if ema:
+            state["ema"] = ema
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trainable.load_state_dict(state["bundle"])
+        for name, weights in state.get("ema", {}).items():
+            self.models[name].module.load_state_dict(weights)
+
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, Any]:
+        """A detached copy of the state (the best weights a controller may reload)."""
+        def copy(value):
+            if isinstance(value, Tensor):
+                return value.detach().clone()
+            if isinstance(value, dict):
+                return {k: copy(v) for k, v in value.items()}
+            return value
+
+        return copy(self.state_dict())
