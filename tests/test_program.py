@@ -127,22 +127,22 @@ def scripted_validation(ctx: BuildContext) -> Program:
     """The offline program with a val stream, whose validation top-1 is scripted instead of measured."""
     program = Offline.build(ctx)
     main = program.phases[-1]
-    calls = []
 
     def scripted(runtime) -> dict[str, float]:
         assert len(runtime.loader("val").dataset) > 0
-        calls.append(1)
-        return {"val_top1": SCRIPT[len(calls) - 1]}
+        return {"val_top1": SCRIPT[runtime.epoch]}
 
     main.evaluators = [MetricEvaluator(scripted), ClassifierEvaluator(lambda: program.models["student"].module)]
     return program
 
 
+PLATEAU = [*SMALL, "dataset.val_fraction=0.2", "schedule.name=plateau", "schedule.patience=1", "schedule.gamma=0.1",
+           "optim.lr=0.05"]
+
+
 def test_plateau_controller_reloads_best_weights_on_a_scripted_validation_sequence(tmp_path):
-    overrides = [*SMALL, "epochs=4", "dataset.val_fraction=0.2", "schedule.name=plateau", "schedule.patience=1",
-                 "schedule.gamma=0.1", "optim.lr=0.05"]
     run = tmp_path / "plateau"
-    summary = Engine(load_config(STUDENT, overrides), run, build=scripted_validation, quiet=True).fit()
+    summary = Engine(load_config(STUDENT, [*PLATEAU, "epochs=4"]), run, build=scripted_validation, quiet=True).fit()
     records = _metrics(run)
     assert [r["val_top1"] for r in records] == SCRIPT[:4]
     assert records[3]["reloaded_best"] == 2 and all("reloaded_best" not in r for r in records[:3])
@@ -156,7 +156,34 @@ def test_plateau_controller_reloads_best_weights_on_a_scripted_validation_sequen
     assert "best_state" in state
 
 
-def test_plateau_controller_stops_after_max_cuts_and_resumes_as_stopped(tmp_path):
+def test_a_plateau_run_killed_after_its_reload_resumes_exactly(tmp_path):
+    """The controller's cut, its counters and the kept best state are in the resume state."""
+    cfg = load_config(STUDENT, [*PLATEAU, "epochs=6"])
+    full, part = tmp_path / "full", tmp_path / "part"
+    Engine(cfg, full, build=scripted_validation, quiet=True).fit()
+    engine = Engine(cfg, part, build=scripted_validation, quiet=True)
+    from tests.test_engine import _stop_after_epochs
+
+    _stop_after_epochs(engine, 4)  # killed right after the epoch-4 checkpoint (cut + reload)
+    Engine(cfg, part, build=scripted_validation, resume=True, quiet=True).fit()
+    a, b = _checkpoint(full), _checkpoint(part)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lr"] for r in _metrics(full)] == [r["lr"] for r in _metrics(part)]
+    assert _metrics(part)[4]["lr"] == pytest.approx(0.005)  # the cut survived the resume
+
+
+def test_a_phase_stopped_by_its_controller_stays_stopped_on_resume(tmp_path):
+    cfg = load_config(STUDENT, [*PLATEAU, "epochs=6", "schedule.max_cuts=0"])
+    run = tmp_path / "stop"
+    Engine(cfg, run, build=scripted_validation, quiet=True).fit()
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3, 4]  # the first plateau (after epoch 4) ends it
+    weights = _checkpoint(run)
+    Engine(cfg, run, build=scripted_validation, resume=True, quiet=True).fit()
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2, 3, 4]
+    assert all(torch.equal(weights[k], v) for k, v in _checkpoint(run).items())
+
+
+def test_plateau_controller_counts_cuts_and_stops_after_max_cuts():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     from kdzoo.config.schema import ScheduleConfig
 
@@ -262,4 +289,21 @@ def test_a_tabular_stream_trains_an_mlp_for_one_epoch(tmp_path):
 def test_make_engine_runs_the_recipes_regime(tmp_path):
     engine = make_engine(load_config(STUDENT, [*SMALL, "epochs=1"]), tmp_path / "r", quiet=True)
     assert isinstance(engine, Engine) and set(engine.program.data) == {"train", "test"}
+    engine.close()
+
+
+def test_a_recipe_val_split_selects_on_val_and_reports_test(tmp_path, capsys):
+    run = tmp_path / "val"
+    assert run_cli("train", "-c", STUDENT, "--out", run, *SMALL, "epochs=2", "dataset.val_fraction=0.25") == 0
+    assert "best val_top1" in capsys.readouterr().out
+    records = _metrics(run)
+    assert all("val_top1" in r and "test_top1" in r for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(records, key=lambda r: r["val_top1"])
+    assert summary["selected_by"] == "val_top1" and summary["best_top1"] == best["val_top1"]
+    assert summary["best_metrics"]["test_top1"] == best["test_top1"]
+    assert summary["last_top1"] == records[-1]["test_top1"]
+    engine = make_engine(load_config(STUDENT, [*SMALL, "dataset.val_fraction=0.25"]), tmp_path / "x", quiet=True)
+    train, val = engine.program.data["train"].dataset, engine.program.data["val"].dataset
+    assert len(val) > 0 and not set(val.indices.tolist()) & set(train.dataset.indices[train.indices].tolist())
     engine.close()

@@ -136,8 +136,11 @@ def cmd_train(args) -> int:
     engine = make_engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
     if engine.dist.is_main:
-        print(f"{cfg.name}: best top1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']}), "
-              f"last top1 {_fmt(summary['last_top1'])}; run folder {run_dir}")
+        chosen = summary.get("selected_by")
+        best = (f"best {chosen} {summary['best_top1']:.2f} (epoch {summary['best_epoch']}, test top1 "
+                f"{_fmt(summary['best_metrics'].get('test_top1'))})" if chosen else
+                f"best top1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']})")
+        print(f"{cfg.name}: {best}, last top1 {_fmt(summary['last_top1'])}; run folder {run_dir}")
     from kdzoo.engine.distributed import shutdown
 
     shutdown(engine.dist)

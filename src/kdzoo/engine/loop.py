@@ -29,9 +29,11 @@ class NonFiniteLoss(KdzooError):
 
 @dataclass
 class Runtime:
-    """What evaluators and hooks may use: the device, the processes, the program's streams' loaders."""
+    """What evaluators and hooks may use: the device, the processes, the program's streams' loaders, and the
+    (0-based) epoch of the phase being run."""
 
     engine: "Engine"
+    epoch: int = 0
 
     @property
     def device(self) -> torch.device:
@@ -76,6 +78,7 @@ class PhaseRunner:
                 start_epoch = phase.epochs if progress.stopped else progress.epoch
             e.run.truncate_metrics(start_epoch, phase.name)
         for epoch in range(start_epoch, phase.epochs):
+            self.runtime.epoch = epoch
             if phase.on_epoch_start is not None:
                 phase.on_epoch_start(epoch, self.runtime)
             set_loader_epoch(loader, epoch)

@@ -38,6 +38,10 @@ def trained_network(model_cfg, info: DatasetInfo, key: str = "student",
 
 
 def frozen_teacher(model_cfg, info: DatasetInfo) -> tuple[nn.Module, dict[str, Any], Optional[FeatureSpec]]:
+    """The checkpointed teacher, checked against the data (architecture, classes, channels); frozen whole."""
+    if model_cfg.freeze or not model_cfg.checkpoint_strict:
+        key = "freeze" if model_cfg.freeze else "checkpoint_strict"
+        raise ConfigError(f"teacher.{key}: a frozen teacher is loaded whole and frozen whole")
     model, meta = load_teacher(model_cfg.checkpoint, model_cfg.arch, info.num_classes, info.in_channels,
                                info.name)
     return model, meta, spec_override(model_cfg, model)

@@ -12,16 +12,17 @@ from kdzoo.config.validate import to_dict
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
-from kdzoo.engine.controllers import constant, controller_for
+from kdzoo.engine.controllers import controller_for
 from kdzoo.engine.distributed import wrap_ddp
 from kdzoo.engine.evaluators import ClassifierEvaluator
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
 from kdzoo.models.probe import probe_shapes
-from kdzoo.program import Artifact, DataStream, ModelSlot, Phase, Program
-from kdzoo.program.bundle import Bundle, main_body, method_step, teacher_views
-from kdzoo.program.methods import build_methods, method_instances, produced_terms
+from kdzoo.program import Artifact, DataStream, ModelSlot, Program
+from kdzoo.program.bundle import Bundle
+from kdzoo.program.methods import build_methods, method_instances
+from kdzoo.program.phases import init_phases, main_phase, needs_by_network
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
@@ -79,52 +80,27 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
 
-    student_needs, teacher_needs = Needs(logits=True), Needs()
-    for method in methods.values():
-        student_needs |= method.student_needs
-        teacher_needs |= method.teacher_needs
+    needs = needs_by_network(methods.values(), {"student": Needs(logits=True)})
     memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
     frozen: dict[str, Any] = {}
-    models = {"student": None}
+    models = {}
     if teacher_model is not None:
-        teacher = FrozenTeacher(teacher_model, teacher_needs, teacher_spec).to(device, memory_format=memory_format)
+        teacher = FrozenTeacher(teacher_model, needs.get("teacher", Needs()), teacher_spec).to(
+            device, memory_format=memory_format)
         frozen["teacher"] = teacher
         models["teacher"] = ModelSlot(teacher.model, role="frozen", features=teacher)
-    bundle = Bundle({"student": FeatureModel(student, student_needs, student_spec)}, methods).to(
+    bundle = Bundle({"student": FeatureModel(student, needs["student"], student_spec)}, methods).to(
         device, memory_format=memory_format)
     models["student"] = ModelSlot(student, features=bundle.student)
     runner = wrap_ddp(bundle, ctx.dist, device)
-    first = cfg.engine.teacher_first
 
-    def after_step() -> None:
-        for method in methods.values():
-            method.after_step()
-
-    phases = []
-    for name, method in methods.items():
-        stage = method.init_stage()
-        if stage is not None:
-            body = (lambda m, needs: lambda c: m.step_init_losses(c, needs))(method, stage.needs_student)
-            phases.append(Phase(
-                name=f"init:{name}", epochs=stage.epochs, params=[p for m in stage.modules for p in m.parameters()],
-                step=method_step(bundle, runner, frozen, body, prefetch=teacher_views([method], frozen) if first
-                                 else ()), weights=stage.weights,
-                controller=constant(stage.epochs), lr=stage.lr, after_step=after_step))
-    main = [m for m in methods.values() if m.main_stage]
-    weights = {term: w for term, w in cfg.loss.items() if term in produced_terms(main)}
-    if not any(weights.values()):
-        raise ConfigError("loss: no term with a non-zero weight acts in the main stage (add ce)")
     wrapped = _inference_wrapper(methods.values(), student)
     deployed = (lambda: wrapped[0]) if wrapped else (lambda: student)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
-    phases.append(Phase(
-        name="main", epochs=cfg.epochs, params=list(bundle.parameters()),
-        step=method_step(bundle, runner, frozen, lambda c: main_body(c, main),
-                         prefetch=teacher_views(main, frozen) if first else ()),
-        weights=weights, controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
-        select="val_top1" if "val" in streams else "test_top1",
-        on_epoch_start=lambda epoch, runtime: [m.on_epoch_start(epoch) for m in methods.values()],
-        after_step=after_step))
+    phases = init_phases(methods, bundle, runner, frozen, cfg.engine.teacher_first)
+    phases.append(main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
+                             controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
+                             select="val_top1" if "val" in streams else "test_top1"))
 
     def deploy_meta() -> dict[str, Any]:
         meta = {"arch": cfg.student.arch, "num_classes": info.num_classes, "in_channels": info.in_channels}

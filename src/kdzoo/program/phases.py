@@ -1,0 +1,74 @@
+"""Phases built from bound methods, for any regime: the init stage a method declares (AB, FT, FSP), the main
+stage of all methods, and the hooks methods have (bank updates after each step, per-epoch state)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+from torch import nn
+
+from kdzoo.distillers import Method
+from kdzoo.engine.controllers import constant
+from kdzoo.errors import ConfigError
+from kdzoo.models.features import Needs
+from kdzoo.program.bundle import Bundle, main_body, method_step, teacher_views
+from kdzoo.program.methods import produced_terms
+from kdzoo.program.program import Phase
+
+
+def needs_by_network(methods: Iterable[Method], always: dict[str, Needs]) -> dict[str, Needs]:
+    """The features each network must give: the union of what the methods bound to it ask for."""
+    needs = dict(always)
+    for m in methods:
+        b = m.binding
+        needs[b.student] = needs.get(b.student, Needs()) | m.student_needs
+        if m.needs_teacher():
+            needs[b.teacher] = needs.get(b.teacher, Needs()) | m.teacher_needs
+    return needs
+
+
+def method_hooks(methods: Iterable[Method]) -> tuple[Callable[[], None], Callable[[int, Any], None]]:
+    """(after_step, on_epoch_start) calling every method's hook."""
+    methods = list(methods)
+
+    def after_step() -> None:
+        for m in methods:
+            m.after_step()
+
+    def on_epoch_start(epoch: int, runtime: Any) -> None:
+        for m in methods:
+            m.on_epoch_start(epoch)
+
+    return after_step, on_epoch_start
+
+
+def init_phases(methods: dict[str, Method], bundle: Bundle, runner: nn.Module, frozen: dict[str, Callable],
+                teacher_first: bool) -> list[Phase]:
+    """One phase per declared init stage, in recipe order: its modules at a constant lr, no evaluation."""
+    after_step, _ = method_hooks(methods.values())
+    phases = []
+    for name, method in methods.items():
+        stage = method.init_stage()
+        if stage is None:
+            continue
+        body = (lambda m, needs: lambda ctx: m.step_init_losses(ctx, needs))(method, stage.needs_student)
+        first = teacher_views([method], frozen) if teacher_first else ()
+        phases.append(Phase(name=f"init:{name}", epochs=stage.epochs,
+                            params=[p for module in stage.modules for p in module.parameters()],
+                            step=method_step(bundle, runner, frozen, body, prefetch=first), weights=stage.weights,
+                            controller=constant(stage.epochs), lr=stage.lr, after_step=after_step))
+    return phases
+
+
+def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundle, runner: nn.Module,
+               frozen: dict[str, Callable], teacher_first: bool, epochs: int, **options) -> Phase:
+    """Every main-stage method's terms, weighted by the recipe's `loss:`, over all of the bundle's parameters;
+    `options` are the Phase's controller, evaluators, select, ..."""
+    main = [m for m in methods.values() if m.main_stage]
+    weights = {term: w for term, w in loss.items() if term in produced_terms(main)}
+    if not any(weights.values()):
+        raise ConfigError("loss: no term with a non-zero weight acts in the main stage (add ce)")
+    after_step, on_epoch_start = method_hooks(methods.values())
+    first = teacher_views(main, frozen) if teacher_first else ()
+    return Phase(name="main", epochs=epochs, params=list(bundle.parameters()),
+                 step=method_step(bundle, runner, frozen, lambda ctx: main_body(ctx, main), prefetch=first),
+                 weights=weights, on_epoch_start=on_epoch_start, after_step=after_step, **options)
