@@ -31,7 +31,7 @@ from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
 from kdzoo.data import IndexedDataset
 from kdzoo.data.in_memory import InMemoryImageDataset
-from kdzoo.program import BuildContext, DataStream, to_batch
+from kdzoo.program import BuildContext, DataStream
 from kdzoo.regimes.offline import offline_program
 
 # Where a method's step costs more than 1.15x KD's, the part of the step that costs the time (from profiles of
@@ -78,10 +78,18 @@ def main(argv=None) -> int:
     targets = torch.randint(0, args.classes, (n_train,))
 
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_file = Path(tmp) / "teacher.safetensors"
+        def saved_teacher(arch: str) -> Path:
+            path = Path(tmp) / f"{arch}.safetensors"
+            model = create_model(arch, num_classes=args.classes)
+            save_weights(path, model.state_dict(), {"arch": arch, "num_classes": args.classes, "in_channels": 3,
+                                                    "dataset": "cifar100"})
+            return path
+
+        teacher_file = saved_teacher(args.teacher)
         teacher = create_model(args.teacher, num_classes=args.classes)
-        save_weights(teacher_file, teacher.state_dict(), {"arch": args.teacher, "num_classes": args.classes,
-                                                          "in_channels": 3, "dataset": "cifar100"})
+        # methods on rotation heads (hsakd) run on the pair's _aux models and 4x rotated batches
+        aux = [m for m in methods if METHODS.get(m).student_needs.heads]
+        aux_teacher_file = saved_teacher(f"{args.teacher}_aux") if aux else None
         timers = {}
         for setting in settings:
             options = SETTINGS[setting]
@@ -93,7 +101,9 @@ def main(argv=None) -> int:
             timers[(setting, "teacher")] = teacher_inference(teacher, args, options, precision)
             for method in methods:
                 loss = {"ce": 1.0, **{term: 1.0 for term in METHODS.get(method).term_names()}}
-                timers[(setting, method)] = regime_step(args, info, targets, engine, precision, loss, teacher_file)
+                pair = (f"{args.student}_aux", aux_teacher_file) if method in aux else (args.student, teacher_file)
+                timers[(setting, method)] = regime_step(args, info, targets, engine, precision, loss, pair[1],
+                                                        student=pair[0])
 
         samples = {key: [] for key in timers}
         for r in range(args.warmup + args.repeats):
@@ -130,9 +140,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def regime_step(args, info, targets, engine, precision, loss, teacher_file):
-    """A closure running one real training step of the offline regime (the engine's own step code)."""
-    data = {"student": {"arch": args.student}, "loss": loss, "engine": engine, "epochs": 240,
+def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None):
+    """A closure running one real training step of the offline regime (the engine's own step code), on the
+    batch its train stream gives (rotate4 makes it 4x the rows)."""
+    data = {"student": {"arch": student or args.student}, "loss": loss, "engine": engine, "epochs": 240,
             "dataset": {"name": "cifar100", "batch_size": args.batch}}
     if teacher_file is not None:
         data["teacher"] = {"checkpoint": str(teacher_file)}
@@ -150,7 +161,9 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file):
     images = torch.randn(args.batch, 3, 32, 32)
     labels = torch.randint(0, args.classes, (args.batch,))
     index = torch.randint(0, len(targets), (args.batch,))
-    batch: Batch = to_batch((images, labels, index), device, engine.get("channels_last", False))
+    stream = program.data["train"]
+    stream.channels_last = engine.get("channels_last", False)
+    batch: Batch = stream.batch((images, labels, index))
     program.train(True)
     counter = {"step": 0}
 

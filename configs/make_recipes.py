@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from kdzoo.bench.anchors import PAIRS, SIMKD, TEACHERS, published
+from kdzoo.bench.anchors import HSAKD, HSAKD_FEW_SHOT, HSAKD_ONLINE, HSAKD_SOURCE, PAIRS, SIMKD, TEACHERS, published
 from kdzoo.distillers import METHODS
+from kdzoo.models import list_models
 
 ROOT = Path(__file__).resolve().parent
 SMALL_LR_STUDENTS = {"MobileNetV2", "ShuffleV1", "ShuffleV2", "ShuffleV2_1_5"}  # RepDistiller: lr 0.01
@@ -44,8 +45,8 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     rows = {}
     for name in METHODS.names():
         cls = METHODS.get(name)
-        if not cls.needs_teacher() or not cls.recipe_loss:
-            continue
+        if not cls.needs_teacher() or not cls.recipe_loss or cls.student_needs.heads:
+            continue  # methods on _aux models (hsakd) have hand-written recipes under <data>/hsakd/
         rows[name] = (cls, dict(cls.recipe_loss))
         for variant, loss in cls.recipe_variants.items():
             rows[variant] = (cls, dict(loss))
@@ -128,6 +129,81 @@ def write_all(root: Path = ROOT) -> list[Path]:
             _dump(path, header, data)
             written.append(path)
     written += write_cifar_baselines(root)
+    written += write_hsakd(root)
+    return written
+
+
+CIFAR_DATA = {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64}
+HSAKD_SGD = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4, "nesterov": True}
+HSAKD_SCHEDULE = {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}
+
+
+def _has_aux(arch: str) -> bool:
+    return f"{arch}_aux" in list_models()
+
+
+def write_hsakd(root: Path = ROOT) -> list[Path]:
+    """HSAKD (winycg/HSAKD) on CIFAR-100: both teacher options, the published student pairs, few-shot and online
+    mutual recipes, for the archs that have an _aux model."""
+    written = []
+    out = root / "cifar100" / "hsakd"
+    pairs = [p for p in HSAKD if _has_aux(p[0]) and _has_aux(p[1])]
+    for teacher in sorted({t for t, _ in HSAKD if _has_aux(t)}):
+        base = {"seed": 0, "dataset": dict(CIFAR_DATA), "model": {"arch": f"{teacher}_aux"},
+                "loss": {"ce": 1.0, "aux_ce": 1.0}, "optim": dict(HSAKD_SGD)}
+        option2 = {"name": f"cifar100-hsakd-teacher-{teacher}", "epochs": 240, **base,
+                   "schedule": dict(HSAKD_SCHEDULE)}
+        option1 = {"name": f"cifar100-hsakd-teacher-{teacher}-opt1", "epochs": 100, **base,
+                   "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
+        option1["model"] = {"arch": f"{teacher}_aux", "checkpoint": f"runs/cifar100/teachers/{teacher}",
+                            "freeze": ["backbone"]}
+        for data, suffix, note in (
+                (option2, "", "option (2), Teacher*: backbone and heads jointly from scratch"),
+                (option1, "_opt1", f"option (1): the trained plain {teacher} (configs/cifar100/teachers/"
+                                   f"{teacher}.yaml) as a frozen backbone; the heads alone train")):
+            path = out / "teachers" / f"{teacher}{suffix}.yaml"
+            _dump(path, f"# HSAKD teacher, {note}.\n#   kdzoo train -c "
+                        f"configs/cifar100/hsakd/teachers/{teacher}{suffix}.yaml --out runs/cifar100/hsakd/"
+                        f"teachers/{teacher}{suffix}\n# Written by configs/make_recipes.py.\n", data)
+            written.append(path)
+    for teacher, student in pairs:
+        for suffix, index, label in (("", 1, "HSAKD*, teacher option (2)"), ("_opt1", 0, "HSAKD, teacher option (1)")):
+            data = {"name": f"cifar100-hsakd-{teacher}-{student}{suffix}", "seed": 0, "epochs": 240,
+                    "dataset": dict(CIFAR_DATA), "student": {"arch": f"{student}_aux"},
+                    "teacher": {"checkpoint": f"runs/cifar100/hsakd/teachers/{teacher}{suffix}"},
+                    "loss": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}, "methods": {"hsakd": {"T": 3.0}},
+                    "optim": {**HSAKD_SGD, "lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05},
+                    "schedule": dict(HSAKD_SCHEDULE)}
+            path = out / f"{teacher}-{student}{suffix}.yaml"
+            _dump(path, f"# HSAKD student, {label}: published top-1 {HSAKD[(teacher, student)][index]:.2f} "
+                        f"({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
+            written.append(path)
+    if ("resnet56", "resnet20") in pairs:
+        for fraction, top1 in HSAKD_FEW_SHOT.items():
+            if fraction == 1.0:
+                continue
+            data = {"name": f"cifar100-hsakd-few-shot-{round(100 * fraction)}", "seed": 0, "epochs": 240,
+                    "dataset": {**CIFAR_DATA, "fraction": fraction}, "student": {"arch": "resnet20_aux"},
+                    "teacher": {"checkpoint": "runs/cifar100/hsakd/teachers/resnet56"},
+                    "loss": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}, "methods": {"hsakd": {"T": 3.0}},
+                    "optim": dict(HSAKD_SGD), "schedule": dict(HSAKD_SCHEDULE)}
+            path = out / "few_shot" / f"resnet56-resnet20-{round(100 * fraction)}.yaml"
+            _dump(path, f"# HSAKD* few-shot: a stratified {fraction:.0%} of the training set; published top-1 "
+                        f"{top1:.2f} ({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
+            written.append(path)
+    for arch, top1 in HSAKD_ONLINE.items():
+        if not _has_aux(arch):
+            continue
+        data = {"name": f"cifar100-mutual-hsakd-{arch}", "seed": 0, "epochs": 240, "regime": "mutual",
+                "dataset": dict(CIFAR_DATA), "peers": [{"arch": f"{arch}_aux"}, {"arch": f"{arch}_aux"}],
+                "loss": {"ce": 1.0, "aux_ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0},
+                "methods": {"hsakd": {"T": 3.0}},
+                "optim": {**HSAKD_SGD, "lr": 0.01 if arch in SMALL_LR_STUDENTS else 0.05},
+                "schedule": dict(HSAKD_SCHEDULE)}
+        path = root / "cifar100" / "mutual" / f"hsakd-{arch}.yaml"
+        _dump(path, f"# Online mutual HSAKD (HSSAKD), two {arch}_aux peers from scratch: published top-1 of one "
+                    f"network {top1:.2f} ({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
+        written.append(path)
     return written
 
 

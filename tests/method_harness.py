@@ -20,7 +20,7 @@ from kdzoo.engine.distributed import DistInfo
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
-from kdzoo.program import BuildContext, DataStream, Program, to_batch
+from kdzoo.program import BuildContext, DataStream, Program
 from kdzoo.regimes.offline import offline_program, probe_shapes, train_stream_needs
 from tests.conftest import CONFIGS, FAST, run_cli
 
@@ -95,7 +95,7 @@ class OfflineView:
         self.program.train(mode)
 
     def make_batch(self, raw) -> Batch:
-        return to_batch(raw, CPU)
+        return self.program.data["train"].batch(raw)
 
     def after_step(self, phase: str = "main") -> None:
         self.program.after_optimizer_step()
@@ -140,7 +140,7 @@ def random_batch(regime: OfflineView, batch_size: int = 8, seed: int = 1) -> Bat
     index = torch.randperm(n, generator=g)[:batch_size]
     labels = regime.train_targets[index]
     raw = (images, labels, index) if regime.needs_index else (images, labels)
-    return regime.make_batch(raw)
+    return regime.program.data["train"].batch(raw)  # with the stream's batch transform, if any (rotate4)
 
 
 def step_info(epoch: int = 0, epochs: int = 10, step: int = 0, steps_per_epoch: int = 10) -> StepInfo:

@@ -37,6 +37,8 @@ PARAMS = {
     "simkd": {"factor": 2},
     "rrd": {"feat_dim": 128, "nce_k": 16384, "nce_t_s": 0.04, "nce_t_t": 0.10},
     "dcd": {"feat_dim": 128, "init_tau": 1.0, "init_b": 0.0, "max_tau": 10.0, "alpha": 0.5},
+    "aux_ce": {},
+    "hsakd": {"T": 3.0},  # HSAKD: KD_3 = 9 * KL at T 3
 }
 
 RECIPES = {
@@ -62,6 +64,8 @@ RECIPES = {
     "simkd": {"simkd": 1.0},
     "rrd": {"ce": 1.0, "rrd": 1.0},
     "dcd": {"ce": 1.0, "dcd": 1.0},
+    "aux_ce": {"ce": 1.0, "aux_ce": 1.0},  # HSAKD's teacher: every weight 1
+    "hsakd": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0},
 }
 
 VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},

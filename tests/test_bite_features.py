@@ -24,8 +24,10 @@ B = 8
 N_STAGES = 4  # resnet8 / resnet14: stem, layer1, layer2, layer3
 
 # (side, field, index): side "s" student / "t" teacher; index None for logits and pooled.
+N_HEADS = 3  # an _aux model's rotation heads (their logits: 4 * classes)
 ALL = [(side, f, None) for side in "st" for f in ("logits", "pooled")] + \
-      [(side, f, i) for side in "st" for f in ("stages", "preact") for i in range(N_STAGES)]
+      [(side, f, i) for side in "st" for f in ("stages", "preact") for i in range(N_STAGES)] + \
+      [(side, "heads", i) for side in "st" for i in range(N_HEADS)]
 
 
 def both(field, *idx):
@@ -60,12 +62,19 @@ USED = {
     # student: post-activation stage maps after the stem + pooled; teacher: pre-activation maps + pooled
     ("reviewkd", "losses"): {("s", "stages", i) for i in MIDDLE} | {("t", "preact", i) for i in MIDDLE}
                             | both("pooled", None),
+    ("aux_ce", "losses"): {("s", "heads", i) for i in range(N_HEADS)},  # the joint-label CE of the heads
+    ("hsakd", "losses"): both("heads", *range(N_HEADS)) | both("logits", None),
 }
 
 
 @pytest.fixture(scope="module")
 def nets():
     return probed_pair("resnet8", "resnet14")
+
+
+@pytest.fixture(scope="module")
+def aux_nets():
+    return probed_pair("resnet8_aux", "resnet14_aux")
 
 
 def _features(shapes: Features, seed: int) -> Features:
@@ -75,7 +84,8 @@ def _features(shapes: Features, seed: int) -> Features:
         return torch.randn(B, *shape[1:], generator=g)
 
     return Features(logits=make(shapes.logits) * 3, pooled=make(shapes.pooled).abs(),
-                    stages=[make(s).abs() for s in shapes.stages], preact=[make(s) for s in shapes.preact])
+                    stages=[make(s).abs() for s in shapes.stages], preact=[make(s) for s in shapes.preact],
+                    heads=[make((B, 4 * shapes.logits[1])) * 3 for _ in range(N_HEADS)])
 
 
 def _get(f: Features, field, i):
@@ -109,10 +119,14 @@ def test_table_covers_every_method():
 
 
 @pytest.mark.parametrize("name,call", sorted(USED))
-def test_method_reads_exactly_its_features(nets, name, call):
+def test_method_reads_exactly_its_features(nets, aux_nets, name, call):
+    if METHODS.get(name).student_needs.heads:
+        nets = aux_nets
     method = _build(name, nets)
     s0, t0 = _features(nets[2], 10), _features(nets[3], 20)
-    batch = Batch(inputs=torch.zeros(B, 3, 32, 32), targets=torch.arange(B) % 10, index=torch.arange(B))
+    targets = torch.arange(B) % 10
+    batch = Batch(inputs=torch.zeros(B, 3, 32, 32), targets=targets, index=torch.arange(B),
+                  aux_targets=targets * 4 + torch.arange(B) % 4)
     fn = getattr(method, call)
 
     def run(s, t, grad=False):

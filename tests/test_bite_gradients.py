@@ -18,6 +18,7 @@ from kdzoo.distillers import METHODS
 from kdzoo.distillers.dist import dist_parts
 from kdzoo.distillers.dkd import dkd_parts
 from kdzoo.distillers.rkd import rkd_angle_loss, rkd_distance_loss
+from kdzoo.models import get_head
 from tests.method_harness import build_regime, one_thread, random_batch, step_info  # noqa: F401 (autouse)
 
 STUDENT, TEACHER = "resnet8", "resnet14"
@@ -26,6 +27,7 @@ STUDENT, TEACHER = "resnet8", "resnet14"
 # DCD's bias b is added to every entry of the B x B logits; both the row softmax (CE) and the column softmax
 # (consistency) are invariant to a constant shift, so d loss / d b = 0 identically.
 NO_GRAD_BY_DESIGN = {"dcd": {"b"}}
+HEAD_TERMS = {"aux_ce", "hsakd"}  # terms on an _aux model's rotation heads alone
 
 
 def _loss_for(name: str) -> dict:
@@ -44,7 +46,7 @@ def _nonzero(p: torch.Tensor) -> bool:
 def _student_stem_and_head(regime):
     student = regime.student
     convs = [m for m in student.modules() if isinstance(m, torch.nn.Conv2d)]
-    return convs[0].weight, student.fc.weight
+    return convs[0].weight, get_head(student).weight
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +64,9 @@ def test_every_method_is_covered():
 
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_each_term_alone_trains_student_and_adapters_not_teacher(folder, name):
-    regime = build_regime(folder, STUDENT, None if name == "ce" else TEACHER, _loss_for(name), batch_size=8,
-                          n_train=40)
+    aux = "_aux" if METHODS.get(name).student_needs.heads else ""  # methods on rotation heads need _aux models
+    regime = build_regime(folder, STUDENT + aux, None if name == "ce" else TEACHER + aux, _loss_for(name),
+                          batch_size=8, n_train=40)
     batch = random_batch(regime, batch_size=8)
     stem, head = _student_stem_and_head(regime)
     method = regime.methods[name]
@@ -100,8 +103,11 @@ def test_each_term_alone_trains_student_and_adapters_not_teacher(folder, name):
                 assert _nonzero(stem), f"{phase.name}/{term}: no gradient reaches the student (detached?)"
             else:  # FT's paraphraser stage trains on teacher maps alone
                 assert all(p.grad is None for p in regime.student.parameters())
-            # ... and logit terms reach its classifier
-            if METHODS.get(name).student_needs.logits and name not in ("reviewkd",):
+            # ... and logit terms reach its classifier, rotation-head terms its heads
+            if term in HEAD_TERMS:
+                assert all(_nonzero(p) for p in regime.student.fcs.parameters()), f"{term}: no gradient to heads"
+                assert head.grad is None or not head.grad.any(), f"{term} trains the backbone classifier"
+            elif METHODS.get(name).student_needs.logits and name not in ("reviewkd",):
                 assert _nonzero(head), f"{phase.name}/{term}: no gradient reaches the student's logits"
             # the method's own trainable adapters that this phase optimises
             expected = [(n, p) for n, p in own if id(p) in in_phase and n not in exempt]

@@ -307,3 +307,74 @@ def test_a_recipe_val_split_selects_on_val_and_reports_test(tmp_path, capsys):
     train, val = engine.program.data["train"].dataset, engine.program.data["val"].dataset
     assert len(val) > 0 and not set(val.indices.tolist()) & set(train.dataset.indices[train.indices].tolist())
     engine.close()
+
+
+# Review findings: early, one-line refusals; per-phase selection; metric lines past a phase boundary --------------
+@pytest.mark.parametrize("overrides, says", [
+    (["dataset.batch_size=500", "dataset.drop_last=true"], "dataset.batch_size"),
+    (["methods.ce.view=plain"], "no view 'plain'"),
+    (["methods.ce.teacher=student"], "binds every method"),
+    (["methods.peer1.ce={label_smoothing: 0.1}"], "namespace peer1"),
+])
+def test_bad_recipes_fail_before_the_run_folder_is_written(tmp_path, capsys, overrides, says):
+    run = tmp_path / "r"
+    assert run_cli("train", "-c", STUDENT, "--out", run, *SMALL, "epochs=1", *overrides) == 2
+    assert says in capsys.readouterr().err
+    assert not (run / "config.yaml").exists()
+    assert run_cli("train", "-c", STUDENT, "--out", run, *SMALL, "epochs=1") == 0  # the folder is still free
+
+
+def test_nothing_to_train_and_a_checkpoint_that_does_not_fit(tmp_path, capsys):
+    source = teacher_file(tmp_path, "resnet8", num_classes=10, in_channels=1)
+    assert run_cli("train", "-c", STUDENT, "--out", tmp_path / "a", *SMALL, f"student.checkpoint={source}",
+                   "student.freeze=['']") == 2
+    assert "nothing to train" in capsys.readouterr().err
+    other = teacher_file(tmp_path, "resnet32x4", num_classes=10, in_channels=1)  # no weight fits resnet8
+    assert run_cli("train", "-c", STUDENT, "--out", tmp_path / "b", *SMALL, f"student.checkpoint={other}",
+                   "student.checkpoint_strict=false") == 2
+    assert "no tensor fits" in capsys.readouterr().err
+
+
+def test_old_run_folders_with_any_wandb_value_still_load():
+    from kdzoo.config import config_from_data
+
+    for value in (True, False):
+        assert config_from_data({"engine": {"wandb": value}, "regime_args": {}}).engine.progress
+
+
+def two_evaluating_phases(ctx: BuildContext) -> Program:
+    """Two phases over the same network, each with a plateau controller and a scripted validation: the second
+    must select its own best, not reload the first's."""
+    program = Offline.build(ctx)
+    main = program.phases[-1]
+    scripts = {"warm": [50.0, 60.0], "main": [10.0, 20.0, 15.0, 12.0]}
+
+    def scripted(name):
+        return lambda runtime: {"val_top1": scripts[name][runtime.epoch]}
+
+    main.evaluators = [MetricEvaluator(scripted("main")), *main.evaluators[1:]]
+    warm = Phase(name="warm", epochs=2, params=main.params, step=main.step, weights=main.weights,
+                 controller=main.controller, evaluators=[MetricEvaluator(scripted("warm"))], select="val_top1")
+    program.phases.insert(0, warm)
+    return program
+
+
+def test_each_evaluating_phase_selects_its_own_best(tmp_path):
+    run = tmp_path / "two"
+    summary = Engine(load_config(STUDENT, [*PLATEAU, "epochs=4"]), run, build=two_evaluating_phases,
+                     quiet=True).fit()
+    main = [r for r in _metrics(run) if r["phase"] == "main"]
+    assert [r.get("reloaded_best") for r in main] == [None, None, None, 2]  # main's own epoch 2, after 2 misses
+    assert summary["best_top1"] == 20.0 and summary["best_epoch"] == 2
+
+
+def test_a_resume_drops_the_metric_lines_of_later_phases(tmp_path):
+    from kdzoo.engine.run_dir import RunDir
+
+    run = RunDir(tmp_path, active=True, tensorboard=False)
+    for phase, epoch in (("init:ab", 1), ("init:ab", 2), ("main", 1)):
+        run.log({"phase": phase, "epoch": epoch}, step=epoch)
+    run.truncate_metrics(2, "init:ab", later=("main",))  # checkpointed at the end of init:ab
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r["epoch"]) for r in lines] == [("init:ab", 1), ("init:ab", 2)]
+    run.close()

@@ -86,7 +86,7 @@ def test_namespaces_bindings_and_their_errors():
     with pytest.raises(ConfigError, match="methods.peer0.kd.detach_teacher: expected a bool"):
         build_methods({"peer0.kd": 1.0}, {"peer0.kd": {"teacher": "peer1", "detach_teacher": "yes"}}, setup,
                       ("peer0", "peer1"))
-    with pytest.raises(ConfigError, match="methods.peer2.kd: parameters given, but no loss term uses"):
+    with pytest.raises(ConfigError, match="methods.peer2.kd: no loss term of method kd in namespace peer2"):
         build_methods({"peer0.kd": 1.0}, {"peer2.kd": {"T": 2}}, setup, ("peer0", "peer1"))
     with pytest.raises(ConfigError, match="unknown loss term"):
         method_instances({"peer0.nope": 1.0})

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--heads", action="store_true", help="also each auxiliary head's accuracy (_aux models)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("import-checkpoint", help="convert a RepDistiller/mdistiller .pth teacher to kdzoo")
@@ -190,12 +191,29 @@ def cmd_eval(args) -> int:
                          augment=False, image_size=meta.get("image_size"))
     loader = make_loader(test, batch_size=args.batch_size, train=False, seed=0)
     metrics = evaluate(model.to(device), loader, device)
+    if args.heads:
+        metrics.update(_head_metrics(model, loader, device))
     if args.json:
         print(json.dumps({"checkpoint": str(file), "arch": meta["arch"], "dataset": meta["dataset"], **metrics}))
     else:
         print(f"{file}: {meta['arch']} on {meta['dataset']} test ({metrics['n']} images): "
               f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
+        for key in sorted(k for k in metrics if k.endswith("_top1") and k.startswith("head")):
+            print(f"  {key[:-5]} (4 rotations, logits summed per class): top1 {metrics[key]:.2f}  "
+                  f"top5 {metrics[key[:-5] + '_top5']:.2f}")
     return 0
+
+
+def _head_metrics(model, loader, device) -> dict[str, float]:
+    """Each auxiliary head's accuracy (an _aux checkpoint); one line if the model has none."""
+    from kdzoo.engine.evaluators import HeadsEvaluator, OneLoader
+    from kdzoo.models.aux import AuxNet, RotatedHeads
+
+    if not isinstance(model, AuxNet):
+        raise KdzooError(f"--heads: {getattr(model, 'kdzoo_arch', type(model).__name__)} has no auxiliary heads")
+    heads = RotatedHeads(model).to(device)
+    found = HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4)(OneLoader(loader, device))
+    return {key[len("test_"):]: value for key, value in found.items()}
 
 
 def cmd_import(args) -> int:

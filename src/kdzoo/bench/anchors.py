@@ -74,3 +74,15 @@ def published(row: str, teacher: str, student: str) -> tuple[float, str] | None:
     if teacher == "resnet32x4" and (row, student) in SIMKD:
         return SIMKD[(row, student)], "DefangChen/SimKD README"
     return None
+
+
+# HSAKD (winycg/HSAKD README), CIFAR-100 top-1: (teacher, student) -> (HSAKD: teacher option 1, HSAKD*:
+# option 2); few-shot resnet56 -> resnet20 with HSAKD*; online mutual KD, one network of the pair.
+HSAKD = {("wrn_40_2", "wrn_16_2"): (77.20, 78.67), ("wrn_40_2", "wrn_40_1"): (77.00, 78.12),
+         ("resnet56", "resnet20"): (72.58, 73.73), ("resnet32x4", "resnet8x4"): (77.26, 77.69),
+         ("vgg13", "MobileNetV2"): (77.45, 79.27), ("ResNet50", "MobileNetV2"): (78.79, 79.43),
+         ("wrn_40_2", "ShuffleV1"): (78.51, 80.11), ("resnet32x4", "ShuffleV2"): (79.93, 80.86)}
+HSAKD_FEW_SHOT = {0.25: 68.50, 0.50: 72.18, 0.75: 73.26, 1.00: 73.73}
+HSAKD_ONLINE = {"wrn_40_2": 82.58, "wrn_40_1": 76.67, "resnet56": 78.16, "resnet32x4": 84.91, "vgg13": 80.44,
+                "MobileNetV2": 78.85, "ShuffleV1": 78.34, "ShuffleV2": 79.98}
+HSAKD_SOURCE = "winycg/HSAKD README"

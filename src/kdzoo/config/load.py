@@ -74,9 +74,10 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     return config_from_data(apply_overrides(data, overrides))
 
 
-# Keys earlier versions wrote into every run folder's config.yaml, never used: dropped when they hold their
-# only value, so those folders still resume.
-_RETIRED = {("regime_args",): {}, ("engine", "wandb"): False}
+# Keys earlier versions wrote into every run folder's config.yaml, never used: dropped (regime_args when it
+# holds its only value, {}; engine.wandb whatever it says: no logger ever read it), so those folders resume.
+_ANY = object()
+_RETIRED = {("regime_args",): {}, ("engine", "wandb"): _ANY}
 
 
 def config_from_data(data: dict[str, Any]) -> Config:
@@ -91,7 +92,7 @@ def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
         parent = data
         for key in path[:-1]:
             parent = parent.get(key) if isinstance(parent, dict) else None
-        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == unused:
+        if isinstance(parent, dict) and path[-1] in parent and (unused is _ANY or parent[path[-1]] == unused):
             del parent[path[-1]]
     return data
 

@@ -26,6 +26,8 @@ class DatasetConfig:
     augment: bool = True  # false: the `train` pipeline does not augment
     # named views of each training sample and their pipelines (train, plain, test); null: {x: train}
     views: Optional[dict[str, str]] = None
+    # a transform of every training batch (rotate4); null: the one the recipe's methods ask for, if any
+    batch_transform: Optional[str] = None
     image_size: Optional[int] = field(default=None, metadata={"ge": 1})
     batch_size: int = field(default=64, metadata=POSITIVE_INT)  # per process
     eval_batch_size: int = field(default=256, metadata=POSITIVE_INT)
@@ -33,6 +35,8 @@ class DatasetConfig:
     # stratified part of the training set: a fraction (<= 1) or a count (> 1)
     subset: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "a fraction <= 1 or a count > 1"})
     subset_seed: int = field(default=0, metadata=SEED)
+    # few-shot: a stratified, seeded fraction of the training set (HSAKD's --few-ratio); the same draw as subset
+    fraction: Optional[float] = field(default=None, metadata={"gt": 0, "le": 1, "hint": "a fraction in (0, 1]"})
     # stratified part of the training set held out as the `val` stream (evaluation pipeline)
     val_fraction: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
     drop_last: bool = False
@@ -97,6 +101,7 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet8"))
     teacher: ModelConfig = field(default_factory=ModelConfig)
+    peers: list[ModelConfig] = field(default_factory=list)  # the networks of the mutual regime
     loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
                                    metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters

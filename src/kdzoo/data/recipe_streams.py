@@ -12,7 +12,7 @@ from kdzoo.data.splits import split_train_val, stratified_subset
 from kdzoo.data.stream import DataStream
 from kdzoo.data.views import IDENTITY, MultiViewDataset, pipeline
 from kdzoo.data.wrappers import IndexedDataset, subset
-from kdzoo.errors import DatasetError
+from kdzoo.errors import ConfigError, DatasetError
 
 
 def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channels_last: bool = False,
@@ -32,8 +32,10 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
         keep, held_out = split_train_val(train_set.targets, d.val_fraction, d.subset_seed)
         val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)
         train_set = subset(train_set, keep)
-    if d.subset is not None:
-        size = int(d.subset) if d.subset > 1 else d.subset
+    if d.subset is not None and d.fraction is not None:
+        raise ConfigError("dataset.fraction: give either subset or fraction, not both")
+    if d.subset is not None or d.fraction is not None:
+        size = d.fraction if d.fraction is not None else (int(d.subset) if d.subset > 1 else d.subset)
         train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
     test_set = build_dataset(d.name, "test", augment=False, **common)
     if len(test_set) == 0 or len(train_set) == 0:
@@ -43,7 +45,7 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
     stream = dict(seed=seed, num_workers=d.num_workers, device=device, channels_last=channels_last)
     streams = {
         "train": DataStream(IndexedDataset(train_set) if needs_index else train_set, d.batch_size, train=True,
-                            drop_last=drop_last, **stream),
+                            drop_last=drop_last, views=tuple(dict.fromkeys(["x", *views])), **stream),
         "test": DataStream(test_set, d.eval_batch_size, **stream),
     }
     if val_set is not None:

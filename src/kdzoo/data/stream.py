@@ -43,6 +43,8 @@ class DataStream:
     channels_last: bool = False
     batch_size_key: str = "dataset.batch_size"  # the recipe key named when no full batch fits
     batch_fn: Optional[Callable[[Any], Batch]] = None  # replaces `to_batch` (groups, mixing)
+    transform: Optional[Callable[[Batch], Batch]] = None  # applied to every batch (data/batch_transforms.py)
+    views: tuple[str, ...] = ("x",)  # the named views its batches carry ("x": the inputs)
     _loader: Optional[DataLoader] = field(default=None, init=False, repr=False)
 
     def loader(self, dist) -> DataLoader:
@@ -56,9 +58,8 @@ class DataStream:
         return self._loader
 
     def batch(self, raw: Any) -> Batch:
-        if self.batch_fn is not None:
-            return self.batch_fn(raw)
-        return to_batch(raw, self.device, self.channels_last)
+        batch = self.batch_fn(raw) if self.batch_fn is not None else to_batch(raw, self.device, self.channels_last)
+        return self.transform(batch) if self.transform is not None else batch
 
     def sample_input(self) -> torch.Tensor:
         """One real sample as a model sees it (the first view of item 0), for shape probes."""

@@ -23,7 +23,8 @@ class Batch:
     """One training batch. `index` holds dataset indices when some method needs them; `views` the named views
     of the samples when the stream makes several (`inputs` is the first); `original` marks the rows that are
     original samples where a batch function added others (rotations), `mixed_targets` and `mix_lambda` the
-    second labels and weight of mixed inputs, `groups` a group id per row (comparative sampling)."""
+    second labels and weight of mixed inputs, `groups` a group id per row (comparative sampling),
+    `aux_targets` the labels of a self-supervised task."""
 
     inputs: Tensor
     targets: Tensor
@@ -33,6 +34,7 @@ class Batch:
     mixed_targets: Optional[Tensor] = None
     mix_lambda: Optional[Tensor] = None
     groups: Optional[Tensor] = None
+    aux_targets: Optional[Tensor] = None  # labels of a self-supervised task per row (rotate4's joint labels)
 
     @property
     def size(self) -> int:
@@ -70,6 +72,7 @@ class SetupContext:
     batch_size: int
     epochs: int
     device: torch.device
+    teacher_checkpoint: Optional[str] = None  # where the teacher came from (for error messages)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Method(nn.Module):
     needs_index: ClassVar[bool] = False  # batches carry dataset indices
     fixed_batch: ClassVar[bool] = False  # drop the last partial batch
     main_stage: ClassVar[bool] = True  # False: the method only acts in its init stage (AB, FSP)
+    batch_transform: ClassVar[Optional[str]] = None  # e.g. "rotate4": the training batches it needs
     Params: ClassVar[type] = NoParams
     # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
     recipe_loss: ClassVar[dict[str, float]] = {}

@@ -122,13 +122,13 @@ def _checked_header(path: Path, data: Optional[bytes] = None) -> dict[str, Any]:
 
 
 def _header_length(path: Path, head: bytes, size: int) -> int:
-    if head[:2] == b"PK" or head[:1] == b"\x80":
-        raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
-                              "convert it with `kdzoo import-checkpoint`")
-    if len(head) < 8:
-        raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
-    header_len = struct.unpack("<Q", head)[0]
-    if header_len > size - 8 or header_len > 100_000_000:
+    header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+    if header_len is None or header_len > size - 8 or header_len > 100_000_000:
+        # Only a file that is no safetensors file is named a pickle: a safetensors header length may begin with
+        # the bytes of a pickle's magic (0x80 is the low byte of 1 in 256 header lengths).
+        if head[:4] == b"PK\x03\x04" or head[:2] == b"\x80\x02":
+            raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
+                                  "convert it with `kdzoo import-checkpoint`")
         raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")
     return header_len
 

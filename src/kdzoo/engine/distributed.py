@@ -127,3 +127,12 @@ def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
     if info.enabled:
         for buffer in module.buffers():
             dist.broadcast(buffer.data, src=0)
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """`obj` of every rank, in rank order (a one-item list without DDP)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

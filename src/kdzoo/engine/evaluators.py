@@ -29,6 +29,19 @@ class Runtime(Protocol):
 
 
 @dataclass
+class OneLoader:
+    """A Runtime over one loader: evaluating a checkpoint outside a run (`kdzoo eval`)."""
+
+    data: object
+    device: torch.device
+    dist: DistInfo = DistInfo()
+    channels_last: bool = False
+
+    def loader(self, stream: str):
+        return self.data
+
+
+@dataclass
 class ClassifierEvaluator:
     """Metrics `<stream>_top1` ..., or `<stream>_<name>_top1` ... when several networks are evaluated."""
 
@@ -46,11 +59,13 @@ class ClassifierEvaluator:
 
 @dataclass
 class HeadsEvaluator:
-    """`heads(model(x))` -> {head name: logits}; top-1/top-5 per head, exact across processes."""
+    """`heads(model(x))` -> {head name: logits}; top-1/top-5 per head, exact across processes. A model that
+    gives `rows_per_sample` rows per input (e.g. its 4 rotations, image-major) is scored on each row."""
 
     model: Callable[[], nn.Module]
-    heads: Callable[[object], dict[str, Tensor]]
+    heads: Callable[[object], dict[str, Tensor]] = dict
     stream: str = "test"
+    rows_per_sample: int = 1
 
     @torch.inference_mode()
     def __call__(self, rt: Runtime) -> dict[str, float]:
@@ -60,7 +75,7 @@ class HeadsEvaluator:
         model.eval()
         sums: dict[str, Tensor] = {}
         for raw in rt.loader(self.stream):
-            images, targets = raw[0].to(rt.device), raw[1].to(rt.device)
+            images, targets = raw[0].to(rt.device), raw[1].to(rt.device).repeat_interleave(self.rows_per_sample)
             for name, logits in self.heads(model(images)).items():
                 logits = logits.float()
                 top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])

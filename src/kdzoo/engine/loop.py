@@ -67,16 +67,23 @@ class PhaseRunner:
         scaler = e.precision.scaler()
         start_epoch = 0
         state = e._resume_state
+        inside = state is not None and progress.phase == index  # resumed inside (or at the end of) this phase
         if state is not None:  # the first phase run after --resume
-            set_rng_state(state["rng"])
-            if progress.phase == index:  # the checkpoint was taken inside (or at the end of) this phase
+            ranks = state.get("rng_ranks") or [state["rng"]]
+            set_rng_state(ranks[e.dist.rank] if e.dist.rank < len(ranks) else state["rng"])
+            if inside:
                 optimizer.load_state_dict(state["optimizer"])
                 controller.load_state_dict(state.get("controller") or {"scheduler": state["scheduler"]})
                 if scaler is not None and state.get("scaler"):
                     scaler.load_state_dict(state["scaler"])
                 self.best_state = state.get("best_state")
                 start_epoch = phase.epochs if progress.stopped else progress.epoch
-            e.run.truncate_metrics(start_epoch, phase.name)
+            later = tuple(p.name for p in self.program.phases[index + 1:])
+            e.run.truncate_metrics(start_epoch, phase.name, later)
+        if not inside and phase.evaluates:  # each evaluating phase selects its own best
+            progress.best_top1, progress.best_epoch, progress.best = -1.0, -1, {}
+            self.best_state = None
+        latest: dict[str, float] = {}  # the latest evaluation's metrics, stamped on every checkpoint after it
         for epoch in range(start_epoch, phase.epochs):
             self.runtime.epoch = epoch
             if phase.on_epoch_start is not None:
@@ -84,9 +91,9 @@ class PhaseRunner:
             set_loader_epoch(loader, epoch)
             record = {"phase": phase.name, "epoch": epoch + 1,
                       **self._train_epoch(phase, epoch, loader, stream, optimizer, controller, scaler)}
-            metrics, improved, stop = {}, False, False
+            metrics, improved, stop = latest, False, False
             if phase.evaluates and ((epoch + 1) % self.cfg.engine.eval_every == 0 or epoch + 1 == phase.epochs):
-                metrics = {}
+                metrics = latest = {}
                 for evaluator in phase.evaluators:
                     metrics.update(evaluator(self.runtime))
                 if phase.select not in metrics:
@@ -94,7 +101,7 @@ class PhaseRunner:
                                      f"(they gave {', '.join(metrics)})")
                 record.update(metrics)
                 progress.last = metrics
-                improved = metrics[phase.select] > progress.best_top1
+                improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_top1
                 if improved:
                     progress.best_top1, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
                     if controller.wants_best_state:

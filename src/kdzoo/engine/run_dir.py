@@ -101,9 +101,10 @@ class RunDir:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
 
-    def truncate_metrics(self, keep_until_epoch: int, phase: str) -> None:
-        """On resume, drop metric lines logged after the checkpoint (they will be logged again), and a torn
-        last line that a kill in the middle of a write left behind."""
+    def truncate_metrics(self, keep_until_epoch: int, phase: str, later: tuple[str, ...] = ()) -> None:
+        """On resume, drop metric lines logged after the checkpoint (they will be logged again): those of `phase`
+        past `keep_until_epoch` and those of the `later` phases; and a torn last line that a kill in the middle
+        of a write left behind."""
         path = self.path / "metrics.jsonl"
         if not self.active or not path.exists():
             return
@@ -115,7 +116,7 @@ class RunDir:
                 continue  # torn by a kill mid-write; the epoch it belonged to is logged again
             if not isinstance(rec, dict):
                 continue
-            if rec.get("phase") == phase and rec.get("epoch", 0) > keep_until_epoch:
+            if rec.get("phase") == phase and rec.get("epoch", 0) > keep_until_epoch or rec.get("phase") in later:
                 continue
             kept.append(line)
         text = "".join(k + "\n" for k in kept)

@@ -18,7 +18,7 @@ from kdzoo.config import Config, config_to_yaml, to_dict
 from kdzoo.engine.checkpoint import CHECKPOINT_DIR
 from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.engine.device import Precision, resolve_device, resolve_precision
-from kdzoo.engine.distributed import DistInfo, barrier, init_distributed
+from kdzoo.engine.distributed import DistInfo, barrier, gather_objects, init_distributed
 from kdzoo.engine.loop import PhaseRunner
 from kdzoo.engine.resume_rules import ResumeMismatch, check_resume_state
 from kdzoo.engine.rng import rng_state, seed_everything
@@ -66,6 +66,8 @@ class Engine:
         try:
             self.program = build(self._build_context())
             self.info = self.program.info
+            for phase in self.program.phases:  # a stream no full batch fits fails now, before the folder is written
+                self.program.data[phase.stream].loader(self.dist)
             self._start_run(resume)
         except BaseException:
             self.lock.release()
@@ -95,6 +97,8 @@ class Engine:
             self.program.load_state_dict(self._resume_state["regime"])
             known = Progress.__dataclass_fields__
             self.progress = Progress(**{k: v for k, v in self._resume_state["progress"].items() if k in known})
+            if "top1" in self.progress.last:  # saved before metrics were named by their stream
+                self.progress.last = {f"test_{k}": v for k, v in self.progress.last.items() if k != "n"}
             phase = self.program.phases[self.progress.phase]
             if phase.epochs < self.progress.epoch:
                 raise ResumeMismatch(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
@@ -169,6 +173,7 @@ class Engine:
     def _save(self, phase: Phase, epoch: int, metrics: dict[str, float], improved: bool, optimizer,
               controller, scaler, best_state: Optional[dict[str, Any]] = None) -> None:
         """Checkpoint the program's artifacts and the whole resume state (one atomic commit)."""
+        rng_ranks = gather_objects(rng_state(), self.dist)  # each rank's own, so a resume continues each one
         if self.dist.is_main:
             report = f"{phase.report}_"
             common = {
@@ -183,7 +188,8 @@ class Engine:
             state = {
                 "progress": vars(self.progress).copy(), "regime": self.program.state_dict(),
                 "optimizer": optimizer.state_dict(), "controller": controller.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_state(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_ranks[0],
+                "rng_ranks": rng_ranks,
                 "config": to_dict(self.cfg), "world_size": self.dist.world_size, "data": self.data_identity(),
             }
             if best_state is not None:

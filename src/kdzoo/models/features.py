@@ -45,6 +45,7 @@ class Needs:
     pooled: bool = False
     stages: bool = False
     preact: bool = False
+    heads: bool = False  # the auxiliary heads' logits of an `_aux` model (see models/aux.py)
 
     def __or__(self, other: "Needs") -> "Needs":
         return Needs(**{f.name: getattr(self, f.name) or getattr(other, f.name) for f in fields(self)})
@@ -62,6 +63,7 @@ class Features:
     pooled: Optional[Tensor] = None
     stages: Optional[list[Tensor]] = None
     preact: Optional[list[Tensor]] = None
+    heads: Optional[list[Tensor]] = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> "Features":
         """Apply `fn` to every tensor (e.g. clone, float, detach)."""
@@ -73,7 +75,7 @@ class Features:
             return None if ts is None else [fn(t) for t in ts]
 
         return replace(self, logits=one(self.logits), pooled=one(self.pooled), stages=many(self.stages),
-                       preact=many(self.preact))
+                       preact=many(self.preact), heads=many(self.heads))
 
 
 def feature_spec(model: nn.Module) -> FeatureSpec:
@@ -135,6 +137,12 @@ class FeatureModel(nn.Module):
             for i, name in enumerate(self.spec.preact):
                 if name is not None:
                     self._hook_input(name, f"preact{i}")
+        if want.heads:
+            if not hasattr(model, "head_logits"):
+                raise KdzooError(f"{type(model).__name__} has no auxiliary heads; a method here needs an _aux "
+                                 "model (e.g. resnet8_aux)")
+            for i, name in enumerate(model.aux_inputs()):
+                self._hook_output(name, f"aux{i}")
 
     def _module(self, name: str) -> nn.Module:
         try:
@@ -171,6 +179,8 @@ class FeatureModel(nn.Module):
             feats.stages = [store[f"stage{i}"] for i in range(n)]
         if self.want.preact:
             feats.preact = [store.get(f"preact{i}", store[f"stage{i}"]) for i in range(n)]
+        if self.want.heads:
+            feats.heads = self.model.head_logits([store[f"aux{i}"] for i in range(len(self.model.aux_inputs()))])
         return feats
 
     def remove_hooks(self) -> None:

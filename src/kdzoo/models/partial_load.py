@@ -42,7 +42,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         else:
             fitting[target] = value
             report.loaded.append(target)
-    if not fitting:
+    if not any(v.is_floating_point() and v.dim() > 1 for v in fitting.values()):  # counters, biases fit by chance
         raise CheckpointError(f"{source}: no tensor fits {type(model).__name__}"
                               + (f" under {prefix!r}" if prefix else "") + "; is it the right checkpoint?")
     report.missing = [k for k in own if k not in fitting]

@@ -3,4 +3,5 @@ from kdzoo.data.stream import DataStream, to_batch
 from kdzoo.distillers.context import Binding, StepContext
 from kdzoo.program.program import Artifact, BuildContext, ModelSlot, Phase, Program
 
-__all__ = ["Artifact", "Binding", "BuildContext", "DataStream", "ModelSlot", "Phase", "Program", "StepContext", "to_batch"]
+__all__ = ["Artifact", "Binding", "BuildContext", "DataStream", "ModelSlot", "Phase", "Program", "StepContext",
+           "to_batch"]

@@ -36,13 +36,38 @@ def method_instances(loss: dict[str, float]) -> dict[str, tuple[str, type]]:
     return found
 
 
+def flat_sections(methods_cfg: dict) -> dict:
+    """`{peer1: {kd: {...}}}` (what the dotted override methods.peer1.kd.T=2 writes) -> `{peer1.kd: {...}}`."""
+    flat = {}
+    for key, value in methods_cfg.items():
+        if key not in METHODS and isinstance(value, dict) and value and all(
+                k in METHODS and isinstance(v, dict) for k, v in value.items()):
+            flat.update({f"{key}.{name}": section for name, section in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def check_method_sections(methods_cfg: dict, instances: dict[str, tuple[str, type]], loss: dict) -> None:
-    for key in methods_cfg:
+    for key in flat_sections(methods_cfg):
         namespace, name = split_term(key)
         METHODS.get(name)  # raises "unknown method"
         terms = METHODS.get(name).term_names()
         if not any(split_term(t)[1] in terms and (not namespace or split_term(t)[0] == namespace) for t in loss):
+            if namespace:
+                spaces = sorted({split_term(t)[0] for t in loss if split_term(t)[0]})
+                raise ConfigError(f"methods.{key}: no loss term of method {name} in namespace {namespace} "
+                                  f"(namespaces in loss: {', '.join(spaces) or 'none'})")
             raise ConfigError(f"methods.{key}: parameters given, but no loss term uses method {name}")
+
+
+def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
+    """Every method reads a view the training batches carry."""
+    views = tuple(views)
+    for instance, m in methods.items():
+        if m.binding.view not in views:
+            raise ConfigError(f"methods.{instance}.view: the training batches have no view {m.binding.view!r} "
+                              f"(views: {', '.join(views)}; name more under dataset.views)")
 
 
 def binding_for(instance: str, namespace: str, section: dict) -> Binding:
@@ -59,6 +84,7 @@ def build_methods(loss: dict[str, float], methods_cfg: dict, setup_for: Callable
                   networks: Iterable[str]) -> dict[str, Method]:
     """Every method instance of the recipe, constructed and bound; `networks` are the slot names it may bind."""
     instances = method_instances(loss)
+    methods_cfg = flat_sections(methods_cfg)
     check_method_sections(methods_cfg, instances, loss)
     networks = set(networks)
     built: dict[str, Method] = {}

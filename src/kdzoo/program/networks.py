@@ -25,13 +25,21 @@ def trained_network(model_cfg, info: DatasetInfo, key: str = "student",
     model = create_model(model_cfg.arch, num_classes=info.num_classes, in_channels=info.in_channels)
     if model_cfg.checkpoint:
         if model_cfg.checkpoint_strict:
-            init, _, file = load_model(model_cfg.checkpoint)
-            load_state_dict_strict(model, init.state_dict(), str(file))
+            init, meta, file = load_model(model_cfg.checkpoint)
+            plain = getattr(model, "plain_arch", None)
+            if plain is not None and meta.get("arch") == plain:  # a plain network into an _aux model's backbone
+                load_state_dict_strict(model.backbone, init.state_dict(), str(file))
+                log(f"{key}: backbone from {file} ({plain}); heads initialised fresh")
+            else:
+                load_state_dict_strict(model, init.state_dict(), str(file))
         else:
             file = resolve_checkpoint(model_cfg.checkpoint, "best")
             state, _ = load_weights(file)
             log(f"{key}: from {file}, {load_matching(model, state, str(file)).summary()}")
     if model_cfg.freeze:
+        if not model_cfg.checkpoint:
+            raise ConfigError(f"{key}.freeze: the frozen part would stay at its random initialisation; give "
+                              f"{key}.checkpoint (a trained model, e.g. the plain arch for an _aux backbone)")
         frozen = freeze(model, model_cfg.freeze)
         log(f"{key}: {len(frozen)} parameter tensors frozen under {', '.join(map(repr, model_cfg.freeze))}")
     return model, spec_override(model_cfg, model)

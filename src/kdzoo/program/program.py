@@ -116,12 +116,17 @@ class Program:
     describe: Callable[[], dict[str, Any]] = dict
 
     def __post_init__(self):
-        for phase in self.phases:
-            if phase.stream not in self.data:
-                raise ConfigError(f"phase {phase.name}: no data stream named {phase.stream!r}")
         for name, slot in self.models.items():
             if slot.role == "ema" and slot.ema_of not in self.models:
                 raise ConfigError(f"model {name}: ema_of {slot.ema_of!r} is not a model of this program")
+        for phase in self.phases:
+            if phase.stream not in self.data:
+                raise ConfigError(f"phase {phase.name}: no data stream named {phase.stream!r}")
+            if not self.data[phase.stream].train:
+                raise ConfigError(f"phase {phase.name}: stream {phase.stream!r} is not a training stream (shuffled, "
+                                  "equal batches on every process)")
+            if not any(p.requires_grad for p in phase.params):
+                raise ConfigError(f"phase {phase.name}: nothing to train (every parameter is frozen)")
         if not self.artifacts:
             raise ConfigError("a program needs at least one artifact to deploy")
 

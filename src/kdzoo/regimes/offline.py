@@ -9,19 +9,21 @@ import torch
 from torch import nn
 
 from kdzoo.config.validate import to_dict
+from kdzoo.data.batch_transforms import batch_transform
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
 from kdzoo.engine.controllers import controller_for
 from kdzoo.engine.distributed import wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator
+from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
+from kdzoo.models.aux import AuxNet, RotatedHeads
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, DataStream, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
-from kdzoo.program.methods import build_methods, method_instances
+from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
@@ -44,23 +46,43 @@ class Offline(Regime):
 
 def train_stream_needs(cfg) -> dict[str, bool]:
     """What the recipe's methods ask of the training batches: dataset indices, only full batches."""
-    classes = _method_classes(cfg.loss)
+    classes = _method_classes(cfg.loss, cfg.methods)
     return {"needs_index": any(c.needs_index for c in classes),
             "drop_last": cfg.dataset.drop_last or any(c.fixed_batch for c in classes)}
 
 
-def _method_classes(loss: dict[str, float]) -> list[type]:
+def _method_classes(loss: dict[str, float], methods_cfg: dict) -> list[type]:
     instances = method_instances(loss)
+    for name, section in methods_cfg.items():
+        bound = [k for k in ("student", "teacher", "detach_teacher") if k in section]
+        if bound:
+            raise ConfigError(f"methods.{name}.{bound[0]}: the offline regime binds every method to its student and "
+                              "teacher (a regime with several networks takes bindings)")
     namespaced = [name for name, (namespace, _) in instances.items() if namespace]
     if namespaced:
         raise ConfigError(f"loss: {namespaced[0]} is namespaced, but the offline regime trains one student")
     return [c for _, c in instances.values()]
 
 
+def train_batch_transform(cfg, classes: list[type]) -> Optional[str]:
+    """`dataset.batch_transform`, or the one the methods ask for (they must agree)."""
+    asked = list(dict.fromkeys(c.batch_transform for c in classes if c.batch_transform))
+    chosen = cfg.dataset.batch_transform
+    if chosen is None and len(asked) > 1:
+        raise ConfigError(f"loss: its methods ask for different batch transforms ({', '.join(asked)})")
+    if chosen is not None and asked and asked != [chosen]:
+        needing = next(c.name for c in classes if c.batch_transform and c.batch_transform != chosen)
+        raise ConfigError(f"dataset.batch_transform: {chosen}, but method {needing} trains on {asked[0]} batches")
+    return chosen or (asked[0] if asked else None)
+
+
 def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: DatasetInfo) -> Program:
     """The program on given streams (`train` and `test`, optionally `val`)."""
     cfg, device = ctx.cfg, ctx.device
-    classes = _method_classes(cfg.loss)
+    classes = _method_classes(cfg.loss, cfg.methods)
+    transform = train_batch_transform(cfg, classes)
+    if transform is not None:
+        streams["train"].transform = batch_transform(transform)
     student, student_spec = trained_network(cfg.student, info, log=ctx.log)
     teacher_model, teacher_meta, teacher_spec = None, None, None
     if any(c.needs_teacher() for c in classes):
@@ -76,9 +98,11 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         student_shapes=probe_shapes(student, student_spec, example),
         teacher_shapes=probe_shapes(teacher_model, teacher_spec, example) if teacher_model else None,
         num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-        batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device)
+        batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
+        teacher_checkpoint=cfg.teacher.checkpoint)
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
+    check_views(methods, streams["train"].views)
 
     needs = needs_by_network(methods.values(), {"student": Needs(logits=True)})
     memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
@@ -97,6 +121,9 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     wrapped = _inference_wrapper(methods.values(), student)
     deployed = (lambda: wrapped[0]) if wrapped else (lambda: student)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
+    if isinstance(student, AuxNet) and student.num_heads and len(info.input_shape) == 3:
+        heads = RotatedHeads(student)  # each head's accuracy beside the backbone's (HSAKD's teacher log)
+        evaluators.append(HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4))
     phases = init_phases(methods, bundle, runner, frozen, cfg.engine.teacher_first)
     phases.append(main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
                              controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,

@@ -1,0 +1,140 @@
+"""Online mutual distillation: N peers (any archs, `_aux` or plain) trained together from scratch, each on its
+own terms plus distillation from every other peer, targets detached (Zhang et al. 2018, deep mutual learning;
+HSAKD's online variant: `_aux` peers with ce + aux_ce own terms and hsakd from the others).
+
+The recipe names the terms once; each is expanded per peer:
+    peers: [{arch: resnet8_aux}, {arch: resnet8_aux}]
+    loss: {ce: 1, aux_ce: 1, hsakd: 1, hsakd_logits: 1}
+    -> peer0.ce, peer0.aux_ce, peer0.from1.hsakd, peer0.from1.hsakd_logits, peer1.ce, ..., peer1.from0.hsakd ...
+A term of a method that needs a teacher becomes one term per other peer (the student peer i, the teacher peer j,
+detached); any other term one per peer. Metrics per peer (`test_peer<i>_top1`); `test_top1` is the best peer's,
+and the deployed checkpoint (`last/best.safetensors`) is the best peer at that evaluation; every peer's weights
+are saved as `peer<i>.last/best.safetensors`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kdzoo.config.validate import to_dict
+from kdzoo.data.batch_transforms import batch_transform
+from kdzoo.data.recipe_streams import recipe_streams
+from kdzoo.distillers import SetupContext
+from kdzoo.distillers.registry import method_for_term, split_term
+from kdzoo.engine.controllers import controller_for
+from kdzoo.engine.distributed import wrap_ddp
+from kdzoo.engine.evaluators import ClassifierEvaluator
+from kdzoo.errors import ConfigError
+from kdzoo.models import FeatureModel, Needs
+from kdzoo.models.probe import probe_shapes
+from kdzoo.program import Artifact, ModelSlot, Program
+from kdzoo.program.bundle import Bundle
+from kdzoo.program.methods import build_methods, check_views
+from kdzoo.program.networks import trained_network
+from kdzoo.program.phases import main_phase, needs_by_network
+from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+from kdzoo.regimes.offline import train_batch_transform
+
+
+def peer_terms(loss: dict[str, float], methods_cfg: dict, peers: int) -> tuple[dict[str, float], dict]:
+    """The recipe's terms and method sections expanded per peer (see the module docstring)."""
+    expanded, sections = {}, {}
+    for term, weight in loss.items():
+        if split_term(term)[0]:
+            raise ConfigError(f"loss.{term}: the mutual regime names each term once; it expands them per peer")
+        cls = method_for_term(term)
+        for i in range(peers):
+            if cls.needs_teacher():
+                for j in (j for j in range(peers) if j != i):
+                    namespace = f"peer{i}.from{j}"
+                    expanded[f"{namespace}.{term}"] = weight
+                    sections[f"{namespace}.{cls.name}"] = {**methods_cfg.get(cls.name, {}), "student": f"peer{i}",
+                                                           "teacher": f"peer{j}", "detach_teacher": True}
+            else:
+                expanded[f"peer{i}.{term}"] = weight
+                sections.setdefault(f"peer{i}.{cls.name}", dict(methods_cfg.get(cls.name, {})))
+    for name in methods_cfg:
+        if not any(method_for_term(t).name == name for t in loss):
+            raise ConfigError(f"methods.{name}: parameters given, but no loss term uses method {name}")
+    return expanded, sections
+
+
+class BestPeer:
+    """Evaluates every peer; `test_top1`/`test_top5` are the best peer's, whose index the program keeps."""
+
+    def __init__(self, peers: dict[str, torch.nn.Module], keeper: torch.Tensor, stream: str = "test"):
+        self.each = [ClassifierEvaluator((lambda m: lambda: m)(m), stream, name) for name, m in peers.items()]
+        self.names, self.keeper, self.stream = list(peers), keeper, stream
+
+    def __call__(self, runtime) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for evaluator in self.each:
+            metrics.update(evaluator(runtime))
+        s = self.stream
+        best = max(range(len(self.names)), key=lambda i: metrics[f"{s}_{self.names[i]}_top1"])
+        self.keeper.fill_(best)
+        top = {k[len(f"{s}_{self.names[best]}_"):]: v for k, v in metrics.items()
+               if k.startswith(f"{s}_{self.names[best]}_")}
+        return {**metrics, **{f"{s}_{k}": v for k, v in top.items()}, f"{s}_best_peer": float(best)}
+
+
+@register_regime
+class Mutual(Regime):
+    name = "mutual"
+    description = "N peers trained together from scratch, each distilled from the others (DML, HSAKD online)"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> Program:
+        cfg, device = ctx.cfg, ctx.device
+        if len(cfg.peers) < 2:
+            raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(cfg.peers)}")
+        loss, sections = peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
+        classes = list(dict.fromkeys(method_for_term(t) for t in loss))
+        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
+                                       channels_last=cfg.engine.channels_last,
+                                       needs_index=any(c.needs_index for c in classes),
+                                       drop_last=cfg.dataset.drop_last or any(c.fixed_batch for c in classes))
+        transform = train_batch_transform(cfg, classes)
+        if transform is not None:
+            streams["train"].transform = batch_transform(transform)
+        names = [f"peer{i}" for i in range(len(cfg.peers))]
+        peers = {n: trained_network(p, info, key=f"peers[{i}]", log=ctx.log)[0]
+                 for i, (n, p) in enumerate(zip(names, cfg.peers))}
+        sample = streams["test"].sample_input()
+        shapes = {n: probe_shapes(m, None, torch.stack([sample, sample])) for n, m in peers.items()}
+
+        def setup(binding) -> SetupContext:
+            return SetupContext(student=peers[binding.student], teacher=peers.get(binding.teacher),
+                                student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
+                                num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
+                                batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device)
+
+        methods = build_methods(loss, sections, setup, names)
+        check_views(methods, streams["train"].views)
+        needs = needs_by_network(methods.values(), {n: Needs(logits=True) for n in names})
+        memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
+        bundle = Bundle({n: FeatureModel(m, needs[n]) for n, m in peers.items()}, methods)
+        bundle.register_buffer("best_peer", torch.zeros((), dtype=torch.long))
+        bundle.to(device, memory_format=memory_format)
+        runner = wrap_ddp(bundle, ctx.dist, device)
+        phase = main_phase(methods, loss, bundle, runner, {}, False, cfg.epochs,
+                           controller=controller_for(cfg.schedule, cfg.epochs),
+                           evaluators=[BestPeer(peers, bundle.best_peer)])
+
+        def meta_of(i: int) -> dict[str, Any]:
+            return {"arch": cfg.peers[i].arch, "num_classes": info.num_classes, "in_channels": info.in_channels,
+                    "peer": i}
+
+        artifacts = {"best_peer": Artifact(lambda: peers[names[int(bundle.best_peer)]],
+                                           lambda: meta_of(int(bundle.best_peer)))}
+        artifacts.update({n: Artifact((lambda m: lambda: m)(m), (lambda i: lambda: meta_of(i))(i))
+                          for i, (n, m) in enumerate(peers.items())})
+
+        def describe() -> dict[str, Any]:
+            return {"peers": [p.arch for p in cfg.peers], "peer_params": [count_params(m) for m in peers.values()],
+                    "methods": {name: to_dict(m.params) for name, m in methods.items()}}
+
+        return Program(models={n: ModelSlot(m, features=getattr(bundle, n)) for n, m in peers.items()},
+                       data=streams, phases=[phase], trainable=bundle, info=info, artifacts=artifacts,
+                       describe=describe)
