@@ -45,6 +45,8 @@ COST_NOTES = {
     "nst": "the per-sample C x C Gram products (student, teacher and cross) of each stage's spatially "
            "normalised maps, kept in fp32 for precision.",
     "ft": "the paraphraser/translator convs on the last stage map and the fp32 factor normalisation.",
+    "hsakd": "the 4x rotated batch (4x) through student and teacher, and the _aux heads, copies of the later "
+             "stages that cost about as much again as each backbone (benchmarks/results/hsakd_cost.md).",
 }
 
 SETTINGS = {

@@ -66,9 +66,91 @@ def vgg_block(widths, i):
     return total
 
 
+def inverted_residual(i, o, t):
+    h = i * t
+    return i * h + bn(h) + 9 * h + bn(h) + h * o + bn(o)
+
+
+def mnv2_group(i, o, t, n):
+    return inverted_residual(i, o, t) + (n - 1) * inverted_residual(o, o, t)
+
+
+# MobileNetV2 at width 0.5 (CIFAR): (expansion, out channels, repeats) per block group
+MNV2 = [(1, 8, 1), (6, 12, 2), (6, 16, 3), (6, 32, 4), (6, 48, 3), (6, 80, 3), (6, 160, 1)]
+
+
+def v2_block(i, p, stride, bottleneck):
+    if bottleneck:  # 1x1, 3x3, 1x1 to 4p
+        body, o = i * p + bn(p) + 9 * p * p + bn(p) + 4 * p * p + bn(4 * p), 4 * p
+    else:
+        body, o = 9 * i * p + bn(p) + 9 * p * p + bn(p), p
+    return body + (i * o + bn(o) if stride != 1 or i != o else 0)
+
+
+def v2_stage(i, p, n, stride, bottleneck):
+    e = 4 if bottleneck else 1
+    return v2_block(i, p, stride, bottleneck) + (n - 1) * v2_block(p * e, p, 1, bottleneck)
+
+
+def v1_block(i, o, groups):
+    mid, g1 = o // 4, 1 if i == 24 else groups
+    return i * mid // g1 + bn(mid) + 9 * mid + bn(mid) + mid * o // groups + bn(o)
+
+
+def v1_stage(i, o, n, downsample=True, groups=3):
+    first = v1_block(i, o - i, groups) if downsample else v1_block(i, o, groups)
+    return first + (n - 1) * v1_block(o, o, groups)
+
+
+def sv2_basic(c):
+    h = c // 2
+    return h * h + bn(h) + 9 * h + bn(h) + h * h + bn(h)
+
+
+def sv2_down(i, o):
+    m = o // 2
+    return 9 * i + bn(i) + i * m + bn(m) + i * m + bn(m) + 9 * m + bn(m) + m * m + bn(m)
+
+
+def sv2_stage(i, o, n):
+    return sv2_down(i, o) + n * sv2_basic(o)
+
+
+SV2 = {"ShuffleV2": (116, 232, 464), "ShuffleV2_1_5": (176, 352, 704)}  # then a 1x1 conv to 1024; 3/7/3 blocks
+
+V2_LAYERS = {"ResNet18": ([2, 2, 2, 2], False), "ResNet34": ([3, 4, 6, 3], False), "ResNet50": ([3, 4, 6, 3], True)}
+
+
 def counts(arch: str, classes: int = 100) -> tuple[int, int]:
     """(backbone, heads) parameter counts of `<arch>_aux` for 3-channel input."""
     fc = lambda c, k: c * k + k  # noqa: E731
+    if arch == "ShuffleV1":  # 240/480/960 channels, 4/8/4 blocks, 3 groups, 24-channel 1x1 stem
+        backbone = 3 * 24 + bn(24) + v1_stage(24, 240, 4) + v1_stage(240, 480, 8) + v1_stage(480, 960, 4)
+        heads = v1_stage(240, 480, 8) + 2 * v1_stage(480, 960, 4) + v1_stage(960, 960, 4, downsample=False)
+        return backbone + fc(960, classes), heads + 3 * fc(960, 4 * classes)
+    if arch in SV2:
+        c1, c2, c3 = SV2[arch]
+        last = c3 * 1024 + bn(1024)
+        backbone = 3 * 24 + bn(24) + sv2_stage(24, c1, 3) + sv2_stage(c1, c2, 7) + sv2_stage(c2, c3, 3) + last
+        heads = sv2_stage(c1, c2, 7) + 2 * sv2_stage(c2, c3, 3) + sv2_stage(c3, c3, 3) + 3 * last
+        return backbone + fc(1024, classes), heads + 3 * fc(1024, 4 * classes)
+    if arch in V2_LAYERS:
+        n, bottleneck = V2_LAYERS[arch]
+        e = 4 if bottleneck else 1
+        st = lambda i, p, k, s: v2_stage(i, p, n[k], s, bottleneck)  # noqa: E731
+        backbone = 27 * 64 + bn(64) + st(64, 64, 0, 1) + st(64 * e, 128, 1, 2) + st(128 * e, 256, 2, 2) \
+            + st(256 * e, 512, 3, 2) + fc(512 * e, classes)
+        heads = (st(64 * e, 128, 1, 2) + st(128 * e, 256, 2, 2) + st(256 * e, 512, 3, 2)
+                 + st(128 * e, 256, 2, 2) + st(256 * e, 512, 3, 2) + st(256 * e, 512, 3, 2) + st(512 * e, 512, 3, 1))
+        return backbone, heads + 4 * fc(512 * e, 4 * classes)
+    if arch == "MobileNetV2":
+        outs = [o for _, o, _ in MNV2]
+        group = lambda g, i: mnv2_group(i, MNV2[g][1], MNV2[g][0], MNV2[g][2])  # noqa: E731
+        last = 160 * 1280 + bn(1280)  # the 1x1 conv to 1280 channels
+        backbone = 27 * 16 + bn(16) + sum(group(g, ([16] + outs)[g]) for g in range(7)) + last + fc(1280, classes)
+        heads = (sum(group(g, outs[g - 1]) for g in range(2, 7)) + sum(group(g, outs[g - 1]) for g in range(3, 7))
+                 + group(5, outs[4]) + group(6, outs[5]) + group(5, outs[6]) + group(6, outs[5]) + 4 * last)
+        return backbone, heads + 4 * fc(1280, 4 * classes)
     if arch.startswith("vgg"):
         w = VGG_WIDTHS[arch]
         c = [3] + [b[-1] for b in w]  # input channels of block i: c[i]
@@ -93,7 +175,9 @@ def counts(arch: str, classes: int = 100) -> tuple[int, int]:
 
 # Totals HSAKD's own models give (winycg/HSAKD models/, 100 classes), computed once beside ours.
 HSAKD_TOTALS = {"resnet8x4": 4790836, "resnet32x4": 26340916, "resnet56": 3067684, "resnet20": 1041316,
-                "wrn_40_2": 8024484, "wrn_16_2": 2631588, "wrn_40_1": 2054212, "vgg13": 46511844, "vgg8": 20799012}
+                "wrn_40_2": 8024484, "wrn_16_2": 2631588, "wrn_40_1": 2054212, "vgg13": 46511844, "vgg8": 20799012,
+                "MobileNetV2": 5484332, "ResNet50": 100681956,
+                "ShuffleV1": 4067998, "ShuffleV2": 5875516}
 
 
 def n_params(module) -> int:
@@ -112,7 +196,7 @@ def test_aux_models_match_the_layer_sizes_and_keep_the_plain_backbone(arch):
     assert set(model.backbone.state_dict()) == set(create_model(arch, num_classes=100).state_dict())
     x = torch.randn(2, 3, 32, 32)
     logits, joint = model.eval().forward_with_heads(x)
-    assert logits.shape == (2, 100) and [h.shape for h in joint] == [(2, 400)] * (4 if arch.startswith("vgg") else 3)
+    assert logits.shape == (2, 100) and [h.shape for h in joint] == [(2, 400)] * (4 if arch.startswith(("vgg", "Mobile", "ResNet")) else 3)
     assert torch.equal(model(x), logits)  # forward is the backbone's
     assert f"{arch}_aux" in list_models()
 
@@ -326,3 +410,17 @@ def test_fraction_is_a_stratified_seeded_share_of_the_training_set(tmp_path):
     assert not torch.equal(train_set(0.25, seed=1).indices, quarter.indices)
     assert run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", tmp_path / "bad",
                    "dataset.fraction=1.5") == 2
+
+
+@pytest.mark.parametrize("arch, total, depths, bottleneck", [("tv:resnet18", 59244968, [2, 2, 2, 2], False),
+                                                            ("tv:resnet34", 98271912, [3, 4, 6, 3], False),
+                                                            ("tv:resnet50", 132039336, [3, 4, 6, 3], True)])
+def test_torchvision_resnet_aux_models_for_the_imagenet_pair(arch, total, depths, bottleneck):
+    model = create_model(f"{arch}_aux", num_classes=1000)
+    assert n_params(model.backbone) == n_params(create_model(arch, num_classes=1000))
+    e = 4 if bottleneck else 1
+    st = lambda i, p, k, s: v2_stage(i, p, depths[k], s, bottleneck)  # noqa: E731
+    heads = (st(64 * e, 128, 1, 2) + st(128 * e, 256, 2, 2) + st(256 * e, 512, 3, 2) + st(128 * e, 256, 2, 2)
+             + st(256 * e, 512, 3, 2) + st(256 * e, 512, 3, 2) + st(512 * e, 512, 3, 1) + 4 * (512 * e * 4000 + 4000))
+    assert n_params(model) == n_params(model.backbone) + heads == total  # total: HSAKD's resnet*_imagenet_aux
+    assert model.plain_arch == arch and model.num_heads == 4

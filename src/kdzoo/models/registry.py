@@ -18,7 +18,11 @@ def register_model(name: str, description: str = ""):
 
 def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build a model by name: a zoo name (`resnet20`), `tv:<torchvision name>` or `timm:<timm name>`."""
-    if name.startswith(("tv:", "timm:")):
+    if name.startswith("tv:") and name.endswith("_aux"):  # HSAKD's heads on a torchvision ResNet
+        from kdzoo.models.aux import create_aux
+
+        model = create_aux(name, num_classes=num_classes, in_channels=in_channels)
+    elif name.startswith(("tv:", "timm:")):
         from kdzoo.models.external import create_external
 
         model = create_external(name, num_classes=num_classes, in_channels=in_channels)

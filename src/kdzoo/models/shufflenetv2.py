@@ -78,13 +78,13 @@ class BasicBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """Stride-2 block: both halves are transformed (left: 3x3 dw, 1x1; right: 1x1, 3x3 dw, 1x1) and concatenated."""
+    """Stride-2 block (stride 1 in HSAKD's last head): both halves are transformed (left: 3x3 dw, 1x1; right: 1x1, 3x3 dw, 1x1) and concatenated."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 2):
         super().__init__()
         mid_channels = out_channels // 2
         # left
-        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=2, padding=1, groups=in_channels,
+        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=3, stride=stride, padding=1, groups=in_channels,
                                bias=False)
         self.bn1 = nn.BatchNorm2d(in_channels)
         self.conv2 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
@@ -92,8 +92,8 @@ class DownBlock(nn.Module):
         # right
         self.conv3 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
         self.bn3 = nn.BatchNorm2d(mid_channels)
-        self.conv4 = nn.Conv2d(mid_channels, mid_channels, kernel_size=3, stride=2, padding=1, groups=mid_channels,
-                               bias=False)
+        self.conv4 = nn.Conv2d(mid_channels, mid_channels, kernel_size=3, stride=stride, padding=1,
+                               groups=mid_channels, bias=False)
         self.bn4 = nn.BatchNorm2d(mid_channels)
         self.conv5 = nn.Conv2d(mid_channels, mid_channels, kernel_size=1, bias=False)
         self.bn5 = nn.BatchNorm2d(mid_channels)
