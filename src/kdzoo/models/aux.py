@@ -1,274 +1,25 @@
-"""Self-supervised auxiliary heads (HSAKD, Yang et al. 2021): `<arch>_aux` = the plain zoo model plus one head
-per backbone stage that predicts the joint (class, rotation) label, 4 * classes logits.
-
-Head i takes stage i's output through fresh copies of the later stages (stage 1 -> copies of stages 2 and 3,
-stage 2 -> a copy of stage 3), the last stage through one extra stage of stride 1, then global pooling and a
-Linear(C_last, 4 * classes); pre-activation networks (WRN) add the final BN + ReLU per head. 3 heads for
-ResNet/WRN, 4 for VGG (on blocks 0, 1, 2, 4). HSAKD never calls its VGG heads' init; here every head gets it. The layout and
-parameter count are HSAKD's. `forward(x)` is the backbone's (so an `_aux` checkpoint evaluates and deploys as the
-plain arch); `head_logits(stage_outputs)` runs the heads on the stage outputs that `aux_inputs()` names.
-"""
+"""`<arch>_aux` models (HSAKD): the registry entries that wrap each plain zoo arch, and `tv:<resnet>_aux`.
+The network is `aux_net.AuxNet`; the heads of each family are built in `aux_heads`."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from kdzoo.errors import KdzooError
-from kdzoo.models.features import FeatureSpec, feature_spec
+from kdzoo.models.aux_heads import (mobilenetv2_aux, resnet_aux, resnetv2_aux, shufflev1_aux, shufflev2_aux,
+                                    torchvision_resnet_aux, vgg_aux, wrn_aux)
+from kdzoo.models.aux_net import AuxNet, RotatedHeads, class_logits
+from kdzoo.models.mobilenetv2 import MobileNetV2
 from kdzoo.models.registry import register_model
-from kdzoo.models.resnet import BasicBlock as ResBlock
 from kdzoo.models.resnet import CifarResNet
 from kdzoo.models.resnetv2 import ResNetV2
-from kdzoo.models.shufflenetv1 import Bottleneck as V1Bottleneck
 from kdzoo.models.shufflenetv1 import ShuffleNetV1
-from kdzoo.models.shufflenetv2 import BasicBlock as V2Block
-from kdzoo.models.shufflenetv2 import DownBlock, ShuffleNetV2
-from kdzoo.models.mobilenetv2 import InvertedResidual, MobileNetV2, conv_1x1_bn
-from kdzoo.models.vgg import VGG, _make_block
-from kdzoo.models.wrn import NetworkBlock, WideResNet
+from kdzoo.models.shufflenetv2 import ShuffleNetV2
+from kdzoo.models.vgg import VGG
+from kdzoo.models.wrn import WideResNet
 
-
-class AuxNet(nn.Module):
-    def __init__(self, backbone: nn.Module, plain_arch: str, inputs: tuple[str, ...], branches: list[nn.Module],
-                 width: int, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.plain_arch = plain_arch
-        self._inputs = tuple(f"backbone.{name}" for name in inputs)
-        self.branches = nn.ModuleList(branches)
-        self.fcs = nn.ModuleList(nn.Linear(width, 4 * num_classes) for _ in branches)
-        for module in [*self.branches.modules(), *self.fcs]:  # HSAKD's head init (fan-out normal, zero biases)
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-
-    @property
-    def num_heads(self) -> int:
-        return len(self.branches)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
-
-    def aux_inputs(self) -> tuple[str, ...]:
-        """The modules whose outputs feed the heads, shallow to deep."""
-        return self._inputs
-
-    def head_logits(self, stage_outputs: list[Tensor]) -> list[Tensor]:
-        return [fc(branch(f).mean(dim=(2, 3))) for branch, fc, f in zip(self.branches, self.fcs, stage_outputs)]
-
-    def forward_with_heads(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Backbone logits and every head's joint logits of one forward."""
-        kept: list[Tensor] = []
-        handles = [self.get_submodule(n).register_forward_hook(lambda m, i, o: kept.append(o)) for n in self._inputs]
-        try:
-            logits = self.backbone(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        return logits, self.head_logits(kept)
-
-    def feature_spec(self) -> FeatureSpec:
-        spec = feature_spec(self.backbone)
-        prefix = lambda name: None if name is None else f"backbone.{name}"  # noqa: E731
-        return FeatureSpec(stages=tuple(map(prefix, spec.stages)), head=prefix(spec.head),
-                           preact=tuple(map(prefix, spec.preact)))
-
-
-def torchvision_resnet_aux(backbone: nn.Module, arch: str, num_classes: int) -> AuxNet:
-    """4 heads on layers 1-4 of a torchvision ResNet (HSAKD's ImageNet models): copies of the later layers made
-    by torchvision's own layer builder; the last head one extra layer 4 at stride 1."""
-    from types import SimpleNamespace
-
-    from torchvision.models.resnet import ResNet
-
-    e = backbone.layer1[0].expansion
-    n = [len(getattr(backbone, f"layer{i}")) for i in range(1, 5)]
-    block = type(backbone.layer1[0])
-
-    def stage(inp: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        builder = SimpleNamespace(inplanes=inp, dilation=1, groups=backbone.groups, base_width=backbone.base_width,
-                                  _norm_layer=nn.BatchNorm2d)
-        return ResNet._make_layer(builder, block, planes, blocks, stride)
-
-    branches = [nn.Sequential(stage(64 * e, 128, n[1], 2), stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(512 * e, 512, n[3], 1))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3", "layer4"), branches, 512 * e, num_classes)
-
-
-TORCHVISION_AUX = ("tv:resnet18", "tv:resnet34", "tv:resnet50")
-
-
-def create_aux(name: str, num_classes: int, in_channels: int = 3) -> AuxNet:
-    """`tv:<resnet>_aux`: a torchvision ResNet with HSAKD's heads."""
-    from kdzoo.models.external import create_external
-
-    plain = name[: -len("_aux")]
-    if plain not in TORCHVISION_AUX:
-        raise KdzooError(f"model {name!r}: _aux heads exist for {', '.join(TORCHVISION_AUX)} among torchvision "
-                         "models")
-    backbone = create_external(plain, num_classes=num_classes, in_channels=in_channels)
-    backbone.kdzoo_arch = plain
-    return torchvision_resnet_aux(backbone, plain, num_classes)
-
-
-def class_logits(joint: Tensor) -> Tensor:
-    """Joint (class, rotation) logits [N, 4C] -> class logits [N, C]: the 4 rotations of each class summed
-    (joint label = 4 * class + rotation)."""
-    return joint.reshape(joint.shape[0], -1, 4).sum(dim=-1)
-
-
-class RotatedHeads(nn.Module):
-    """Evaluation view of an AuxNet (HSAKD's test): each image under its 4 rotations through the heads;
-    {"head<i>": class logits} over the 4B rows (rotation logits summed per class), image-major."""
-
-    def __init__(self, net: AuxNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).flatten(0, 1)
-        _, heads = self.net.forward_with_heads(rotated)
-        return {f"head{i + 1}": class_logits(h) for i, h in enumerate(heads)}
-
-
-# Head builders: the backbone's own stage constructors, with fresh parameters ----------------------------------
-def _resnet_stage(inplanes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-    builder = CifarResNet.__new__(CifarResNet)  # only its _make_layer, which reads and sets `inplanes`
-    builder.inplanes = inplanes
-    return CifarResNet._make_layer(builder, planes, blocks, stride)
-
-
-def resnet_aux(backbone: CifarResNet, arch: str, num_classes: int) -> AuxNet:
-    widths = [backbone.layer1[0].conv1.out_channels, backbone.layer2[0].conv1.out_channels,
-              backbone.layer3[0].conv1.out_channels]
-    n = len(backbone.layer1)
-    c1, c2, c3 = (w * ResBlock.expansion for w in widths)
-    branches = [nn.Sequential(_resnet_stage(c1, widths[1], n, 2), _resnet_stage(c2, widths[2], n, 2)),
-                nn.Sequential(_resnet_stage(c2, widths[2], n, 2)),
-                nn.Sequential(_resnet_stage(c3, widths[2], n, 1))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3"), branches, c3, num_classes)
-
-
-def wrn_aux(backbone: WideResNet, arch: str, num_classes: int) -> AuxNet:
-    n = len(backbone.block1.layer)
-    c1, c2, c3 = (getattr(backbone, f"block{i}").layer[0].conv1.out_channels for i in (1, 2, 3))
-
-    def post() -> list[nn.Module]:  # pre-activation blocks: the head ends with the final BN + ReLU
-        return [nn.BatchNorm2d(c3), nn.ReLU(inplace=True)]
-
-    branches = [nn.Sequential(NetworkBlock(n, c1, c2, 2), NetworkBlock(n, c2, c3, 2), *post()),
-                nn.Sequential(NetworkBlock(n, c2, c3, 2), *post()),
-                nn.Sequential(NetworkBlock(n, c3, c3, 1), *post())]
-    return AuxNet(backbone, arch, ("block1", "block2", "block3"), branches, c3, num_classes)
-
-
-def vgg_aux(backbone: VGG, arch: str, num_classes: int) -> AuxNet:
-    """4 heads, on blocks 0, 1, 2 and 4 (post-ReLU): fresh copies of the later blocks with their max pools;
-    the last head re-runs blocks 3 and 4 at stride 1."""
-    cfg = [[m.out_channels for m in getattr(backbone, f"block{i}") if isinstance(m, nn.Conv2d)] for i in range(5)]
-    block = lambda i, c_in: _make_block(cfg[i], c_in)  # noqa: E731
-    pool = lambda: nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)  # noqa: E731
-    c = [widths[-1] for widths in cfg]
-    branches = [nn.Sequential(pool(), block(1, c[0]), pool(), block(2, c[1]), pool(), block(3, c[2]), block(4, c[3])),
-                nn.Sequential(pool(), block(2, c[1]), pool(), block(3, c[2]), block(4, c[3])),
-                nn.Sequential(pool(), block(3, c[2]), block(4, c[3])),
-                nn.Sequential(block(3, c[4]), block(4, c[3]))]
-    return AuxNet(backbone, arch, ("block0", "block1", "block2", "block4"), branches, c[4], num_classes)
-
-
-def _mnv2_group(source: nn.Sequential, inp: int, stride: Optional[int] = None) -> nn.Sequential:
-    """A fresh copy of a MobileNetV2 block group, taking `inp` channels (and another first stride)."""
-    first = source[0].conv
-    expansion, oup = first[0].out_channels // first[0].in_channels, first[-1].num_features
-    layers = []
-    for s in [stride or first[3].stride[0]] + [1] * (len(source) - 1):
-        layers.append(InvertedResidual(inp, oup, s, expansion))
-        inp = oup
-    return nn.Sequential(*layers)
-
-
-def mobilenetv2_aux(backbone: MobileNetV2, arch: str, num_classes: int) -> AuxNet:
-    """4 heads, on block groups 1, 2, 4 and 6: copies of the later groups, the last head re-running groups 5
-    and 6 with stride 1, then each its own 1x1 conv to the last width."""
-    groups = backbone.blocks
-    out = [g[-1].conv[-1].num_features for g in groups]
-    last = backbone.last_channel
-
-    def head(*parts: nn.Module) -> nn.Sequential:
-        return nn.Sequential(*parts, conv_1x1_bn(out[6], last))
-
-    branches = [head(*(_mnv2_group(groups[g], out[g - 1]) for g in range(2, 7))),
-                head(*(_mnv2_group(groups[g], out[g - 1]) for g in range(3, 7))),
-                head(_mnv2_group(groups[5], out[4]), _mnv2_group(groups[6], out[5])),
-                head(_mnv2_group(groups[5], out[6], stride=1), _mnv2_group(groups[6], out[5]))]
-    return AuxNet(backbone, arch, ("blocks.1", "blocks.2", "blocks.4", "blocks.6"), branches, last, num_classes)
-
-
-def resnetv2_aux(backbone: ResNetV2, arch: str, num_classes: int) -> AuxNet:
-    """4 heads, on layers 1-4 (ResNet18/34/50 for CIFAR): copies of the later layers; the last head one extra
-    layer of stride 1."""
-    block = type(backbone.layer1[0])
-    e, n = block.expansion, [len(getattr(backbone, f"layer{i}")) for i in range(1, 5)]
-
-    def stage(inp: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        builder = ResNetV2.__new__(ResNetV2)  # only its _make_layer, which reads and sets `in_planes`
-        builder.in_planes = inp
-        return ResNetV2._make_layer(builder, block, planes, blocks, stride)
-
-    branches = [nn.Sequential(stage(64 * e, 128, n[1], 2), stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(512 * e, 512, n[3], 1))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3", "layer4"), branches, 512 * e, num_classes)
-
-
-def _shufflev1_stage(inp: int, out: int, blocks: int, groups: int, downsample: bool = True) -> nn.Sequential:
-    layers = []
-    for i in range(blocks):
-        first = i == 0 and downsample  # a downsampling block concatenates its pooled input
-        layers.append(V1Bottleneck(inp, out - (inp if first else 0), stride=2 if first else 1, groups=groups))
-        inp = out
-    return nn.Sequential(*layers)
-
-
-def shufflev1_aux(backbone: ShuffleNetV1, arch: str, num_classes: int) -> AuxNet:
-    """3 heads, on layers 1-3: copies of the later layers; the last head one more layer 3 at stride 1."""
-    groups = backbone.layer1[0].conv3.groups
-    widths = [backbone.layer1[0].bn3.num_features + backbone.layer1[0].conv1.in_channels,
-              *(getattr(backbone, f"layer{i}")[-1].bn3.num_features for i in (2, 3))]
-    n2, n3 = len(backbone.layer2), len(backbone.layer3)
-    branches = [nn.Sequential(_shufflev1_stage(widths[0], widths[1], n2, groups),
-                              _shufflev1_stage(widths[1], widths[2], n3, groups)),
-                nn.Sequential(_shufflev1_stage(widths[1], widths[2], n3, groups)),
-                nn.Sequential(_shufflev1_stage(widths[2], widths[2], n3, groups, downsample=False))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3"), branches, widths[2], num_classes)
-
-
-def shufflev2_aux(backbone: ShuffleNetV2, arch: str, num_classes: int) -> AuxNet:
-    """3 heads, on layers 1-3: copies of the later layers and of the final 1x1 conv + BN + ReLU; the last head
-    one more layer 3 at stride 1."""
-    c = [getattr(backbone, f"layer{i}")[0].bn2.num_features * 2 for i in (1, 2, 3)] + [backbone.bn2.num_features]
-    n2, n3 = len(backbone.layer2) - 1, len(backbone.layer3) - 1
-
-    def stage(inp: int, out: int, blocks: int, stride: int = 2) -> list[nn.Module]:
-        return [DownBlock(inp, out, stride), *(V2Block(out) for _ in range(blocks))]
-
-    def last() -> list[nn.Module]:
-        return [nn.Conv2d(c[2], c[3], kernel_size=1, bias=False), nn.BatchNorm2d(c[3]), nn.ReLU(inplace=True)]
-
-    branches = [nn.Sequential(*stage(c[0], c[1], n2), *stage(c[1], c[2], n3), *last()),
-                nn.Sequential(*stage(c[1], c[2], n3), *last()),
-                nn.Sequential(*stage(c[2], c[2], n3, stride=1), *last())]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3"), branches, c[3], num_classes)
-
+__all__ = ["AUX_ARCHS", "AuxNet", "RotatedHeads", "class_logits", "create_aux"]
 
 AUX_BUILDERS: dict[type, Callable[[nn.Module, str, int], AuxNet]] = {
     ShuffleNetV2: shufflev2_aux,
@@ -298,3 +49,17 @@ for _arch in AUX_ARCHS:
     _register(_arch)
 
 
+TORCHVISION_AUX = ("tv:resnet18", "tv:resnet34", "tv:resnet50")
+
+
+def create_aux(name: str, num_classes: int, in_channels: int = 3) -> AuxNet:
+    """`tv:<resnet>_aux`: a torchvision ResNet with HSAKD's heads."""
+    from kdzoo.models.external import create_external
+
+    plain = name[: -len("_aux")]
+    if plain not in TORCHVISION_AUX:
+        raise KdzooError(f"model {name!r}: _aux heads exist for {', '.join(TORCHVISION_AUX)} among torchvision "
+                         "models")
+    backbone = create_external(plain, num_classes=num_classes, in_channels=in_channels)
+    backbone.kdzoo_arch = plain
+    return torchvision_resnet_aux(backbone, plain, num_classes)
