@@ -91,6 +91,15 @@ def mobilenetv2_aux(backbone: MobileNetV2, arch: str, num_classes: int) -> AuxNe
     return AuxNet(backbone, arch, ("blocks.1", "blocks.2", "blocks.4", "blocks.6"), branches, last, num_classes)
 
 
+def _four_layer_heads(backbone: nn.Module, arch: str, num_classes: int, stage, e: int, n: list[int]) -> AuxNet:
+    """The heads of a 4-layer ResNet (64-512 planes, expansion e, n blocks per layer), from its `stage` builder."""
+    branches = [nn.Sequential(stage(64 * e, 128, n[1], 2), stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
+                nn.Sequential(stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
+                nn.Sequential(stage(256 * e, 512, n[3], 2)),
+                nn.Sequential(stage(512 * e, 512, n[3], 1))]
+    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3", "layer4"), branches, 512 * e, num_classes)
+
+
 def resnetv2_aux(backbone: ResNetV2, arch: str, num_classes: int) -> AuxNet:
     """4 heads, on layers 1-4 (ResNet18/34/50 for CIFAR): copies of the later layers; the last head one extra
     layer of stride 1."""
@@ -102,11 +111,7 @@ def resnetv2_aux(backbone: ResNetV2, arch: str, num_classes: int) -> AuxNet:
         builder.in_planes = inp
         return ResNetV2._make_layer(builder, block, planes, blocks, stride)
 
-    branches = [nn.Sequential(stage(64 * e, 128, n[1], 2), stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(512 * e, 512, n[3], 1))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3", "layer4"), branches, 512 * e, num_classes)
+    return _four_layer_heads(backbone, arch, num_classes, stage, e, n)
 
 
 def _shufflev1_stage(inp: int, out: int, blocks: int, groups: int, downsample: bool = True) -> nn.Sequential:
@@ -165,8 +170,4 @@ def torchvision_resnet_aux(backbone: nn.Module, arch: str, num_classes: int) -> 
                                   _norm_layer=nn.BatchNorm2d)
         return ResNet._make_layer(builder, block, planes, blocks, stride)
 
-    branches = [nn.Sequential(stage(64 * e, 128, n[1], 2), stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(128 * e, 256, n[2], 2), stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(256 * e, 512, n[3], 2)),
-                nn.Sequential(stage(512 * e, 512, n[3], 1))]
-    return AuxNet(backbone, arch, ("layer1", "layer2", "layer3", "layer4"), branches, 512 * e, num_classes)
+    return _four_layer_heads(backbone, arch, num_classes, stage, e, n)
