@@ -268,3 +268,34 @@ def test_sigterm_stops_a_parallel_bench_and_its_workers(tiny_bench):
     finished = list((out / "runs").rglob("summary.json"))
     assert len(finished) < 12  # the queued cells were not run
 
+
+
+def test_rows_with_their_own_teacher_an_aux_student_or_no_teacher(tmp_path):
+    """HSAKD rows: an _aux teacher trained once for them (option 1 from the bench teacher's weights), _aux
+    students; a mutual row has no teacher."""
+    out = tmp_path / "bench"
+    cfg = {
+        "name": "tiny-hsakd", "out": str(out), "recipes_dir": str(CONFIGS / "digits"),
+        "teacher": "teacher", "baseline": "student",
+        "rows": [{"name": "hsakd", "recipe": "hsakd/student", "teacher": "hsakd/teacher", "student_suffix": "_aux",
+                  "teacher_overrides": {"epochs": 1, "dataset.subset": 200}},
+                 {"name": "hsakd_opt1", "recipe": "hsakd/student", "teacher": "hsakd/teacher_opt1",
+                  "student_suffix": "_aux",
+                  "teacher_overrides": {"epochs": 1, "dataset.subset": 200, "model.arch": "resnet8x4_aux",
+                                        "model.checkpoint": str(out / "teacher")}},
+                 {"name": "mutual", "recipe": "mutual/dml", "teacher": "none"}],
+        "students": ["resnet8"], "seeds": [0],
+        "overrides": {"epochs": 1, "dataset.subset": 200, "engine.tensorboard": False},
+        "teacher_overrides": {"epochs": 1, "model.arch": "resnet8x4", "engine.tensorboard": False},
+    }
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert run_cli("bench", "-c", path) == 0
+    results = {r["row"]: r for r in json.loads((out / "results.json").read_text())}
+    assert set(results) == {"student", "hsakd", "hsakd_opt1", "mutual"}
+    hsakd = results["hsakd"]["config"]
+    assert hsakd["student"]["arch"] == "resnet8_aux"
+    assert hsakd["teacher"]["checkpoint"] == str(out / "teachers" / "hsakd" / "teacher")
+    assert results["mutual"]["config"]["teacher"]["checkpoint"] is None
+    saved = yaml.safe_load((out / "teachers" / "hsakd" / "teacher_opt1" / "config.yaml").read_text())
+    assert saved["student"]["checkpoint"] == str(out / "teacher") and saved["student"]["freeze"] == ["backbone"]

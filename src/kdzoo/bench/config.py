@@ -18,6 +18,11 @@ class RowConfig:
     name: str
     recipe: Optional[str] = None  # default: the row name
     overrides: dict[str, Any] = field(default_factory=dict)
+    # the row's teacher: null = the bench teacher; "none" = no teacher (e.g. mutual peers); a recipe name = that
+    # teacher (e.g. an _aux one), trained once into <out>/teachers/<name> with `teacher_overrides`
+    teacher: Optional[str] = None
+    teacher_overrides: dict[str, Any] = field(default_factory=dict)
+    student_suffix: str = ""  # appended to each student arch (e.g. "_aux")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from kdzoo.regimes import make_engine
 from kdzoo.errors import KdzooError
 
 BASELINE = "student"
+NO_TEACHER = "none"  # a row whose runs have no teacher (e.g. mutual peers)
 QUIET = {"engine.progress": False}
 LOG_FILE = "bench.log"  # in the bench folder: every line the bench prints, with a timestamp
 
@@ -67,8 +68,20 @@ class Bench:
             raise KdzooError(f"bench: recipe not found: {path}")
         return path
 
-    def teacher_dir(self) -> Path:
+    def teacher_dir(self, row: Optional[RowConfig] = None) -> Path:
+        """The bench teacher's folder, or that of a row's own teacher."""
+        if row is not None and row.teacher not in (None, NO_TEACHER):
+            return self.out / "teachers" / row.teacher
         return self.out / "teacher"
+
+    def teachers(self) -> list[tuple[str, Path, list[str]]]:
+        """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own, once each."""
+        out = [("teacher", self.teacher_dir(), [self.cfg.teacher, *dotted(self.cfg.teacher_overrides)])]
+        for row in self.cfg.rows:
+            if row.teacher not in (None, NO_TEACHER) and all(row.teacher != label for label, _, _ in out):
+                # its own overrides only: the bench's teacher_overrides (e.g. an arch) are for the bench teacher
+                out.append((row.teacher, self.teacher_dir(row), [row.teacher, *dotted(row.teacher_overrides)]))
+        return out
 
     def cells(self) -> list[Cell]:
         rows = [RowConfig(name=BASELINE, recipe=self.cfg.baseline)] + list(self.cfg.rows)
@@ -78,10 +91,10 @@ class Bench:
             recipe = self.recipe_path(row.recipe or row.name)
             for student in self.cfg.students:
                 for seed in self.cfg.seeds:
-                    overrides = budget + dotted(row.overrides) + [f"student.arch={student}", f"seed={seed}",
-                                                                 f"name={row.name}"]
-                    if row.name != BASELINE:
-                        overrides.append(f"teacher.checkpoint={self.teacher_dir()}")
+                    overrides = budget + dotted(row.overrides) + [f"student.arch={student}{row.student_suffix}",
+                                                                 f"seed={seed}", f"name={row.name}"]
+                    if row.name != BASELINE and row.teacher != NO_TEACHER:
+                        overrides.append(f"teacher.checkpoint={self.teacher_dir(row)}")
                     cells.append(Cell(row.name, student, seed, recipe, overrides))
         return cells
 
@@ -162,20 +175,23 @@ class Bench:
             self.say(f"  {left} cell{'s' if left > 1 else ''} left, ETA {duration(eta)}")
 
     def ensure_teacher(self) -> None:
-        folder = self.teacher_dir()
-        cfg = load_config(self.recipe_path(self.cfg.teacher), dotted(self.cfg.teacher_overrides) + dotted(QUIET))
+        """Train every teacher not yet trained (the bench's first: a row's teacher may start from it)."""
+        for label, folder, (recipe, *overrides) in self.teachers():
+            self._ensure_one_teacher(label, folder, load_config(self.recipe_path(recipe), overrides + dotted(QUIET)))
+
+    def _ensure_one_teacher(self, label: str, folder: Path, cfg: Config) -> None:
         if (folder / "summary.json").is_file():
             saved = load_config(folder / "config.yaml")
             if _comparable(saved) != _comparable(cfg):
                 raise KdzooError(f"bench: {folder} holds a teacher from another recipe; move it away to retrain")
             return
-        self.say(f"training the teacher ({cfg.student.arch}, {cfg.epochs} epochs) -> {folder}")
+        self.say(f"training the {label} ({cfg.student.arch}, {cfg.epochs} epochs) -> {folder}")
         resume = folder.exists()  # continues a killed teacher; one killed before its first checkpoint restarts
-        progress = EpochProgress("teacher", self.say)
+        progress = EpochProgress(label, self.say)
         engine = make_engine(cfg, folder, resume=resume, quiet=True, log=progress)
         progress.start()
         summary = engine.fit()
-        self.say(f"teacher: best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
+        self.say(f"{label}: best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
                  f"{duration(summary['wall_time_s'])}")
 
     def run_cell(self, cell: Cell, folder: Path, report: bool = True) -> str:
