@@ -299,3 +299,6 @@ def test_rows_with_their_own_teacher_an_aux_student_or_no_teacher(tmp_path):
     assert results["mutual"]["config"]["teacher"]["checkpoint"] is None
     saved = yaml.safe_load((out / "teachers" / "hsakd" / "teacher_opt1" / "config.yaml").read_text())
     assert saved["student"]["checkpoint"] == str(out / "teacher") and saved["student"]["freeze"] == ["backbone"]
+    board = (out / "leaderboard.md").read_text()
+    assert "- Teacher of hsakd: resnet8x4_aux (hsakd/teacher)" in board
+    assert "- Teacher of hsakd_opt1: resnet8x4_aux (hsakd/teacher_opt1)" in board

@@ -60,6 +60,17 @@ def format_leaderboard(by_student: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _row_teachers(bench) -> list[str]:
+    """A line per teacher that rows have of their own (e.g. HSAKD's _aux teachers)."""
+    lines = []
+    for label, folder, _ in bench.teachers()[1:]:
+        summary = _read_json(folder / "summary.json")
+        rows = ", ".join(r.name for r in bench.cfg.rows if r.teacher == label)
+        lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
+                     f"{_num(summary.get('best_top1'))} (best) / {_num(summary.get('last_top1'))} (last).")
+    return lines
+
+
 def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     cfg = bench.cfg
     teacher = bench.teacher_summary()
@@ -74,6 +85,7 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     head += [
         f"- Teacher: {teacher.get('student', '?')} — test top-1 {_num(teacher.get('best_top1'))} (best) / "
         f"{_num(teacher.get('last_top1'))} (last), trained once on the full training set.",
+        *_row_teachers(bench),
         f"- Budget per student run: {', '.join(f'{k}={v}' for k, v in cfg.overrides.items())}.",
         f"- Students: {', '.join(cfg.students)}; seeds: {', '.join(map(str, cfg.seeds))}; "
         f"{len(results)} runs, {total / 3600:.2f} h of training in total.",
