@@ -302,3 +302,20 @@ def test_rows_with_their_own_teacher_an_aux_student_or_no_teacher(tmp_path):
     board = (out / "leaderboard.md").read_text()
     assert "- Teacher of hsakd: resnet8x4_aux (hsakd/teacher)" in board
     assert "- Teacher of hsakd_opt1: resnet8x4_aux (hsakd/teacher_opt1)" in board
+
+
+def test_rows_naming_one_teacher_with_other_overrides_are_refused(tmp_path):
+    from kdzoo.bench.config import load_bench_config
+    from kdzoo.errors import KdzooError
+
+    rows = [{"name": f"r{i}", "recipe": "hsakd/student", "teacher": "hsakd/teacher",
+             "teacher_overrides": {"epochs": i + 1}} for i in range(2)]
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "out": str(tmp_path / "b"), "recipes_dir": str(CONFIGS / "digits"),
+                                    "teacher": "teacher", "baseline": "student", "rows": rows,
+                                    "students": ["resnet8"], "seeds": [0]}))
+    bench = Bench(load_bench_config(path))
+    with pytest.raises(KdzooError, match="other teacher_overrides"):
+        bench.teachers()
+    same = Bench(load_bench_config(path, ["rows=[{name: a, recipe: kd, teacher: teacher}]"]))
+    assert same.teacher_dir(same.cfg.rows[0]) == same.teacher_dir() and len(same.teachers()) == 1

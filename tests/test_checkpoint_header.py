@@ -34,3 +34,13 @@ def test_a_real_pickle_is_still_named(tmp_path):
     torch.save({"w": torch.ones(2)}, path)
     with pytest.raises(CheckpointError, match="pickled PyTorch checkpoint"):
         load_weights(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickles_of_any_protocol_are_named(tmp_path, protocol):
+    import pickle
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=protocol))
+    with pytest.raises(CheckpointError, match="pickled PyTorch checkpoint"):
+        load_weights(path)

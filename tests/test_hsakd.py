@@ -345,9 +345,24 @@ def test_peer_terms_expand_own_and_mutual_terms():
     assert sections["peer2.from0.kd"] == {"T": 1.0, "student": "peer2", "teacher": "peer0", "detach_teacher": True}
 
 
-def test_mutual_needs_two_peers(tmp_path):
+@pytest.mark.parametrize("override, says", [("peers=[{arch: resnet8}]", "2 or more peers"),
+                                             ("student.arch=wrn_16_1", "trains its peers"),
+                                             ("teacher.checkpoint=runs/x", "and no teacher")])
+def test_mutual_refuses_one_peer_and_a_student_or_teacher(tmp_path, capsys, override, says):
     assert run_cli("train", "-c", CONFIGS / "digits" / "mutual" / "dml.yaml", "--out", tmp_path / "r", *SMALL,
-                   "peers=[{arch: resnet8}]") == 2
+                   override) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_rotations_with_named_views_and_non_square_heads_are_refused(tmp_path, capsys):
+    assert run_cli("train", "-c", H / "teacher.yaml", "--out", tmp_path / "r", *SMALL,
+                   "dataset.views={x: train, plain: plain}") == 2
+    assert "several views" in capsys.readouterr().err
+    from kdzoo.errors import KdzooError
+    from kdzoo.models.aux import RotatedHeads
+
+    with pytest.raises(KdzooError, match="square image"):
+        RotatedHeads(create_model("resnet8_aux", 10, 1))(torch.zeros(2, 1, 8, 6))
 
 
 def test_each_peer_learns_from_the_other_only_through_its_own_term():

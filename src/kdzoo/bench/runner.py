@@ -69,8 +69,10 @@ class Bench:
         return path
 
     def teacher_dir(self, row: Optional[RowConfig] = None) -> Path:
-        """The bench teacher's folder, or that of a row's own teacher."""
-        if row is not None and row.teacher not in (None, NO_TEACHER):
+        """The bench teacher's folder, or that of a row's own teacher (the bench's own recipe without overrides
+        is the bench teacher)."""
+        if row is not None and row.teacher not in (None, NO_TEACHER) and not (
+                row.teacher == self.cfg.teacher and not row.teacher_overrides):
             return self.out / "teachers" / row.teacher
         return self.out / "teacher"
 
@@ -78,9 +80,16 @@ class Bench:
         """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own, once each."""
         out = [("teacher", self.teacher_dir(), [self.cfg.teacher, *dotted(self.cfg.teacher_overrides)])]
         for row in self.cfg.rows:
-            if row.teacher not in (None, NO_TEACHER) and all(row.teacher != label for label, _, _ in out):
-                # its own overrides only: the bench's teacher_overrides (e.g. an arch) are for the bench teacher
-                out.append((row.teacher, self.teacher_dir(row), [row.teacher, *dotted(row.teacher_overrides)]))
+            if row.teacher in (None, NO_TEACHER):
+                continue
+            # its own overrides only: the bench's teacher_overrides (e.g. an arch) are for the bench teacher
+            entry = (row.teacher, self.teacher_dir(row), [row.teacher, *dotted(row.teacher_overrides)])
+            same = [e for e in out if e[1] == entry[1]]
+            if same and same[0][2] != entry[2]:
+                raise KdzooError(f"bench: rows {row.name} and another name teacher {row.teacher} with other "
+                                 "teacher_overrides; give one of them another recipe (one folder per teacher)")
+            if not same:
+                out.append(entry)
         return out
 
     def cells(self) -> list[Cell]:

@@ -126,7 +126,8 @@ def _header_length(path: Path, head: bytes, size: int) -> int:
     if header_len is None or header_len > size - 8 or header_len > 100_000_000:
         # Only a file that is no safetensors file is named a pickle: a safetensors header length may begin with
         # the bytes of a pickle's magic (0x80 is the low byte of 1 in 256 header lengths).
-        if head[:4] == b"PK\x03\x04" or head[:2] == b"\x80\x02":
+        protocol = head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and protocol):
             raise CheckpointError(f"{path} is a pickled PyTorch checkpoint, which kdzoo never unpickles; "
                                   "convert it with `kdzoo import-checkpoint`")
         raise CheckpointError(f"{path} is corrupt or truncated (not a safetensors file)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from kdzoo.errors import KdzooError
 from kdzoo.models.features import FeatureSpec, feature_spec
 
 
@@ -81,6 +82,8 @@ class RotatedHeads(nn.Module):
         self.net = net
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if x.dim() != 4 or x.shape[-1] != x.shape[-2]:
+            raise KdzooError(f"rotation heads need square image batches, got shape {tuple(x.shape)}")
         rotated = torch.stack([torch.rot90(x, k, dims=(2, 3)) for k in range(4)], dim=1).flatten(0, 1)
         _, heads = self.net.forward_with_heads(rotated)
         return {f"head{i + 1}": class_logits(h) for i, h in enumerate(heads)}

@@ -9,7 +9,8 @@ The recipe names the terms once; each is expanded per peer:
 A term of a method that needs a teacher becomes one term per other peer (the student peer i, the teacher peer j,
 detached); any other term one per peer. Metrics per peer (`test_peer<i>_top1`); `test_top1` is the best peer's,
 and the deployed checkpoint (`last/best.safetensors`) is the best peer at that evaluation; every peer's weights
-are saved as `peer<i>.last/best.safetensors`.
+are saved as `peer<i>.last.safetensors` and, at the epoch of the best `test_top1` (the best peer's best),
+`peer<i>.best.safetensors`.
 """
 from __future__ import annotations
 
@@ -89,6 +90,10 @@ class Mutual(Regime):
         cfg, device = ctx.cfg, ctx.device
         if len(cfg.peers) < 2:
             raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(cfg.peers)}")
+        if to_dict(cfg.student) != to_dict(type(cfg)().student) or cfg.teacher.checkpoint:
+            which = "student" if to_dict(cfg.student) != to_dict(type(cfg)().student) else "teacher"
+            raise ConfigError(f"{which}: the mutual regime trains its peers (peers: [...]) and no {which}; drop "
+                              f"{which}.*")
         loss, sections = peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
         classes = list(dict.fromkeys(method_for_term(t) for t in loss))
         streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,

@@ -83,6 +83,9 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     transform = train_batch_transform(cfg, classes)
     if transform is not None:
         streams["train"].transform = batch_transform(transform)
+        if streams["train"].views != ("x",):
+            raise ConfigError(f"dataset.views: the {transform} batch transform transforms the inputs alone; a "
+                              "recipe with several views cannot use it")
     student, student_spec = trained_network(cfg.student, info, log=ctx.log)
     teacher_model, teacher_meta, teacher_spec = None, None, None
     if any(c.needs_teacher() for c in classes):
@@ -121,7 +124,7 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     wrapped = _inference_wrapper(methods.values(), student)
     deployed = (lambda: wrapped[0]) if wrapped else (lambda: student)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
-    if isinstance(student, AuxNet) and student.num_heads and len(info.input_shape) == 3:
+    if isinstance(student, AuxNet) and student.num_heads and info.image_size is not None:  # square images
         heads = RotatedHeads(student)  # each head's accuracy beside the backbone's (HSAKD's teacher log)
         evaluators.append(HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4))
     phases = init_phases(methods, bundle, runner, frozen, cfg.engine.teacher_first)
