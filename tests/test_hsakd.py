@@ -196,7 +196,8 @@ def test_aux_models_match_the_layer_sizes_and_keep_the_plain_backbone(arch):
     assert set(model.backbone.state_dict()) == set(create_model(arch, num_classes=100).state_dict())
     x = torch.randn(2, 3, 32, 32)
     logits, joint = model.eval().forward_with_heads(x)
-    assert logits.shape == (2, 100) and [h.shape for h in joint] == [(2, 400)] * (4 if arch.startswith(("vgg", "Mobile", "ResNet")) else 3)
+    heads = 4 if arch.startswith(("vgg", "Mobile", "ResNet")) else 3
+    assert logits.shape == (2, 100) and [h.shape for h in joint] == [(2, 400)] * heads
     assert torch.equal(model(x), logits)  # forward is the backbone's
     assert f"{arch}_aux" in list_models()
 

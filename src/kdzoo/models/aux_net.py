@@ -1,12 +1,13 @@
-"""Self-supervised auxiliary heads (HSAKD, Yang et al. 2021): `<arch>_aux` = the plain zoo model plus one head
-per backbone stage that predicts the joint (class, rotation) label, 4 * classes logits.
+"""Self-supervised auxiliary heads (HSAKD, Yang et al. 2021): `<arch>_aux` = the plain zoo model plus one head per
+backbone stage that predicts the joint (class, rotation) label, 4 * classes logits.
 
-Head i takes stage i's output through fresh copies of the later stages (stage 1 -> copies of stages 2 and 3,
-stage 2 -> a copy of stage 3), the last stage through one extra stage of stride 1, then global pooling and a
+Head i takes stage i's output through fresh copies of the later stages (stage 1 -> copies of stages 2 and 3, stage
+2 -> a copy of stage 3), the last stage through one extra stage of stride 1, then global pooling and a
 Linear(C_last, 4 * classes); pre-activation networks (WRN) add the final BN + ReLU per head. 3 heads for
 ResNet/WRN/ShuffleNets, 4 for VGG, MobileNetV2 and ResNet18/34/50. HSAKD never calls its VGG heads' init; here
-every head gets it. The layout and parameter count are HSAKD's. `forward(x)` is the backbone's (so an `_aux` checkpoint evaluates and deploys as the
-plain arch); `head_logits(stage_outputs)` runs the heads on the stage outputs that `aux_inputs()` names.
+every head gets it. The layout and parameter count are HSAKD's. `forward(x)` is the backbone's (so an `_aux`
+checkpoint evaluates and deploys as the plain arch); `head_logits(stage_outputs)` runs the heads on the stage
+outputs that `aux_inputs()` names.
 """
 from __future__ import annotations
 

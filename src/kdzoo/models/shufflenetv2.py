@@ -78,7 +78,8 @@ class BasicBlock(nn.Module):
 
 
 class DownBlock(nn.Module):
-    """Stride-2 block (stride 1 in HSAKD's last head): both halves are transformed (left: 3x3 dw, 1x1; right: 1x1, 3x3 dw, 1x1) and concatenated."""
+    """Stride-2 block (stride 1 in HSAKD's last head): both halves are transformed (left: 3x3 dw, 1x1; right:
+    1x1, 3x3 dw, 1x1) and concatenated."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 2):
         super().__init__()
