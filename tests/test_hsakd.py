@@ -215,6 +215,12 @@ def test_a_plain_checkpoint_loads_into_an_aux_backbone(tmp_path):
     before, after = load_file(str(plain)), load_file(str(run / "checkpoints" / "last.safetensors"))
     assert all(torch.equal(before[k], after[f"backbone.{k}"]) for k in before)  # option 1: frozen, bit-identical
     assert any(k.startswith("branches.") for k in after)
+    joint = tmp_path / "joint"  # the same start without the freeze: backbone and heads train together (option 2)
+    assert run_cli("train", "-c", H / "teacher_opt1.yaml", "--out", joint, *SMALL, "epochs=1", "model.arch=resnet8_aux",
+                   f"model.checkpoint={plain}", "model.freeze=[]") == 0
+    trained = load_file(str(joint / "checkpoints" / "last.safetensors"))
+    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], trained[f"backbone.{k}"])]
+    assert "conv1.weight" in moved and "fc.weight" in moved
 
 
 # The rotated batch -----------------------------------------------------------------------------------------------
