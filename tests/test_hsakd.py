@@ -219,7 +219,7 @@ def test_a_plain_checkpoint_loads_into_an_aux_backbone(tmp_path):
     assert run_cli("train", "-c", H / "teacher_opt1.yaml", "--out", joint, *SMALL, "epochs=1", "model.arch=resnet8_aux",
                    f"model.checkpoint={plain}", "model.freeze=[]") == 0
     trained = load_file(str(joint / "checkpoints" / "last.safetensors"))
-    moved = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], trained[f"backbone.{k}"])]
+    moved = [k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, trained[f"backbone.{k}"])]
     assert "conv1.weight" in moved and "fc.weight" in moved
 
 
