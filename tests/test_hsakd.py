@@ -379,6 +379,13 @@ def test_each_peer_learns_from_the_other_only_through_its_own_term():
     batch = stream.batch(next(iter(stream.loader(DistInfo()))))
     terms = program.phases[0].step(batch, INFO)
     peer0, peer1 = program.models["peer0"].module, program.models["peer1"].module
+    from kdzoo.engine.evaluators import OneLoader
+
+    test = program.data["test"]
+    metrics = {}
+    for evaluator in program.phases[0].evaluators:
+        metrics.update(evaluator(OneLoader(test.loader(DistInfo()), CPU)))
+    assert {"test_top1", "test_peer0_top1", "test_peer1_head3_top1", "test_peer0_head1_top1"} <= set(metrics)
     for term, trained, untouched in (("peer0.from1.hsakd", peer0, peer1), ("peer1.from0.hsakd_logits", peer1, peer0)):
         for p in [*peer0.parameters(), *peer1.parameters()]:
             p.grad = None
