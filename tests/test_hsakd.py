@@ -453,3 +453,22 @@ def test_torchvision_resnet_aux_models_for_the_imagenet_pair(arch, total, depths
              + st(256 * e, 512, 3, 2) + st(256 * e, 512, 3, 2) + st(512 * e, 512, 3, 1) + 4 * (512 * e * 4000 + 4000))
     assert n_params(model) == n_params(model.backbone) + heads == total  # total: HSAKD's resnet*_imagenet_aux
     assert model.plain_arch == arch and model.num_heads == 4
+
+
+def test_mutual_hsakd_under_torchrun_two_processes(tmp_path):
+    """The peers' Bundle under DDP (gloo): both peers train and are saved."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(CONFIGS.parent / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29562",
+           "-m", "kdzoo.cli", "train", "-c", str(CONFIGS / "digits" / "mutual" / "hsakd.yaml"), "--out", str(out),
+           "epochs=1", "dataset.subset=400", *FAST]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "env.json").read_text())["world_size"] == 2
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_peer0.from1.hsakd"] > 0 and "test_peer1_head1_top1" in record
+    assert all((out / "checkpoints" / f"peer{i}.last.safetensors").is_file() for i in range(2))
