@@ -317,5 +317,6 @@ def test_rows_naming_one_teacher_with_other_overrides_are_refused(tmp_path):
     bench = Bench(load_bench_config(path))
     with pytest.raises(KdzooError, match="other teacher_overrides"):
         bench.teachers()
+    assert [label for label, _, _ in bench.teachers(only={"r1"})] == ["teacher", "hsakd/teacher"]  # --only r1
     same = Bench(load_bench_config(path, ["rows=[{name: a, recipe: kd, teacher: teacher}]"]))
     assert same.teacher_dir(same.cfg.rows[0]) == same.teacher_dir() and len(same.teachers()) == 1

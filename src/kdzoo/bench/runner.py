@@ -76,11 +76,12 @@ class Bench:
             return self.out / "teachers" / row.teacher
         return self.out / "teacher"
 
-    def teachers(self) -> list[tuple[str, Path, list[str]]]:
-        """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own, once each."""
+    def teachers(self, only: Optional[set[str]] = None) -> list[tuple[str, Path, list[str]]]:
+        """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own (of the rows in
+        `only`, when given), once each."""
         out = [("teacher", self.teacher_dir(), [self.cfg.teacher, *dotted(self.cfg.teacher_overrides)])]
         for row in self.cfg.rows:
-            if row.teacher in (None, NO_TEACHER):
+            if row.teacher in (None, NO_TEACHER) or (only and row.name not in only):
                 continue
             # its own overrides only: the bench's teacher_overrides (e.g. an arch) are for the bench teacher
             entry = (row.teacher, self.teacher_dir(row), [row.teacher, *dotted(row.teacher_overrides)])
@@ -136,7 +137,7 @@ class Bench:
             except KdzooError as err:
                 raise type(err)(f"bench cell {cell.key} ({cell.recipe.name}): {err}") from None
         self.say(f"bench {self.cfg.name}: {len(todo)} of {len(self.cells())} cells to run -> {self.out}")
-        self.ensure_teacher()
+        self.ensure_teacher(only)
         started = time.monotonic()
         if jobs <= 1:
             for k, cell in enumerate(todo, 1):
@@ -183,9 +184,10 @@ class Bench:
             left = total - done
             self.say(f"  {left} cell{'s' if left > 1 else ''} left, ETA {duration(eta)}")
 
-    def ensure_teacher(self) -> None:
-        """Train every teacher not yet trained (the bench's first: a row's teacher may start from it)."""
-        for label, folder, (recipe, *overrides) in self.teachers():
+    def ensure_teacher(self, only: Optional[set[str]] = None) -> None:
+        """Train every teacher not yet trained (the bench's first: a row's teacher may start from it); with
+        `only`, just those of these rows."""
+        for label, folder, (recipe, *overrides) in self.teachers(only):
             self._ensure_one_teacher(label, folder, load_config(self.recipe_path(recipe), overrides + dotted(QUIET)))
 
     def _ensure_one_teacher(self, label: str, folder: Path, cfg: Config) -> None:
