@@ -38,7 +38,7 @@ def pipeline(name: str, builder, info: DatasetInfo, augment: bool) -> Callable:
     return PIPELINES.get(name)(builder, info, augment)
 
 
-def _identity(sample):
+def IDENTITY(sample):  # noqa: N802 - a constant-like default: load samples untransformed
     return sample
 
 
@@ -57,5 +57,3 @@ class MultiViewDataset(Dataset):
         sample, label = self.raw[index]
         return {name: transform(sample) for name, transform in self.transforms.items()}, label
 
-
-IDENTITY = _identity

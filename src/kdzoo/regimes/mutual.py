@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from kdzoo.config.validate import to_dict
-from kdzoo.data.batch_transforms import batch_transform
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import SetupContext
 from kdzoo.distillers.registry import method_for_term, split_term
@@ -35,8 +34,8 @@ from kdzoo.program.bundle import Bundle
 from kdzoo.program.methods import build_methods, check_views
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
+from kdzoo.program.train_stream import attach_batch_transform, stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
-from kdzoo.regimes.offline import train_batch_transform
 
 
 def peer_terms(loss: dict[str, float], methods_cfg: dict, peers: int) -> tuple[dict[str, float], dict]:
@@ -91,19 +90,16 @@ class Mutual(Regime):
         cfg, device = ctx.cfg, ctx.device
         if len(cfg.peers) < 2:
             raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(cfg.peers)}")
-        if to_dict(cfg.student) != to_dict(type(cfg)().student) or cfg.teacher.checkpoint:
-            which = "student" if to_dict(cfg.student) != to_dict(type(cfg)().student) else "teacher"
-            raise ConfigError(f"{which}: the mutual regime trains its peers (peers: [...]) and no {which}; drop "
-                              f"{which}.*")
+        for which, given in (("student", to_dict(cfg.student) != to_dict(type(cfg)().student)),
+                             ("teacher", bool(cfg.teacher.checkpoint))):
+            if given:
+                raise ConfigError(f"{which}: the mutual regime trains its peers (peers: [...]) and no {which}; drop "
+                                  f"{which}.*")
         loss, sections = peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
         classes = list(dict.fromkeys(method_for_term(t) for t in loss))
         streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
-                                       channels_last=cfg.engine.channels_last,
-                                       needs_index=any(c.needs_index for c in classes),
-                                       drop_last=cfg.dataset.drop_last or any(c.fixed_batch for c in classes))
-        transform = train_batch_transform(cfg, classes)
-        if transform is not None:
-            streams["train"].transform = batch_transform(transform)
+                                       channels_last=cfg.engine.channels_last, **stream_needs(cfg, classes))
+        attach_batch_transform(streams["train"], cfg, classes)
         names = [f"peer{i}" for i in range(len(cfg.peers))]
         peers = {n: trained_network(p, info, key=f"peers[{i}]", log=ctx.log)[0]
                  for i, (n, p) in enumerate(zip(names, cfg.peers))}

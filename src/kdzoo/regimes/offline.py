@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from kdzoo.config.validate import to_dict
-from kdzoo.data.batch_transforms import batch_transform
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
@@ -24,8 +23,9 @@ from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, DataStream, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
 from kdzoo.program.methods import build_methods, check_views, method_instances
-from kdzoo.program.phases import init_phases, main_phase, needs_by_network
 from kdzoo.program.networks import frozen_teacher, trained_network
+from kdzoo.program.phases import init_phases, main_phase, needs_by_network
+from kdzoo.program.train_stream import attach_batch_transform, stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
 __all__ = ["Offline", "probe_shapes"]
@@ -46,9 +46,7 @@ class Offline(Regime):
 
 def train_stream_needs(cfg) -> dict[str, bool]:
     """What the recipe's methods ask of the training batches: dataset indices, only full batches."""
-    classes = _method_classes(cfg.loss, cfg.methods)
-    return {"needs_index": any(c.needs_index for c in classes),
-            "drop_last": cfg.dataset.drop_last or any(c.fixed_batch for c in classes)}
+    return stream_needs(cfg, _method_classes(cfg.loss, cfg.methods))
 
 
 def _method_classes(loss: dict[str, float], methods_cfg: dict) -> list[type]:
@@ -64,28 +62,11 @@ def _method_classes(loss: dict[str, float], methods_cfg: dict) -> list[type]:
     return [c for _, c in instances.values()]
 
 
-def train_batch_transform(cfg, classes: list[type]) -> Optional[str]:
-    """`dataset.batch_transform`, or the one the methods ask for (they must agree)."""
-    asked = list(dict.fromkeys(c.batch_transform for c in classes if c.batch_transform))
-    chosen = cfg.dataset.batch_transform
-    if chosen is None and len(asked) > 1:
-        raise ConfigError(f"loss: its methods ask for different batch transforms ({', '.join(asked)})")
-    if chosen is not None and asked and asked != [chosen]:
-        needing = next(c.name for c in classes if c.batch_transform and c.batch_transform != chosen)
-        raise ConfigError(f"dataset.batch_transform: {chosen}, but method {needing} trains on {asked[0]} batches")
-    return chosen or (asked[0] if asked else None)
-
-
 def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: DatasetInfo) -> Program:
     """The program on given streams (`train` and `test`, optionally `val`)."""
     cfg, device = ctx.cfg, ctx.device
     classes = _method_classes(cfg.loss, cfg.methods)
-    transform = train_batch_transform(cfg, classes)
-    if transform is not None:
-        streams["train"].transform = batch_transform(transform)
-        if streams["train"].views != ("x",):
-            raise ConfigError(f"dataset.views: the {transform} batch transform transforms the inputs alone; a "
-                              "recipe with several views cannot use it")
+    attach_batch_transform(streams["train"], cfg, classes)
     student, student_spec = trained_network(cfg.student, info, log=ctx.log)
     teacher_model, teacher_meta, teacher_spec = None, None, None
     if any(c.needs_teacher() for c in classes):
