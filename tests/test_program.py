@@ -136,7 +136,7 @@ def scripted_validation(ctx: BuildContext) -> Program:
     return program
 
 
-PLATEAU = [*SMALL, "dataset.val_fraction=0.2", "schedule.name=plateau", "schedule.patience=1", "schedule.gamma=0.1",
+PLATEAU = [*SMALL, "dataset.val_fraction=0.2", "schedule.name=plateau", "schedule.patience=2", "schedule.factor=0.1",
            "optim.lr=0.05"]
 
 
@@ -187,7 +187,7 @@ def test_plateau_controller_counts_cuts_and_stops_after_max_cuts():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     from kdzoo.config.schema import ScheduleConfig
 
-    plateau = PlateauController(optimizer, ScheduleConfig(name="constant"), 10, 1, patience=0, factor=0.5,
+    plateau = PlateauController(optimizer, ScheduleConfig(name="constant"), 10, 1, patience=1, factor=0.5,
                                 reload_best=False, max_cuts=1)
     assert plateau.after_eval({}, improved=True).stop is False
     first = plateau.after_eval({}, improved=False)
@@ -196,7 +196,7 @@ def test_plateau_controller_counts_cuts_and_stops_after_max_cuts():
     plateau.after_step()
     assert optimizer.param_groups[0]["lr"] == 0.5  # the schedule keeps the cut
     assert plateau.after_eval({}, improved=False).stop is True
-    again = PlateauController(optimizer, ScheduleConfig(name="constant"), 10, 1, patience=0, factor=0.5)
+    again = PlateauController(optimizer, ScheduleConfig(name="constant"), 10, 1, patience=1, factor=0.5)
     again.load_state_dict(plateau.state_dict())
     assert again.cuts == 1 and again.scale == 0.5
 
@@ -297,12 +297,13 @@ def test_a_recipe_val_split_selects_on_val_and_reports_test(tmp_path, capsys):
     assert run_cli("train", "-c", STUDENT, "--out", run, *SMALL, "epochs=2", "dataset.val_fraction=0.25") == 0
     assert "best val_top1" in capsys.readouterr().out
     records = _metrics(run)
-    assert all("val_top1" in r and "test_top1" in r for r in records)
+    assert all("val_top1" in r for r in records) and "test_top1" in records[0]
+    assert ("test_top1" in records[1]) == (records[1]["val_top1"] > records[0]["val_top1"])  # test at new bests
     summary = json.loads((run / "summary.json").read_text())
-    best = max(records, key=lambda r: r["val_top1"])
+    best = max(records, key=lambda r: (r["val_top1"], -r["epoch"]))
     assert summary["selected_by"] == "val_top1" and summary["best_top1"] == best["val_top1"]
-    assert summary["best_metrics"]["test_top1"] == best["test_top1"]
-    assert summary["last_top1"] == records[-1]["test_top1"]
+    assert summary["best_metrics"]["test_top1"] == best["test_top1"] == summary["result"]["value"]
+    assert summary["last_top1"] == records[-1].get("test_top1")
     engine = make_engine(load_config(STUDENT, [*SMALL, "dataset.val_fraction=0.25"]), tmp_path / "x", quiet=True)
     train, val = engine.program.data["train"].dataset, engine.program.data["val"].dataset
     assert len(val) > 0 and not set(val.indices.tolist()) & set(train.dataset.indices[train.indices].tolist())

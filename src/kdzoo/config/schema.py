@@ -37,6 +37,10 @@ class DatasetConfig:
     subset_seed: int = field(default=0, metadata=SEED)
     # few-shot: a stratified, seeded fraction of the training set (HSAKD's --few-ratio); the same draw as subset
     fraction: Optional[float] = field(default=None, metadata={"gt": 0, "le": 1, "hint": "a fraction in (0, 1]"})
+    # few-sample setting (CKD): N stratified images of the training set, split (seeded by subset_seed) into
+    # train and a `val` stream (test pipeline) of subset_val_fraction of them, stratified where every class allows
+    subset_size: Optional[int] = field(default=None, metadata={"ge": 2})
+    subset_val_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     # stratified part of the training set held out as the `val` stream (evaluation pipeline)
     val_fraction: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
     drop_last: bool = False
@@ -66,16 +70,19 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    # plateau: constant (after warm-up) until `patience` evaluations bring no new best of the selection
-    # metric, then lr *= gamma (and the best weights back when reload_best); stop after max_cuts cuts
+    # plateau: constant (after warm-up) until `patience` evaluations in a row bring no new best of the
+    # selection metric, then lr *= factor (and the best weights back when reload_best); after `cuts` cuts the
+    # next plateau stops the phase (CKD: patience 50, factor 0.1, cuts 2 -> lr0, lr0/10, lr0/100)
     name: Literal["multistep", "cosine", "constant", "plateau"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [150, 180, 210], metadata={"each": {"ge": 0}})
     gamma: float = field(default=0.1, metadata={"gt": 0})
     warmup_epochs: float = field(default=0.0, metadata={"ge": 0})
     min_lr: float = field(default=0.0, metadata={"ge": 0})
-    patience: int = field(default=5, metadata={"ge": 0})
+    patience: int = field(default=5, metadata={"ge": 1})
     reload_best: bool = True
     max_cuts: Optional[int] = field(default=None, metadata={"ge": 0, "hint": "null: never stop"})
+    factor: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "plateau's lr cut; null: gamma"})
+    cuts: Optional[int] = field(default=None, metadata={"ge": 0, "hint": "another name for max_cuts"})
 
 
 @dataclass

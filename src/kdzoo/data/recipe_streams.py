@@ -1,6 +1,6 @@
 """The data streams a recipe's `dataset:` section describes: `train` (a stratified subset if asked, each view
 through its pipeline), `test`, and `val` when `dataset.val_fraction` holds part of the training set out
-(stratified, evaluation pipeline). Regimes build their streams here; the engine builds none."""
+(stratified, evaluation pipeline) or `dataset.subset_size` draws the few-sample train/val pair. Regimes build their streams here; the engine builds none."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +8,7 @@ import torch
 from kdzoo.config.schema import DatasetConfig
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.registry import _builder, build_dataset
-from kdzoo.data.splits import split_train_val, stratified_subset
+from kdzoo.data.splits import few_sample_split, split_train_val, stratified_subset
 from kdzoo.data.stream import DataStream
 from kdzoo.data.views import IDENTITY, MultiViewDataset, pipeline
 from kdzoo.data.wrappers import IndexedDataset, subset
@@ -28,6 +28,20 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
         train_set = MultiViewDataset(raw, {name: pipeline(p, builder, raw.info, d.augment)
                                            for name, p in views.items()})
     val_set = None
+    if d.subset_size is not None:
+        clash = [k for k in ("subset", "fraction", "val_fraction") if getattr(d, k) is not None]
+        if clash:
+            raise ConfigError(f"dataset.{clash[0]}: give either subset_size (its own train/val split) or {clash[0]}")
+        if d.subset_size > len(train_set):
+            raise ConfigError(f"dataset.subset_size: {d.subset_size} is larger than the {len(train_set)} training "
+                              f"images of {d.name}")
+        try:
+            keep, held_out = few_sample_split(train_set.targets, d.subset_size, d.subset_val_fraction,
+                                              d.subset_seed)
+        except DatasetError as err:
+            raise ConfigError(f"dataset.subset_size: {err}") from None
+        val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)
+        train_set = subset(train_set, keep)
     if d.val_fraction is not None:
         keep, held_out = split_train_val(train_set.targets, d.val_fraction, d.subset_seed)
         val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)

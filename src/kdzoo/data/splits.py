@@ -68,3 +68,30 @@ def split_train_val(
     is_val = torch.zeros(len(targets), dtype=torch.bool)
     is_val[val] = True
     return torch.nonzero(~is_val).flatten(), val
+
+
+def few_sample_split(targets: Sequence[int] | torch.Tensor, size: int, val_fraction: float, seed: int
+                     ) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """CKD's few-sample data: `size` stratified indices of the whole set, split into (train, val), both sorted,
+    with `size - int(size * (1 - val_fraction))` in val; the split is stratified when every class of the
+    subset has at least two images and val has room for each class, random otherwise."""
+    targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+    if not 2 <= size <= len(targets):
+        raise DatasetError(f"subset size {size} must be between 2 and the dataset size {len(targets)}")
+    n_val = size - int(size * (1.0 - val_fraction))
+    if n_val < 1 or n_val >= size:
+        raise DatasetError(f"subset size {size} is too small for a {1 - val_fraction:.0%}/{val_fraction:.0%} "
+                           "train/val split (each side needs an image)")
+    classes = len(torch.unique(targets))
+    generator = torch.Generator().manual_seed(seed)
+    chosen = (stratified_subset(targets, size, seed) if size >= classes
+              else torch.sort(torch.randperm(len(targets), generator=generator)[:size]).values)
+    sub = targets[chosen]
+    counts = torch.unique(sub, return_counts=True)[1]
+    if bool((counts >= 2).all()) and n_val >= len(counts):
+        val = stratified_subset(sub, n_val, seed + 1)
+    else:
+        val = torch.sort(torch.randperm(size, generator=generator)[:n_val]).values
+    is_val = torch.zeros(size, dtype=torch.bool)
+    is_val[val] = True
+    return chosen[~is_val], chosen[is_val]

@@ -13,6 +13,7 @@ import torch
 
 from kdzoo.config.schema import ScheduleConfig
 from kdzoo.engine.optim import lr_factor
+from kdzoo.errors import ConfigError
 
 
 @dataclass
@@ -57,9 +58,9 @@ class Controller:
 
 
 class PlateauController(Controller):
-    """After `patience` evaluations without a new best (of the phase's `select` metric): multiply the lr by
-    `factor`, and reload the best weights when `reload_best`; after `max_cuts` cuts, the next plateau stops the
-    phase (CKD's few-sample schedule)."""
+    """After `patience` evaluations in a row without a new best (of the phase's `select` metric): multiply the
+    lr by `factor`, and reload the best weights when `reload_best`; after `max_cuts` cuts, the next plateau
+    stops the phase (CKD's few-sample schedule: "not improved for 50 validations")."""
 
     def __init__(self, optimizer, schedule: ScheduleConfig, epochs: int, steps_per_epoch: int, patience: int,
                  factor: float, reload_best: bool = True, max_cuts: Optional[int] = None):
@@ -73,7 +74,7 @@ class PlateauController(Controller):
             self.bad = 0
             return Decision()
         self.bad += 1
-        if self.bad <= self.patience:
+        if self.bad < self.patience:
             return Decision()
         self.bad = 0
         if self.max_cuts is not None and self.cuts >= self.max_cuts:
@@ -99,10 +100,19 @@ def controller_for(schedule: ScheduleConfig, epochs: int) -> ControllerFactory:
     constant with warm-up), the other names are schedules alone."""
     if schedule.name == "plateau":
         base = ScheduleConfig(name="constant", warmup_epochs=schedule.warmup_epochs)
+        factor, cuts = plateau_cut(schedule)
         return lambda optimizer, steps: PlateauController(
-            optimizer, base, epochs, steps, schedule.patience, schedule.gamma, schedule.reload_best,
-            schedule.max_cuts)
+            optimizer, base, epochs, steps, schedule.patience, factor, schedule.reload_best, cuts)
     return lambda optimizer, steps: Controller(optimizer, schedule, epochs, steps)
+
+
+def plateau_cut(schedule: ScheduleConfig) -> tuple[float, Optional[int]]:
+    """(factor, cuts) of a plateau schedule; `factor`/`cuts` are the CKD names of `gamma`/`max_cuts`."""
+    if schedule.cuts is not None and schedule.max_cuts is not None and schedule.cuts != schedule.max_cuts:
+        raise ConfigError(f"schedule.cuts: {schedule.cuts} and schedule.max_cuts: {schedule.max_cuts} disagree; "
+                          "give one")
+    factor = schedule.factor if schedule.factor is not None else schedule.gamma
+    return factor, schedule.cuts if schedule.cuts is not None else schedule.max_cuts
 
 
 def constant(epochs: int) -> ControllerFactory:

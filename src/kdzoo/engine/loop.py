@@ -99,9 +99,12 @@ class PhaseRunner:
                 if phase.select not in metrics:
                     raise KdzooError(f"phase {phase.name}: its evaluators gave no {phase.select!r} "
                                      f"(they gave {', '.join(metrics)})")
+                improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_top1
+                if improved:
+                    for evaluator in phase.at_best:
+                        metrics.update(evaluator(self.runtime))
                 record.update(metrics)
                 progress.last = metrics
-                improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_top1
                 if improved:
                     progress.best_top1, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
                     if controller.wants_best_state:
@@ -173,8 +176,11 @@ class PhaseRunner:
         shown = f"{phase.report}_top1"
         if shown in record:
             parts.append(f"top1 {record[shown]:.2f}")
-            if phase.select != shown and phase.select in record:
-                parts.append(f"{phase.select} {record[phase.select]:.2f}")
+        if phase.select != shown and phase.select in record:
+            parts.append(f"{phase.select} {record[phase.select]:.2f}")
+        if shown in record or phase.select in record:
             parts.append(f"best {e.progress.best_top1:.2f}")
+        if "reloaded_best" in record:
+            parts.append(f"plateau: weights of epoch {record['reloaded_best']} reloaded")
         parts.append(f"{record['epoch_time_s']:.1f}s")
         (tqdm.write if not e.quiet else e.log)("  ".join(parts))

@@ -166,7 +166,9 @@ class Engine:
             "wall_time_s": round(time.time() - started, 2), **self.program.describe(),
         }
         if final.select != f"{report}_top1":  # selected on one stream, reported on another
-            summary.update(selected_by=final.select, best_metrics=self.progress.best)
+            summary.update(selected_by=final.select, best_metrics=self.progress.best,
+                           result={"metric": f"{report}_top1", "value": self.progress.best.get(f"{report}_top1"),
+                                   "at": f"the best {final.select}", "epoch": self.progress.best_epoch})
         self.run.write_json("summary.json", summary)
         return summary
 

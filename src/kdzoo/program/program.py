@@ -77,7 +77,8 @@ class Phase:
     controller(optimizer, steps_per_epoch) -> Controller: the lr schedule and what happens after evaluation
     (None: a constant lr). evaluators run after every `engine.eval_every` epochs and the last; `select` names
     the metric that decides the best checkpoint (higher is better) and `report` the stream reported as the
-    run's result. on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
+    run's result. `at_best` evaluators run only after an evaluation that brought a new best (the test stream
+    of a run that selects on val: only its numbers at the best val point are reported). on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
     """
 
     name: str
@@ -88,6 +89,7 @@ class Phase:
     stream: str = "train"
     controller: Optional[Callable[..., Any]] = None
     evaluators: list = field(default_factory=list)
+    at_best: list = field(default_factory=list)
     select: str = "test_top1"
     report: str = "test"
     lr: Optional[float] = None  # None: the recipe's optim.lr
