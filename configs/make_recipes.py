@@ -45,8 +45,8 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     rows = {}
     for name in METHODS.names():
         cls = METHODS.get(name)
-        if not cls.needs_teacher() or not cls.recipe_loss or cls.student_needs.heads:
-            continue  # methods on _aux models (hsakd) have hand-written recipes under <data>/hsakd/
+        if not cls.needs_teacher() or not cls.recipe_loss or cls.student_needs.heads or cls.few_sample:
+            continue  # methods on _aux models (hsakd) and few-sample ones (ckd) have their own recipes
         rows[name] = (cls, dict(cls.recipe_loss))
         for variant, loss in cls.recipe_variants.items():
             rows[variant] = (cls, dict(loss))
@@ -130,6 +130,7 @@ def write_all(root: Path = ROOT) -> list[Path]:
             written.append(path)
     written += write_cifar_baselines(root)
     written += write_hsakd(root)
+    written += write_ckd(root)
     return written
 
 
@@ -230,6 +231,113 @@ def write_cifar_baselines(root: Path = ROOT) -> list[Path]:
             path = root / "cifar100" / kind / f"{arch}.yaml"
             _dump(path, note + "# Written by configs/make_recipes.py.\n", data)
             written.append(path)
+    return written
+
+
+# CKD (alextxu/ckd): its three pairs, the few-sample rows and their loss weights (train_student.py defaults:
+# w_cls 1; relational w_rel crd 0.8, rkd 1, dist 2, ckd/mixup 1; w_kd 1 for the relational and white-box rows;
+# w_inter hint 100, vid 1, correlation 0.02). ckd_inter and the white-box rows read teacher stage maps: live teacher.
+CKD_PAIRS = [("resnet110", "resnet32"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
+CKD_INNER = {"hint": ("fitnet", 100.0), "vid": ("vid", 1.0), "cc": ("cc", 0.02)}
+CKD_ROWS = {
+    "student": {"ce": 1.0},
+    "kd": {"ce": 1.0, "kd": 1.0},
+    "ckd": {"ckd_cls": 1.0, "ckd_rel": 1.0},
+    "ckd_add": {"ckd_add_cls": 1.0, "ckd_add_rel": 1.0},
+    "ckd_mixup": {"ckd_mixup_cls": 1.0, "ckd_mixup_rel": 1.0},
+    "mixup": {"mixup_cls": 1.0, "mixup_rel": 1.0},
+    "mixup3": {"mixup3_cls": 1.0, "mixup3_rel": 1.0},
+    "crd": {"ce": 1.0, "kd": 1.0, "crd": 0.8},
+    "rkd": {"ce": 1.0, "kd": 1.0, "rkd": 1.0},
+    "dist": {"ce": 1.0, "kd": 1.0, "dist": 2.0},
+    **{f"ckd_inter_{k}": {"ckd_inter_cls": 1.0, "ckd_inter_rel": 1.0, "ckd_inter_feat": w}
+       for k, (_, w) in CKD_INNER.items()},
+    **{f"white_box_{k}": {"ce": 1.0, "kd": 1.0, m: w} for k, (m, w) in CKD_INNER.items()},
+}
+CKD_SCHEDULE = {"name": "plateau", "patience": 50, "factor": 0.1, "cuts": 2}
+CKD_SIZES = [2000, 2500, 3000, 3500, 4000, 4500, 5000, 6000]
+CKD_SWEEPS = {  # sweep file -> (rows, subset sizes): CKD's ckd.yml, mixup.yml, relational.yml, white_box*.yml
+    "ckd": (["ckd"], CKD_SIZES), "mixup": (["mixup", "mixup3"], CKD_SIZES),
+    "relational": (["rkd", "dist", "crd"], CKD_SIZES),
+    "white_box_ckd": ([f"ckd_inter_{k}" for k in CKD_INNER], [2000, 3000, 4000, 5000, 6000]),
+    "white_box": ([f"white_box_{k}" for k in CKD_INNER], [2000, 3000, 4000, 5000, 6000])}
+
+
+def ckd_recipe(row: str, dataset: dict, student: str, teacher: str, checkpoint: str, subset: int,
+               lr: float, epochs: int, schedule: dict) -> dict:
+    loss = CKD_ROWS[row]
+    data = {"name": f"{dataset['name']}-few-{row}-{student}", "seed": 0, "epochs": epochs,
+            "dataset": {**dataset, "subset_size": subset}, "student": {"arch": student}}
+    live = row.startswith(("ckd_inter", "white_box"))
+    if row != "student":
+        data["teacher"] = {"checkpoint": checkpoint, **({} if live else {"cache": True})}
+    data["loss"] = dict(loss)
+    if row.startswith("ckd_inter"):
+        data["methods"] = {"ckd_inter": {"inner": row.rsplit("_", 1)[1]}}
+    data.update({"optim": {"lr": lr, "momentum": 0.9, "weight_decay": 5.0e-4}, "schedule": dict(schedule),
+                 "engine": {"eval_every": 1}})
+    return data
+
+
+def write_ckd(root: Path = ROOT) -> list[Path]:
+    """CKD's CIFAR-100 few-sample recipes (every row on its three pairs at 2,000 images) and the sweep files that
+    mirror its wandb grids; the Fashion-MNIST few-sample leaderboard's recipes and sweeps."""
+    written = []
+    out = root / "cifar100" / "ckd"
+    cifar = {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64}
+    for row in CKD_ROWS:
+        for teacher, student in CKD_PAIRS:
+            data = ckd_recipe(row, cifar, student, teacher, f"runs/cifar100/teachers/{teacher}", 2000, 0.05, 1000,
+                              CKD_SCHEDULE)
+            path = out / row / f"{teacher}-{student}.yaml"
+            _dump(path, f"# CKD few-sample row {row}: {teacher} -> {student} on 2,000 CIFAR-100 images (80/20 "
+                        "train/val), validation every epoch of the 1,600 train images, plateau lr cuts.\n"
+                        "# The lr and subset size are swept: configs/cifar100/ckd/sweeps/.\n"
+                        "# Written by configs/make_recipes.py.\n", data)
+            written.append(path)
+    for name, (rows, sizes) in CKD_SWEEPS.items():
+        recipes = [f"configs/cifar100/ckd/{row}/{t}-{s}.yaml" for row in rows for t, s in CKD_PAIRS]
+        grid = {"recipe": recipes, "optim.lr": [0.1, 0.05, 0.025], "dataset.subset_size": sizes}
+        if name == "ckd":
+            grid["methods.ckd.pos_and_neg"] = [2, 3]
+        sweep = {"name": f"cifar100-ckd-{name}", "grid": grid, "seeds": [1, 2, 3],
+                 "out": f"runs/sweeps/cifar100-ckd-{name}"}
+        path = out / "sweeps" / f"{name}.yaml"
+        _dump(path, f"# CKD's {name}.yml grid (alextxu/ckd) as a kdzoo sweep:\n#   kdzoo sweep -c "
+                    f"configs/cifar100/ckd/sweeps/{name}.yaml --jobs 2   (workers elsewhere: add --worker "
+                    "--storage URL)\n# Written by configs/make_recipes.py.\n", sweep)
+        written.append(path)
+    written += write_fashion_mnist_ckd(root)
+    return written
+
+
+FMNIST_FEW_ROWS = {"student": "student", "kd": "kd", "ckd": "ckd", "ckd_21": "ckd", "mixup": "mixup",
+                   "mixup3": "mixup3", "dist": "dist", "rkd": "rkd", "crd": "crd"}
+FMNIST_FEW = {"name": "fashion_mnist", "batch_size": 64}
+FMNIST_FEW_SCHEDULE = {"name": "plateau", "patience": 3, "factor": 0.1, "cuts": 2}
+
+
+def write_fashion_mnist_ckd(root: Path = ROOT) -> list[Path]:
+    """The few-sample leaderboard on Fashion-MNIST (benchmarks/few_sample.py): resnet8 from the bench teacher."""
+    written = []
+    for row, base in FMNIST_FEW_ROWS.items():
+        data = ckd_recipe(base, FMNIST_FEW, "resnet8", "resnet32", "runs/bench/fashion_mnist/teacher", 1000, 0.05,
+                          40, FMNIST_FEW_SCHEDULE)
+        data["name"] = f"fashion_mnist-few-{row}"
+        if row == "ckd_21":
+            data["methods"] = {"ckd": {"pos_and_neg": 3}}
+        path = root / "fashion_mnist" / "ckd" / f"{row}.yaml"
+        _dump(path, f"# Few-sample leaderboard row {row}: resnet8 from the Fashion-MNIST bench teacher on 1,000 or "
+                    "2,000 images (80/20), plateau schedule (patience 3 validations, 2 cuts, at most 40 epochs).\n"
+                    "# Written by configs/make_recipes.py.\n", data)
+        written.append(path)
+        sweep = {"name": f"fashion_mnist-few-{row}", "recipe": f"configs/fashion_mnist/ckd/{row}.yaml",
+                 "grid": {"dataset.subset_size": [1000, 2000], "optim.lr": [0.1, 0.05, 0.025]}, "seeds": [0, 1, 2],
+                 "out": f"runs/sweeps/fashion_mnist-few-{row}"}
+        path = root / "fashion_mnist" / "ckd" / "sweeps" / f"{row}.yaml"
+        _dump(path, f"# lr sweep of the few-sample row {row}:\n#   kdzoo sweep -c configs/fashion_mnist/ckd/sweeps/"
+                    f"{row}.yaml --jobs 2\n# Written by configs/make_recipes.py.\n", sweep)
+        written.append(path)
     return written
 
 

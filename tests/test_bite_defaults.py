@@ -39,6 +39,13 @@ PARAMS = {
     "dcd": {"feat_dim": 128, "init_tau": 1.0, "init_b": 0.0, "max_tau": 10.0, "alpha": 0.5},
     "aux_ce": {},
     "hsakd": {"T": 3.0},  # HSAKD: KD_3 = 9 * KL at T 3
+    # CKD (alextxu/ckd): pos_and_neg 2, max_rel_samples 100,000, kd_T 4
+    "ckd": {"pos_and_neg": 2, "T": 4.0, "groups": 100_000},
+    "ckd_add": {"pos_and_neg": 2, "T": 4.0, "groups": 100_000},
+    "ckd_mixup": {"pos_and_neg": 2, "T": 4.0, "groups": 100_000},
+    "ckd_inter": {"pos_and_neg": 2, "T": 4.0, "groups": 100_000, "inner": "hint"},
+    "mixup": {"T": 4.0, "groups": 100_000},
+    "mixup3": {"T": 4.0, "groups": 100_000},
 }
 
 RECIPES = {
@@ -66,6 +73,13 @@ RECIPES = {
     "dcd": {"ce": 1.0, "dcd": 1.0},
     "aux_ce": {"ce": 1.0, "aux_ce": 1.0},  # HSAKD's teacher: every weight 1
     "hsakd": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0},
+    # CKD: w_cls = w_rel = 1 (MSEs), no CE, w_kd 0; ckd_inter's hint weight is CKD's w_inter 100
+    "ckd": {"ckd_cls": 1.0, "ckd_rel": 1.0},
+    "ckd_add": {"ckd_add_cls": 1.0, "ckd_add_rel": 1.0},
+    "ckd_mixup": {"ckd_mixup_cls": 1.0, "ckd_mixup_rel": 1.0},
+    "ckd_inter": {"ckd_inter_cls": 1.0, "ckd_inter_rel": 1.0, "ckd_inter_feat": 100.0},
+    "mixup": {"mixup_cls": 1.0, "mixup_rel": 1.0},
+    "mixup3": {"mixup3_cls": 1.0, "mixup3_rel": 1.0},
 }
 
 VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},

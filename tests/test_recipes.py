@@ -10,7 +10,8 @@ from kdzoo.distillers import method_for_term
 from kdzoo.models import check_model_name
 from tests.conftest import CONFIGS
 
-RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "bench")
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("bench", "sweeps"))
+SWEEPS = sorted(CONFIGS.rglob("sweeps/*.yaml"))
 BENCHES = sorted((CONFIGS / "bench").glob("*.yaml"))
 
 
@@ -39,6 +40,15 @@ def test_bench_recipe_validates_and_names_existing_recipes(path):
     assert len(cells) == (len(bench.cfg.rows) + 1) * len(bench.cfg.students) * len(bench.cfg.seeds)
     for cell in cells[:: len(bench.cfg.seeds)]:
         load_config(cell.recipe, cell.overrides)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_sweep_file_validates_every_grid_value(path, monkeypatch):
+    from kdzoo.sweep.config import load_sweep
+
+    monkeypatch.chdir(CONFIGS.parent)  # sweep files name recipes from the repository root
+    cfg = load_sweep(path)
+    assert len(cfg.trials()) == len(cfg.points()) * len(cfg.seeds) > 1
 
 
 def test_generated_recipes_are_up_to_date(tmp_path):

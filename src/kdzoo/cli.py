@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_bench_commands(sub)
+    from kdzoo.sweep.cli import add_commands as add_sweep
+
+    add_sweep(sub)
     return parser
 
 

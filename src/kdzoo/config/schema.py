@@ -55,6 +55,9 @@ class ModelConfig:
     # false: load only the checkpoint's tensors that fit (a backbone under a new head), listing the rest
     checkpoint_strict: bool = True
     freeze: list[str] = field(default_factory=list)  # module prefixes kept fixed ("" = the whole model)
+    # teacher only: run it once per training image and train on its cached outputs (program/teacher_cache.py)
+    cache: bool = False
+    cache_dir: Optional[str] = None  # where the cache lives; null: the run folder
 
 
 @dataclass
@@ -100,6 +103,12 @@ class EngineConfig:
 
 
 @dataclass
+class LoggingConfig:
+    # {project, entity, name, tags, group, mode}: also log to Weights & Biases (TensorBoard and JSONL stay)
+    wandb: Optional[dict[str, Any]] = None
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = field(default=0, metadata=SEED)
@@ -115,6 +124,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 Number = Union[int, float]

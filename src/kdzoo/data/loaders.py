@@ -75,18 +75,22 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
     epoch_seeded: bool = True,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader:
     """Training loaders shuffle deterministically; evaluation loaders are sequential (sharded when distributed).
 
-    Call `set_loader_epoch(loader, epoch)` before each training epoch.
+    Call `set_loader_epoch(loader, epoch)` before each training epoch. `sampler`: a training sampler of the
+    caller's (with `set_epoch`) instead of the shuffling one.
     """
     if batch_size < 1:
         raise DatasetError(f"batch_size must be positive, got {batch_size}")
     if distributed:
         _check_rank(rank, world_size)
     sampler_generator = None
-    if train and distributed:
-        sampler: Sampler[int] = DistributedSampler(
+    if sampler is not None:  # the stream's own (it shards and reseeds itself)
+        pass
+    elif train and distributed:
+        sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
         )
     elif train:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from kdzoo.data.loaders import make_loader
 from kdzoo.distillers.base import Batch
@@ -45,13 +45,15 @@ class DataStream:
     batch_fn: Optional[Callable[[Any], Batch]] = None  # replaces `to_batch` (groups, mixing)
     transform: Optional[Callable[[Batch], Batch]] = None  # applied to every batch (data/batch_transforms.py)
     views: tuple[str, ...] = ("x",)  # the named views its batches carry ("x": the inputs)
+    sampler_fn: Optional[Callable[[Any], Sampler]] = None  # (DistInfo) -> the training sampler (group streams)
     _loader: Optional[DataLoader] = field(default=None, init=False, repr=False)
 
     def loader(self, dist) -> DataLoader:
         if self._loader is None:
             self._loader = make_loader(self.dataset, batch_size=self.batch_size, train=self.train, seed=self.seed,
                                        num_workers=self.num_workers, drop_last=self.drop_last,
-                                       distributed=dist.enabled, rank=dist.rank, world_size=dist.world_size)
+                                       distributed=dist.enabled, rank=dist.rank, world_size=dist.world_size,
+                                       sampler=self.sampler_fn(dist) if self.sampler_fn is not None else None)
             if self.train and len(self._loader) == 0:
                 raise ConfigError(f"{self.batch_size_key}: {self.batch_size} is larger than the {len(self.dataset)} "
                                   "training samples and the last partial batch is dropped")

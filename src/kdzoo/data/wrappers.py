@@ -52,3 +52,13 @@ class LabeledSubset(Dataset):
 def subset(dataset: Dataset, indices: Sequence[int] | torch.Tensor) -> LabeledSubset:
     """`dataset` restricted to `indices` (positions into `dataset`), keeping `.targets` and `.info`."""
     return LabeledSubset(dataset, indices)
+
+
+def source_indices(dataset: Dataset):
+    """The positions in the underlying dataset of `dataset`'s items (through nested subsets), or None."""
+    inner = getattr(dataset, "dataset", None)
+    below = source_indices(inner) if inner is not None else None
+    own = getattr(dataset, "indices", None)
+    if own is None:
+        return below
+    return below[own] if below is not None else own

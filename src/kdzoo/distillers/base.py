@@ -23,8 +23,9 @@ class Batch:
     """One training batch. `index` holds dataset indices when some method needs them; `views` the named views
     of the samples when the stream makes several (`inputs` is the first); `original` marks the rows that are
     original samples where a batch function added others (rotations), `mixed_targets` and `mix_lambda` the
-    second labels and weight of mixed inputs, `groups` a group id per row (comparative sampling),
-    `aux_targets` the labels of a self-supervised task."""
+    second labels and weight of mixed inputs (`mix_lambda`: one weight per mixed part for grouped batches),
+    `groups` the GroupLayout of a grouped batch (data/groups.py) with `view_index`/`view_targets` the dataset
+    indices and labels of every view's rows, `aux_targets` the labels of a self-supervised task."""
 
     inputs: Tensor
     targets: Tensor
@@ -33,8 +34,10 @@ class Batch:
     original: Optional[Tensor] = None
     mixed_targets: Optional[Tensor] = None
     mix_lambda: Optional[Tensor] = None
-    groups: Optional[Tensor] = None
+    groups: Optional[Any] = None
     aux_targets: Optional[Tensor] = None  # labels of a self-supervised task per row (rotate4's joint labels)
+    view_index: dict[str, Tensor] = field(default_factory=dict)
+    view_targets: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -47,6 +50,18 @@ class Batch:
         if name == "x":
             return self.inputs
         raise KeyError(f"this batch has no view {name!r} (views: {', '.join(self.views) or 'x'})")
+
+    def index_of(self, name: str = "x") -> Tensor:
+        """The dataset indices of view `name`'s rows (views of the same images share `index`)."""
+        if name in self.view_index:
+            return self.view_index[name]
+        known = name == "x" or (name in self.views and self.groups is None)
+        if self.index is None or not known:
+            raise KeyError(f"the rows of view {name!r} are not dataset images with known indices")
+        return self.index
+
+    def targets_of(self, name: str = "x") -> Tensor:
+        return self.view_targets.get(name, self.targets)
 
 
 @dataclass
@@ -104,10 +119,12 @@ class Method(nn.Module):
     fixed_batch: ClassVar[bool] = False  # drop the last partial batch
     main_stage: ClassVar[bool] = True  # False: the method only acts in its init stage (AB, FSP)
     batch_transform: ClassVar[Optional[str]] = None  # e.g. "rotate4": the training batches it needs
+    cache_safe: ClassVar[bool] = True  # False: the teacher must run live even when its outputs are cached
     Params: ClassVar[type] = NoParams
     # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
     recipe_loss: ClassVar[dict[str, float]] = {}
     recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
+    few_sample: ClassVar[bool] = False  # True: its recipes are the few-sample ones (configs/<data>/ckd/)
 
     def __init__(self, params: Any, ctx: SetupContext):
         super().__init__()
@@ -152,6 +169,14 @@ class Method(nn.Module):
         return {b.term(k): v for k, v in self.init_losses(ctx.batch, s, t, ctx.info).items()}
 
     # Optional hooks -------------------------------------------------------------------------------------------
+    def teacher_views(self) -> tuple[str, ...]:
+        """The views of the batch whose teacher outputs it reads (what a step may compute first)."""
+        return (self.binding.view,)
+
+    def group_layout(self):
+        """The groups of training images its batches must be (data/groups.py GroupLayout), or None."""
+        return None
+
     def init_stage(self) -> Optional[InitStage]:
         """A pre-training stage run before the main one, or None."""
         return None

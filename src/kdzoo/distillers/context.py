@@ -46,15 +46,21 @@ class StepContext:
     def features(self, model: str = "student", view: str = "x") -> Features:
         key = (model, view, True)
         if key not in self._cache:
-            self._cache[key] = self._source(model)(self.batch.view(view))
+            self._cache[key] = self._run(model, view)
         return self._cache[key]
 
     def no_grad_features(self, model: str = "student", view: str = "x") -> Features:
         key = (model, view, False)
         if key not in self._cache:
             with torch.no_grad():
-                self._cache[key] = self._source(model)(self.batch.view(view))
+                self._cache[key] = self._run(model, view)
         return self._cache[key]
+
+    def _run(self, model: str, view: str) -> Features:
+        source = self._source(model)
+        if getattr(source, "reads_batch", False):  # e.g. cached teacher outputs, looked up by dataset index
+            return source.from_batch(self.batch, view)
+        return source(self.batch.view(view))
 
     def teacher_features(self, binding: Binding) -> Features:
         feats = self.features(binding.teacher, binding.view)

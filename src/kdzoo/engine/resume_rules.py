@@ -7,9 +7,9 @@ from typing import Any, Iterator, Optional
 from kdzoo.errors import ConfigError
 
 # Where the data lives and how it is fed may change (another machine); what is trained may not.
-MAY_CHANGE = ("epochs", "engine", "dataset.root", "dataset.download", "dataset.num_workers",
+MAY_CHANGE = ("epochs", "engine", "logging", "dataset.root", "dataset.download", "dataset.num_workers",
               "dataset.eval_batch_size")
-RULE = ("a resumed run keeps its recipe: only epochs, engine.* and dataset.root/download/num_workers/"
+RULE = ("a resumed run keeps its recipe: only epochs, engine.*, logging.* and dataset.root/download/num_workers/"
         "eval_batch_size may change")
 _ABSENT = object()  # a key a run saved by an older kdzoo does not have
 

@@ -61,6 +61,7 @@ class RunDir:
         self.active = active
         self.tensorboard = tensorboard
         self._writer = None  # opened at the first logged epoch: a no-op resume leaves tb/ as it was
+        self.extra = None  # another logger with log(record, step) and close() (W&B)
         if active:
             self.path.mkdir(parents=True, exist_ok=True)
             self.checkpoints.mkdir(exist_ok=True)
@@ -100,6 +101,8 @@ class RunDir:
                 if isinstance(value, (int, float)) and key not in ("time", "epoch", "step"):
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
+        if self.extra is not None:
+            self.extra.log(record, step)
 
     def truncate_metrics(self, keep_until_epoch: int, phase: str, later: tuple[str, ...] = ()) -> None:
         """On resume, drop metric lines logged after the checkpoint (they will be logged again): those of `phase`
@@ -124,6 +127,9 @@ class RunDir:
             atomic_write_text(path, text)
 
     def close(self) -> None:
+        if self.extra is not None:
+            self.extra.close()
+            self.extra = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -15,7 +15,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("config.yaml", "env.json", "model.json", "metrics.jsonl", "summary.json")
+RUN_FILES = ("config.yaml", "env.json", "model.json", "metrics.jsonl", "summary.json", "wandb_id.txt")
 RUN_DIRS = ("checkpoints", "tb")  # kept free of torch imports: the CLI checks folders before loading torch
 
 

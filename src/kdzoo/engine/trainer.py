@@ -23,6 +23,7 @@ from kdzoo.engine.loop import PhaseRunner
 from kdzoo.engine.resume_rules import ResumeMismatch, check_resume_state
 from kdzoo.engine.rng import rng_state, seed_everything
 from kdzoo.engine.run_dir import RunDir, environment
+from kdzoo.engine.wandb_log import check_wandb_section, open_wandb
 from kdzoo.engine.run_folder import clear_run, open_run_folder
 from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.errors import KdzooError
@@ -46,6 +47,7 @@ class Progress:
 class Engine:
     def __init__(self, cfg: Config, out: str | Path, build: Callable[[BuildContext], Program], resume: bool = False,
                  quiet: bool = False, log=print):
+        check_wandb_section(cfg.logging.wandb)
         self.cfg = cfg
         self.out = Path(out)
         self.quiet = quiet or not cfg.engine.progress
@@ -75,7 +77,7 @@ class Engine:
 
     def _build_context(self):
         return BuildContext(cfg=self.cfg, device=self.device, precision=self.precision, dist=self.dist,
-                            log=self.log if self.dist.is_main else (lambda _: None))
+                            log=self.log if self.dist.is_main else (lambda _: None), out=self.out)
 
     def _start_run(self, resume: bool) -> None:
         cfg = self.cfg
@@ -104,6 +106,8 @@ class Engine:
                 raise ResumeMismatch(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
                                      f"{phase.name} this run has already trained")
         self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
+        if self.dist.is_main:
+            self.run.extra = open_wandb(cfg.logging.wandb, self.out, cfg.name, to_dict(cfg), self.log)
         self.run.write_text("config.yaml", config_to_yaml(cfg))  # unchanged text is not rewritten
         if not resume:
             self.run.write_json("env.json", {**environment(), "device": str(self.device),

@@ -43,9 +43,10 @@ def teacher_views(methods: Iterable[Method], frozen: Iterable[str]) -> list[tupl
     """The (frozen teacher, view) pairs the methods read, in order: what a step may compute first."""
     frozen, pairs = set(frozen), []
     for m in methods:
-        pair = (m.binding.teacher, m.binding.view)
-        if m.needs_teacher() and pair[0] in frozen and pair not in pairs:
-            pairs.append(pair)
+        for view in m.teacher_views():
+            pair = (m.binding.teacher, view)
+            if m.needs_teacher() and pair[0] in frozen and pair not in pairs:
+                pairs.append(pair)
     return pairs
 
 

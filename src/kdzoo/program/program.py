@@ -5,6 +5,7 @@ optimizers, calls their controllers, evaluators and hooks, and checkpoints `trai
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -31,6 +32,7 @@ class BuildContext:
     precision: Precision
     dist: DistInfo
     log: Callable[[str], None] = print
+    out: Optional[Path] = None  # the run folder (None: a program built outside a run), for per-run data files
 
 
 @dataclass

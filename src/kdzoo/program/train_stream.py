@@ -1,17 +1,31 @@
-"""What a recipe's methods ask of the training stream, for any regime: dataset indices, only full batches, and
-one batch transform (declared by a method or set by `dataset.batch_transform`; they must agree)."""
+"""What a recipe's methods ask of the training stream, for any regime: dataset indices, only full batches,
+one batch transform (declared by a method or set by `dataset.batch_transform`; they must agree), and groups
+of images (comparative sampling, input mixing: data/groups.py), drawn once per run and saved with it."""
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+import json
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from kdzoo.data.batch_transforms import batch_transform
+from kdzoo.data.groups import GroupDataset, GroupSampler, draw_groups, group_batch, one_layout
 from kdzoo.data.stream import DataStream
+from kdzoo.data.wrappers import source_indices
+from kdzoo.engine.atomic import atomic_path
 from kdzoo.errors import ConfigError
+
+GROUPS_FILE = "groups.safetensors"
 
 
 def stream_needs(cfg, classes: list[type]) -> dict[str, bool]:
     """`recipe_streams` options for these method classes."""
-    return {"needs_index": any(c.needs_index for c in classes),
+    return {"needs_index": any(c.needs_index for c in classes) or cfg.teacher.cache,
             "drop_last": cfg.dataset.drop_last or any(c.fixed_batch for c in classes)}
 
 
@@ -36,3 +50,50 @@ def attach_batch_transform(stream: DataStream, cfg, classes: list[type]) -> None
         raise ConfigError(f"dataset.views: the {name} batch transform transforms the inputs alone; a recipe with "
                           "several views cannot use it")
     stream.transform = batch_transform(name)
+
+
+def attach_groups(stream: DataStream, methods, seed: int, folder: Optional[Path], log=print,
+                  is_main: bool = True, sync: Callable[[], None] = lambda: None) -> None:
+    """Turn the training stream into batches of the groups the methods ask for, if any: the groups are read from
+    the run folder when it holds them for these images, layout and seed, else drawn (and saved there)."""
+    layout = one_layout(methods.values())
+    if layout is None:
+        return
+    if stream.views != ("x",) or stream.transform is not None:
+        raise ConfigError("dataset.views: grouped batches make their own views; a recipe with groups of images "
+                          "takes no other views or batch transform")
+    images = stream.dataset
+    indices = source_indices(images)
+    key = {"layout": repr(layout), "seed": str(seed), "images": str(len(images)),
+           "source": hashlib.sha256(str(indices.tolist()).encode()).hexdigest() if indices is not None else "all"}
+    path = Path(folder) / GROUPS_FILE if folder is not None else None
+    groups = _read_groups(path, key) if path is not None else None
+    if groups is None:
+        if path is not None and path.is_file():
+            log(f"groups: {path} was drawn for other images, layout or seed; drawing them again")
+        if is_main or path is None:
+            groups = draw_groups(len(images), layout, seed)
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    save_file({"groups": groups}, str(tmp), metadata={"key": json.dumps(key)})
+        sync()
+        if groups is None:
+            groups = _read_groups(path, key)
+    stream.dataset = GroupDataset(images, groups)
+    stream.views = tuple(dict.fromkeys(["x", *layout.views]))
+    stream.batch_fn = partial(group_batch, layout=layout, device=stream.device, channels_last=stream.channels_last)
+    stream.sampler_fn = lambda dist: GroupSampler(len(groups), len(images), stream.batch_size, stream.seed,
+                                                  dist.rank if dist.enabled else 0,
+                                                  dist.world_size if dist.enabled else 1)
+
+
+def _read_groups(path: Path, key: dict[str, str]) -> Optional[torch.Tensor]:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if json.loads((f.metadata() or {}).get("key", "{}")) != key:
+                return None
+            return f.get_tensor("groups")
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None

@@ -13,7 +13,7 @@ from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
 from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import wrap_ddp
+from kdzoo.engine.distributed import barrier, wrap_ddp
 from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError
@@ -25,7 +25,8 @@ from kdzoo.program.bundle import Bundle
 from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
-from kdzoo.program.train_stream import attach_batch_transform, stream_needs
+from kdzoo.program.teacher_cache import CachedTeacher, cache_key, refuse_uncacheable, teacher_cache
+from kdzoo.program.train_stream import attach_batch_transform, attach_groups, stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
 __all__ = ["Offline", "probe_shapes"]
@@ -66,6 +67,10 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     """The program on given streams (`train` and `test`, optionally `val`)."""
     cfg, device = ctx.cfg, ctx.device
     classes = _method_classes(cfg.loss, cfg.methods)
+    if cfg.student.cache or cfg.student.cache_dir:
+        raise ConfigError("student.cache: only a teacher's outputs can be cached (teacher.cache)")
+    if cfg.teacher.cache and not any(c.needs_teacher() for c in classes):
+        raise ConfigError("teacher.cache: no method of this recipe reads the teacher")
     attach_batch_transform(streams["train"], cfg, classes)
     student, student_spec = trained_network(cfg.student, info, log=ctx.log)
     teacher_model, teacher_meta, teacher_spec = None, None, None
@@ -86,6 +91,9 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         teacher_checkpoint=cfg.teacher.checkpoint)
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
+    sync = lambda: barrier(ctx.dist)  # noqa: E731
+    images = streams["train"].dataset  # before any grouping: what a teacher cache covers
+    attach_groups(streams["train"], methods, cfg.seed, ctx.out, ctx.log, ctx.dist.is_main, sync)
     check_views(methods, streams["train"].views)
 
     needs = needs_by_network(methods.values(), {"student": Needs(logits=True)})
@@ -95,8 +103,17 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     if teacher_model is not None:
         teacher = FrozenTeacher(teacher_model, needs.get("teacher", Needs()), teacher_spec).to(
             device, memory_format=memory_format)
-        frozen["teacher"] = teacher
-        models["teacher"] = ModelSlot(teacher.model, role="frozen", features=teacher)
+        if cfg.teacher.cache:
+            refuse_uncacheable(methods)
+            key = cache_key(cfg.teacher.checkpoint, images, cfg.seed, needs.get("teacher", Needs()), info.name)
+            folder = cfg.teacher.cache_dir or ctx.out
+            outputs = teacher_cache(teacher, images, key, folder, cfg.seed, cfg.dataset.eval_batch_size, device,
+                                    ctx.log, ctx.dist.is_main, sync, progress=cfg.engine.progress)
+            frozen["teacher"] = CachedTeacher(outputs, device)
+            models["teacher"] = ModelSlot(teacher.model, role="cached", features=frozen["teacher"])
+        else:
+            frozen["teacher"] = teacher
+            models["teacher"] = ModelSlot(teacher.model, role="frozen", features=teacher)
     bundle = Bundle({"student": FeatureModel(student, needs["student"], student_spec)}, methods).to(
         device, memory_format=memory_format)
     models["student"] = ModelSlot(student, features=bundle.student)
@@ -125,7 +142,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
                "adapter_params": count_params(bundle.methods),
                "methods": {name: to_dict(m.params) for name, m in methods.items()}}
         if teacher_model is not None:
-            out.update(teacher=teacher_meta.get("arch"), teacher_params=count_params(frozen["teacher"]))
+            out.update(teacher=teacher_meta.get("arch"), teacher_params=count_params(models["teacher"].module),
+                       teacher_cached=cfg.teacher.cache)
         return out
 
     return Program(models=models, data=streams, phases=phases, trainable=bundle, info=info,

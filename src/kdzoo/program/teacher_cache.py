@@ -1,0 +1,124 @@
+"""Cached teacher outputs (`teacher.cache: true`; CKD's few-sample setting): the teacher runs once per training
+image, on one random training augmentation, and its logits (and pooled features when a method reads them) are
+stored in the run folder (or `teacher.cache_dir`). The file is keyed by the teacher checkpoint's hash, the
+training images and the seed: a resumed or repeated run reuses it, a changed teacher or subset recomputes it
+(saying so in one line). During training the teacher is never called: its slot reads the cache by dataset index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from kdzoo.data.wrappers import source_indices
+from kdzoo.distillers.base import Batch
+from kdzoo.engine.atomic import atomic_path
+from kdzoo.engine.checkpoint import resolve_checkpoint
+from kdzoo.errors import ConfigError
+from kdzoo.models.features import Features, Needs
+
+CACHE_FILE = "teacher_cache.safetensors"
+CACHEABLE = ("logits", "pooled")
+
+
+class CachedTeacher:
+    """A step source that looks a batch's rows up by dataset index instead of running the teacher."""
+
+    reads_batch = True
+
+    def __init__(self, outputs: dict[str, Tensor], device: torch.device):
+        self.outputs = {k: v.to(device) for k, v in outputs.items()}
+
+    def from_batch(self, batch: Batch, view: str) -> Features:
+        try:
+            index = batch.index_of(view)
+        except KeyError as err:
+            raise KeyError(f"the cached teacher has no outputs for view {view!r}: {err.args[0]}") from None
+        return Features(**{k: v[index] for k, v in self.outputs.items()})
+
+
+def refuse_uncacheable(methods, teacher: str = "teacher") -> None:
+    """One line for the first method that needs teacher outputs the cache does not hold."""
+    for name, m in methods.items():
+        if m.binding.teacher != teacher or not m.needs_teacher():
+            continue
+        asked = [f for f, on in vars(m.teacher_needs).items() if on and f not in CACHEABLE]
+        if asked or not m.cache_safe:
+            what = f"the teacher's {asked[0]} features" if asked else "a live teacher"
+            raise ConfigError(f"teacher.cache: method {name} needs {what}, which cached teacher outputs do not "
+                              f"hold (the cache keeps {' and '.join(CACHEABLE)}); set teacher.cache: false")
+
+
+def cache_key(checkpoint: str, images: Dataset, seed: int, needs: Needs, dataset: str) -> dict[str, str]:
+    file = resolve_checkpoint(checkpoint, "best")
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    indices = source_indices(images)
+    identity = f"{dataset}:{len(images)}:" + (",".join(map(str, indices.tolist())) if indices is not None else "all")
+    return {"teacher": digest.hexdigest(), "images": hashlib.sha256(identity.encode()).hexdigest(),
+            "seed": str(seed), "outputs": ",".join(f for f in CACHEABLE if getattr(needs, f))}
+
+
+def teacher_cache(teacher: Callable[[Tensor], Features], images: Dataset, key: dict[str, str],
+                  folder: Optional[Path],
+                  seed: int, batch_size: int, device: torch.device, log=print, is_main: bool = True,
+                  sync: Callable[[], None] = lambda: None, progress: bool = True) -> dict[str, Tensor]:
+    """The cached outputs for `images` (computed now unless a cache with this key exists)."""
+    fields = key["outputs"].split(",")
+    if folder is None:  # a program built outside a run: nothing to keep
+        return compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
+    path = Path(folder) / CACHE_FILE
+    found = read_cache(path)
+    if found is not None and found[1] == key:
+        log(f"teacher cache: reusing {path} ({len(found[0]['logits'])} images)")
+        return found[0]
+    if found is not None:
+        changed = [k for k in key if found[1].get(k) != key[k]]
+        log(f"teacher cache: the {' and the '.join(changed)} changed since {path} was written; recomputing it")
+    if is_main:
+        log(f"teacher cache: the teacher runs once over the {len(images)} training images -> {path}")
+        outputs = compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in outputs.items()}, str(tmp), metadata={"key": json.dumps(key)})
+    sync()
+    outputs, _ = read_cache(path)
+    return outputs
+
+
+def read_cache(path: Path) -> Optional[tuple[dict[str, Tensor], dict[str, str]]]:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            key = json.loads((f.metadata() or {}).get("key", "{}"))
+            return {k: f.get_tensor(k) for k in f.keys()}, key
+    except (OSError, ValueError, json.JSONDecodeError):  # unreadable: recompute
+        return None
+
+
+@torch.no_grad()
+def compute_outputs(teacher: Callable[[Tensor], Features], images: Dataset, fields: list[str], seed: int,
+                    batch_size: int, device: torch.device, progress: bool = True) -> dict[str, Tensor]:
+    """One pass over `images` in index order; the augmentations come from `seed` (the run's RNG is untouched)."""
+    chunks: dict[str, list[Tensor]] = {f: [] for f in fields if f}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loader = DataLoader(images, batch_size=batch_size, shuffle=False)
+        for raw in tqdm(loader, desc="teacher cache", leave=False, dynamic_ncols=True, disable=not progress):
+            x = raw[0]
+            x = next(iter(x.values())) if isinstance(x, dict) else x
+            feats = teacher(x.to(device))
+            for f in chunks:
+                chunks[f].append(getattr(feats, f).float().cpu())
+    return {f: torch.cat(v) for f, v in chunks.items()}

@@ -1,0 +1,1 @@
+"""Sweeps: a grid x seeds over any recipe, on an Optuna study in an RDB storage."""

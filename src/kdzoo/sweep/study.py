@@ -1,0 +1,214 @@
+"""The sweep's Optuna study: one trial per (grid point, seed), kept in an RDB storage so that workers on several
+machines share it.
+
+The study uses a GridSampler over the grid and the seeds; `kdzoo sweep` enqueues every point that has no
+finished, running or waiting trial (so a restart re-runs failed and killed ones and skips finished ones), and
+workers claim waiting trials one at a time through the storage's atomic WAITING -> RUNNING update, so every
+trial runs exactly once however many workers join. A running trial records a heartbeat; one whose worker died
+is failed after the grace period and re-enqueued (Optuna's heartbeat retry callback). A trial trains its own run
+folder under <out>/runs/, which a re-run resumes from its last checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from kdzoo.errors import ConfigError, KdzooError
+from kdzoo.sweep.config import SweepConfig
+
+
+def _optuna():
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
+    return optuna
+
+
+def open_storage(cfg: SweepConfig):
+    optuna = _optuna()
+    import optuna.storages as storages
+
+    url = cfg.storage_url
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback()}
+        else:
+            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback()}
+        return storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
+                                   grace_period=cfg.grace, **retry)
+    except Exception as err:  # SQLAlchemy's errors (bad URL, missing driver, unreachable server)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"storage {_safe(url)}: cannot be opened ({first})") from None
+    finally:
+        del optuna
+
+
+def _safe(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)  # no password in messages
+
+
+def search_space(cfg: SweepConfig) -> dict[str, list]:
+    return {**cfg.grid, "seed": list(cfg.seeds)}
+
+
+def create_study(cfg: SweepConfig, storage):
+    optuna = _optuna()
+    study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.GridSampler(search_space(cfg)))
+    recorded = study.user_attrs.get("grid")
+    if recorded is not None and recorded != json.loads(json.dumps(search_space(cfg))):
+        raise ConfigError(f"sweep {cfg.name}: the storage holds this sweep with another grid or seeds; give the "
+                          "sweep another name (or another out/storage)")
+    study.set_user_attr("grid", search_space(cfg))
+    return study
+
+
+def join_study(cfg: SweepConfig, storage):
+    optuna = _optuna()
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage,
+                                 sampler=optuna.samplers.GridSampler(search_space(cfg)))
+    except KeyError:
+        raise ConfigError(f"sweep {cfg.name}: not in storage {_safe(cfg.storage_url)}; start it with "
+                          "`kdzoo sweep -c FILE` before adding workers") from None
+
+
+def params_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def enqueue_missing(study, cfg: SweepConfig) -> int:
+    """Enqueue every trial that is not finished, running or waiting; returns how many were enqueued."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    fail_stale_trials(study)
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    have = {params_key(_params(t)) for t in study.get_trials(deepcopy=False, states=live)}
+    added = 0
+    for params in cfg.trials():
+        if params_key(params) not in have:
+            study.enqueue_trial(params)
+            added += 1
+    return added
+
+
+def _params(trial) -> dict[str, Any]:
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+def claim(study) -> Optional[int]:
+    """A waiting trial now marked running by this worker (atomically), or None when none waits."""
+    from optuna.trial import TrialState
+
+    from sqlalchemy.exc import OperationalError
+
+    storage = study._storage
+    for attempt in range(20):
+        try:
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                    return trial._trial_id
+            return None
+        except OperationalError:  # SQLite: another worker's claim won the write lock; look again
+            time.sleep(0.05 * (1 + attempt % 5) + random.random() * 0.1)
+    return None
+
+
+def run_folder(cfg: SweepConfig, params: dict[str, Any]) -> Path:
+    point = {k: v for k, v in params.items() if k != "seed"}
+    slug = "_".join(f"{k.split('.')[-1]}-{Path(str(v)).stem if k == 'recipe' else v}" for k, v in point.items())
+    return cfg.out / "runs" / (re.sub(r"[^A-Za-z0-9_.=-]+", "-", slug) or "point") / f"seed{params['seed']}"
+
+
+def _record_params(storage, trial_id: int, cfg: SweepConfig, params: dict[str, Any]) -> None:
+    """The trial's grid values as Optuna parameters (what the sampler would have suggested), once."""
+    from optuna.distributions import CategoricalDistribution
+
+    if storage.get_trial(trial_id).params:
+        return
+    for key, choices in search_space(cfg).items():
+        distribution = CategoricalDistribution(choices)
+        storage.set_trial_param(trial_id, key, distribution.to_internal_repr(params[key]), distribution)
+
+
+TrialFn = Callable[[str, list[str], Path], dict[str, Any]]
+
+
+def work(study, cfg: SweepConfig, train: TrialFn, log=print, wait: bool = True) -> int:
+    """Run waiting trials until none is left (and, with `wait`, none runs elsewhere); returns how many ran."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    ran = 0
+    while True:
+        trial_id = claim(study)
+        if trial_id is None:
+            fail_stale_trials(study)  # a dead worker's trial comes back as a waiting copy
+            if claim_pending(study):
+                continue
+            if wait and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                time.sleep(min(cfg.heartbeat, 5))
+                continue
+            return ran
+        run_trial(study, cfg, trial_id, train, log)
+        ran += 1
+
+
+def claim_pending(study) -> bool:
+    from optuna.trial import TrialState
+
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print) -> None:
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    frozen = storage.get_trial(trial_id)
+    params = _params(frozen)
+    number = frozen.number
+    folder = run_folder(cfg, params)
+    _record_params(storage, trial_id, cfg, params)
+    storage.set_trial_user_attr(trial_id, "run", str(folder))
+    beating = threading.Event()
+
+    def beat():
+        while not beating.wait(cfg.heartbeat / 2):
+            storage.record_heartbeat(trial_id)
+
+    storage.record_heartbeat(trial_id)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    log(f"sweep {cfg.name}: trial {number} {params_key(params)} -> {folder}")
+    try:
+        summary = train(cfg.recipe_of(params), cfg.overrides_of(params), folder)
+    except KeyboardInterrupt:
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)  # re-run (resumed) by the next sweep
+        storage.set_trial_user_attr(trial_id, "error", "interrupted")
+        raise
+    except (KdzooError, RuntimeError, ValueError, OSError) as err:
+        storage.set_trial_user_attr(trial_id, "error", str(err).splitlines()[0] if str(err) else type(err).__name__)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        log(f"sweep {cfg.name}: trial {number} failed: {err}")
+        return
+    finally:
+        beating.set()
+        thread.join()
+    result = summary.get("result") or {}
+    test = result.get("value", summary.get("best_top1") if "selected_by" not in summary else None)
+    for key, value in (("test_top1", test), ("best_epoch", summary.get("best_epoch")),
+                       ("selected_by", summary.get("selected_by", "test_top1"))):
+        storage.set_trial_user_attr(trial_id, key, value)
+    storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(summary["best_top1"])])
