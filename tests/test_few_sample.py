@@ -94,13 +94,24 @@ def test_a_few_sample_plateau_run_reports_test_at_the_best_validation_point(tmp_
     assert run_cli("train", "-c", STUDENT, "--out", run, "epochs=6", "dataset.subset_size=120",
                    "schedule.name=plateau", "schedule.patience=2", "schedule.cuts=1", *FAST) == 0
     summary = json.loads((run / "summary.json").read_text())
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records, (final,) = [r for r in lines if "at_best" not in r], [r for r in lines if "at_best" in r]
     assert summary["selected_by"] == "val_top1"
     best = max(records, key=lambda r: (r["val_top1"], -r["epoch"]))
-    assert summary["result"] == {"metric": "test_top1", "value": best["test_top1"], "at": "the best val_top1",
+    assert summary["result"] == {"metric": "test_top1", "value": final["test_top1"], "at": "the best val_top1",
                                  "epoch": best["epoch"]}
-    improving, top = [], -1.0
-    for r in records:  # the test stream runs exactly where val reached a new best
-        improving.append(r["val_top1"] > top)
-        top = max(top, r["val_top1"])
-    assert [("test_top1" in r) for r in records] == improving
+    assert final["epoch"] == best["epoch"] and final is lines[-1]  # once, on the best weights, at the end
+    assert not any("test_top1" in r for r in records)
+    from safetensors.torch import load_file
+
+    from kdzoo.engine.evaluate import evaluate
+    from kdzoo.engine.teacher import load_model
+
+    model, _, _ = load_model(run, "best")  # the test number is the best checkpoint's
+    engine_cfg = load_config(STUDENT, ["dataset.subset_size=120"])
+    streams, _ = recipe_streams(engine_cfg.dataset, seed=0, device=torch.device("cpu"))
+    from kdzoo.engine.distributed import DistInfo
+
+    metrics = evaluate(model.eval(), streams["test"].loader(DistInfo()), torch.device("cpu"), DistInfo())
+    assert metrics["top1"] == pytest.approx(final["test_top1"], abs=1e-6)
+    assert load_file(str(run / "checkpoints" / "last.safetensors"))  # the last checkpoint stays readable

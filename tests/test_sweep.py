@@ -34,7 +34,7 @@ def _trials(path: Path):
 
 
 def _epoch_lines(run: Path) -> int:
-    return len((run / "metrics.jsonl").read_text().splitlines())
+    return sum('"at_best"' not in line for line in (run / "metrics.jsonl").read_text().splitlines())
 
 
 def test_two_worker_processes_on_one_sqlite_storage_run_every_trial_exactly_once(tmp_path):
@@ -139,3 +139,41 @@ def test_a_grid_over_method_parameters_and_recipes(tmp_path, digits_teacher):
     runs = [Path(t.user_attrs["run"]) for t in trials]
     assert all(yaml.safe_load((r / "config.yaml").read_text())["methods"]["ckd"]["pos_and_neg"] in (2, 3)
                for r in runs)
+
+
+CLAIMER = """
+import sys, json
+from kdzoo.sweep.config import load_sweep
+from kdzoo.sweep.study import claim, join_study, open_storage
+cfg = load_sweep(sys.argv[1])
+study = join_study(cfg, open_storage(cfg))
+got = []
+while True:
+    trial = claim(study)
+    if trial is None:
+        break
+    got.append(trial)
+print(json.dumps(got))
+"""
+
+
+def test_four_processes_claiming_at_once_never_take_the_same_trial(tmp_path):
+    path = _sweep(tmp_path, grid={"optim.lr": [0.001 * i for i in range(1, 31)]}, seeds=[0, 1, 2, 3])
+    cfg = load_sweep(path)
+    enqueue_missing(create_study(cfg, open_storage(cfg)), cfg)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(path)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    claims = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    every = [t for got in claims for t in got]
+    assert len(every) == 120 and len(set(every)) == 120
+
+
+def test_run_folders_of_same_named_recipes_in_different_folders_differ(tmp_path):
+    from kdzoo.sweep.study import run_folder
+
+    path = _sweep(tmp_path)
+    cfg = load_sweep(path)
+    a = run_folder(cfg, {"recipe": "configs/cifar100/ckd/white_box_hint/vgg13-vgg8.yaml", "optim.lr": 0.1, "seed": 1})
+    b = run_folder(cfg, {"recipe": "configs/cifar100/ckd/white_box_vid/vgg13-vgg8.yaml", "optim.lr": 0.1, "seed": 1})
+    assert a != b and a.name == b.name == "seed1"

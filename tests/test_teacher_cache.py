@@ -53,20 +53,35 @@ def test_the_cache_is_computed_once_and_reused_by_a_resumed_run(tmp_path, digits
                        load_file(str(full / "groups.safetensors"))["groups"])
 
 
-def test_a_changed_subset_or_teacher_recomputes_with_one_line(tmp_path, digits_teacher, digits_teacher_32x4,
-                                                              forwards):
+def test_a_shared_cache_dir_keeps_one_cache_per_teacher_images_and_seed(tmp_path, digits_teacher, forwards):
     shared = tmp_path / "cache"
     lines = []
     base = [f"teacher.checkpoint={digits_teacher}", "epochs=1", *FEW, *CKD, f"teacher.cache_dir={shared}"]
     make_engine(load_config(KD, base), tmp_path / "a", quiet=True, log=lines.append).fit()
     make_engine(load_config(KD, base), tmp_path / "b", quiet=True, log=lines.append).fit()  # a repeat: reused
-    assert forwards["n"] == 3 and any("reusing" in line for line in lines)
-    make_engine(load_config(KD, [*base, "dataset.subset_seed=5"]), tmp_path / "c", quiet=True,
-                log=lines.append).fit()
-    assert forwards["n"] == 6 and sum("the images changed" in line for line in lines) == 1
-    make_engine(load_config(KD, [*base, "dataset.subset_seed=5", f"teacher.checkpoint={digits_teacher_32x4}"]),
-                tmp_path / "d", quiet=True, log=lines.append).fit()
-    assert forwards["n"] == 9 and sum("the teacher changed" in line for line in lines) == 1
+    assert forwards["n"] == 3 and sum("reusing" in line for line in lines) == 1
+    make_engine(load_config(KD, [*base, "dataset.subset_seed=5"]), tmp_path / "c", quiet=True).fit()
+    assert forwards["n"] == 6  # other images: another cache beside the first
+    make_engine(load_config(KD, base), tmp_path / "d", quiet=True).fit()
+    assert forwards["n"] == 6 and len(list(shared.glob("teacher_cache-*.safetensors"))) == 2
+    make_engine(load_config(KD, [*base, "seed=1"]), tmp_path / "e", quiet=True).fit()
+    assert forwards["n"] == 9  # another seed: other images (CKD's fresh subset per seed) and augmentations
+
+
+def test_a_retrained_teacher_invalidates_the_run_folder_cache_with_one_line(tmp_path, digits_teacher, forwards):
+    from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_weights
+
+    teacher = tmp_path / "teacher.safetensors"
+    state, meta = load_weights(resolve_checkpoint(digits_teacher, "best"))
+    save_weights(teacher, state, meta)
+    cfg = load_config(KD, [f"teacher.checkpoint={teacher}", "epochs=2", *FEW, *CKD])
+    run = tmp_path / "r"
+    _stop_after_epochs(make_engine(cfg, run, quiet=True), 1)
+    assert forwards["n"] == 3
+    save_weights(teacher, {k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, meta)
+    lines = []
+    make_engine(cfg, run, resume=True, quiet=True, log=lines.append).fit()
+    assert forwards["n"] == 6 and sum("the teacher changed" in line for line in lines) == 1
 
 
 def test_cached_logits_are_the_teachers_on_one_training_augmentation(tmp_path, digits_teacher):

@@ -37,8 +37,9 @@ class DatasetConfig:
     subset_seed: int = field(default=0, metadata=SEED)
     # few-shot: a stratified, seeded fraction of the training set (HSAKD's --few-ratio); the same draw as subset
     fraction: Optional[float] = field(default=None, metadata={"gt": 0, "le": 1, "hint": "a fraction in (0, 1]"})
-    # few-sample setting (CKD): N stratified images of the training set, split (seeded by subset_seed) into
-    # train and a `val` stream (test pipeline) of subset_val_fraction of them, stratified where every class allows
+    # few-sample setting (CKD): N stratified images of the training set (a fresh draw per run seed, shifted by
+    # subset_seed), split into train and a `val` stream (test pipeline) of subset_val_fraction of them,
+    # stratified where every class allows
     subset_size: Optional[int] = field(default=None, metadata={"ge": 2})
     subset_val_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     # stratified part of the training set held out as the `val` stream (evaluation pipeline)

@@ -15,6 +15,11 @@ from kdzoo.data.wrappers import IndexedDataset, subset
 from kdzoo.errors import ConfigError, DatasetError
 
 
+def few_sample_seed(run_seed: int, subset_seed: int) -> int:
+    """CKD draws a fresh subset for every run seed; subset_seed shifts all of them."""
+    return run_seed * 100_003 + subset_seed
+
+
 def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channels_last: bool = False,
                    needs_index: bool = False, drop_last: bool = False) -> tuple[dict[str, DataStream], DatasetInfo]:
     """{"train", "test"[, "val"]} streams and the info of what the models see (shape from a real sample)."""
@@ -37,7 +42,7 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
                               f"images of {d.name}")
         try:
             keep, held_out = few_sample_split(train_set.targets, d.subset_size, d.subset_val_fraction,
-                                              d.subset_seed)
+                                              few_sample_seed(seed, d.subset_seed))
         except DatasetError as err:
             raise ConfigError(f"dataset.subset_size: {err}") from None
         val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)

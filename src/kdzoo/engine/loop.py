@@ -100,14 +100,12 @@ class PhaseRunner:
                     raise KdzooError(f"phase {phase.name}: its evaluators gave no {phase.select!r} "
                                      f"(they gave {', '.join(metrics)})")
                 improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_top1
-                if improved:
-                    for evaluator in phase.at_best:
-                        metrics.update(evaluator(self.runtime))
                 record.update(metrics)
                 progress.last = metrics
                 if improved:
                     progress.best_top1, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
-                    if controller.wants_best_state:
+                    progress.best_reported = False
+                    if controller.wants_best_state or phase.at_best:
                         self.best_state = self.program.snapshot()
                 decision = controller.after_eval(metrics, improved)
                 if decision.reload_best and self.best_state is not None:
@@ -122,7 +120,29 @@ class PhaseRunner:
             if stop:
                 e.log(f"{phase.name}: stopped by its controller after epoch {epoch + 1}")
                 break
+        if phase.at_best and self.best_state is not None and not progress.best_reported:
+            self._report_at_best(phase, optimizer, controller, scaler, latest)
         e._resume_state = None
+
+    def _report_at_best(self, phase: Phase, optimizer, controller, scaler, latest) -> None:
+        """The at-best evaluators on the phase's best weights (then the weights it ended with are put back)."""
+        e, progress = self.engine, self.engine.progress
+        ended = self.program.snapshot()
+        self.program.load_state_dict(self.best_state)
+        metrics: dict[str, float] = {}
+        for evaluator in phase.at_best:
+            metrics.update(evaluator(self.runtime))
+        self.program.load_state_dict(ended)
+        progress.best = {**progress.best, **metrics}
+        progress.best_reported = True
+        e._save(phase, progress.epoch - 1, latest, False, optimizer, controller, scaler, self.best_state)
+        e.run.log({"phase": phase.name, "epoch": progress.best_epoch, "at_best": True, **metrics},
+                  step=progress.best_epoch)
+        if e.dist.is_main:
+            shown = f"{phase.report}_top1"
+            text = f"  {shown} {metrics[shown]:.2f}" if shown in metrics else ""
+            (tqdm.write if not e.quiet else e.log)(f"{phase.name}: at the best {phase.select} (epoch "
+                                                   f"{progress.best_epoch}){text}")
 
     def _train_epoch(self, phase: Phase, epoch: int, loader, stream, optimizer, controller: Controller,
                      scaler) -> dict[str, float]:

@@ -42,6 +42,7 @@ class Progress:
     last: dict = field(default_factory=dict)  # metrics of the latest evaluation
     best: dict = field(default_factory=dict)
     stopped: bool = False  # a controller ended `phase` early
+    best_reported: bool = False  # the phase's at-best evaluators have run on its best weights
 
 
 class Engine:

@@ -79,8 +79,8 @@ class Phase:
     controller(optimizer, steps_per_epoch) -> Controller: the lr schedule and what happens after evaluation
     (None: a constant lr). evaluators run after every `engine.eval_every` epochs and the last; `select` names
     the metric that decides the best checkpoint (higher is better) and `report` the stream reported as the
-    run's result. `at_best` evaluators run only after an evaluation that brought a new best (the test stream
-    of a run that selects on val: only its numbers at the best val point are reported). on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
+    run's result. `at_best` evaluators run once, when the phase ends, on the weights of its best evaluation (the
+    test stream of a run that selects on val: only its numbers at the best val point are reported). on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
     """
 
     name: str

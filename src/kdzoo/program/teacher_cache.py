@@ -57,7 +57,10 @@ def refuse_uncacheable(methods, teacher: str = "teacher") -> None:
                               f"hold (the cache keeps {' and '.join(CACHEABLE)}); set teacher.cache: false")
 
 
-def cache_key(checkpoint: str, images: Dataset, seed: int, needs: Needs, dataset: str) -> dict[str, str]:
+def cache_key(checkpoint: str, images: Dataset, seed: int, needs: Needs, dataset: str,
+              pipeline: str = "") -> dict[str, str]:
+    """What the cached outputs depend on: the teacher's weights, which images, the seed of their one
+    augmentation, the outputs kept and the training pipeline (augmentation, size)."""
     file = resolve_checkpoint(checkpoint, "best")
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
@@ -66,34 +69,42 @@ def cache_key(checkpoint: str, images: Dataset, seed: int, needs: Needs, dataset
     indices = source_indices(images)
     identity = f"{dataset}:{len(images)}:" + (",".join(map(str, indices.tolist())) if indices is not None else "all")
     return {"teacher": digest.hexdigest(), "images": hashlib.sha256(identity.encode()).hexdigest(),
-            "seed": str(seed), "outputs": ",".join(f for f in CACHEABLE if getattr(needs, f))}
+            "seed": str(seed), "outputs": ",".join(f for f in CACHEABLE if getattr(needs, f)), "pipeline": pipeline}
 
 
 def teacher_cache(teacher: Callable[[Tensor], Features], images: Dataset, key: dict[str, str],
-                  folder: Optional[Path],
-                  seed: int, batch_size: int, device: torch.device, log=print, is_main: bool = True,
-                  sync: Callable[[], None] = lambda: None, progress: bool = True) -> dict[str, Tensor]:
-    """The cached outputs for `images` (computed now unless a cache with this key exists)."""
+                  folder: Optional[Path], seed: int, batch_size: int, device: torch.device, log=print,
+                  is_main: bool = True, sync: Callable[[], None] = lambda: None, progress: bool = True,
+                  shared: bool = False) -> dict[str, Tensor]:
+    """The cached outputs for `images` (computed now unless a cache with this key exists). In the run folder
+    the cache is one file that a changed key replaces; in a `shared` folder (teacher.cache_dir) each key has its
+    own file. The main process decides and writes; every process then reads the same file."""
     fields = key["outputs"].split(",")
     if folder is None:  # a program built outside a run: nothing to keep
         return compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
-    path = Path(folder) / CACHE_FILE
-    found = read_cache(path)
-    if found is not None and found[1] == key:
-        log(f"teacher cache: reusing {path} ({len(found[0]['logits'])} images)")
-        return found[0]
-    if found is not None:
-        changed = [k for k in key if found[1].get(k) != key[k]]
-        log(f"teacher cache: the {' and the '.join(changed)} changed since {path} was written; recomputing it")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(folder) / (f"teacher_cache-{digest}.safetensors" if shared else CACHE_FILE)
     if is_main:
-        log(f"teacher cache: the teacher runs once over the {len(images)} training images -> {path}")
-        outputs = compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in outputs.items()}, str(tmp), metadata={"key": json.dumps(key)})
+        found = read_cache(path)
+        if found is not None and found[1] == key:
+            log(f"teacher cache: reusing {path} ({len(next(iter(found[0].values())))} images)")
+        else:
+            if found is not None:
+                changed = [k for k in key if found[1].get(k) != key[k]]
+                log(f"teacher cache: the {' and the '.join(changed)} changed since {path} was written; "
+                    "recomputing it")
+            log(f"teacher cache: the teacher runs once over the {len(images)} training images -> {path}")
+            outputs = compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                save_file({k: v.contiguous() for k, v in outputs.items()}, str(tmp),
+                          metadata={"key": json.dumps(key)})
     sync()
-    outputs, _ = read_cache(path)
-    return outputs
+    found = read_cache(path)
+    if found is None or found[1] != key:
+        raise ConfigError(f"teacher.cache: {path} is missing or holds another cache on this process; every "
+                          "process of a run must see the same run folder (or teacher.cache_dir)")
+    return found[0]
 
 
 def read_cache(path: Path) -> Optional[tuple[dict[str, Tensor], dict[str, str]]]:

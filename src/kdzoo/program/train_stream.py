@@ -66,19 +66,21 @@ def attach_groups(stream: DataStream, methods, seed: int, folder: Optional[Path]
     indices = source_indices(images)
     key = {"layout": repr(layout), "seed": str(seed), "images": str(len(images)),
            "source": hashlib.sha256(str(indices.tolist()).encode()).hexdigest() if indices is not None else "all"}
-    path = Path(folder) / GROUPS_FILE if folder is not None else None
-    groups = _read_groups(path, key) if path is not None else None
-    if groups is None:
-        if path is not None and path.is_file():
-            log(f"groups: {path} was drawn for other images, layout or seed; drawing them again")
-        if is_main or path is None:
-            groups = draw_groups(len(images), layout, seed)
-            if path is not None:
-                with atomic_path(path) as tmp:
-                    save_file({"groups": groups}, str(tmp), metadata={"key": json.dumps(key)})
+    if folder is None:  # a program built outside a run
+        groups = draw_groups(len(images), layout, seed)
+    else:  # the main process decides and writes; every process reads the same file
+        path = Path(folder) / GROUPS_FILE
+        if is_main and _read_groups(path, key) is None:
+            if path.is_file():
+                log(f"groups: {path} was drawn for other images, layout or seed; drawing them again")
+            with atomic_path(path) as tmp:
+                save_file({"groups": draw_groups(len(images), layout, seed)}, str(tmp),
+                          metadata={"key": json.dumps(key)})
         sync()
+        groups = _read_groups(path, key)
         if groups is None:
-            groups = _read_groups(path, key)
+            raise ConfigError(f"groups: {path} is missing or holds other groups on this process; every process "
+                              "of a run must see the same run folder")
     stream.dataset = GroupDataset(images, groups)
     stream.views = tuple(dict.fromkeys(["x", *layout.views]))
     stream.batch_fn = partial(group_batch, layout=layout, device=stream.device, channels_last=stream.channels_last)

@@ -3,6 +3,7 @@ plain training without a teacher). A short program: two model slots, the recipe'
 per method that declares one (AB, FT, FSP), then the main phase."""
 from __future__ import annotations
 
+import json
 from typing import Any, Optional
 
 import torch
@@ -105,10 +106,13 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
             device, memory_format=memory_format)
         if cfg.teacher.cache:
             refuse_uncacheable(methods)
-            key = cache_key(cfg.teacher.checkpoint, images, cfg.seed, needs.get("teacher", Needs()), info.name)
-            folder = cfg.teacher.cache_dir or ctx.out
-            outputs = teacher_cache(teacher, images, key, folder, cfg.seed, cfg.dataset.eval_batch_size, device,
-                                    ctx.log, ctx.dist.is_main, sync, progress=cfg.engine.progress)
+            d = cfg.dataset
+            pipeline = json.dumps({"augment": d.augment, "image_size": d.image_size, "views": d.views})
+            key = cache_key(cfg.teacher.checkpoint, images, cfg.seed, needs.get("teacher", Needs()), info.name,
+                            pipeline)
+            outputs = teacher_cache(teacher, images, key, cfg.teacher.cache_dir or ctx.out, cfg.seed,
+                                    d.eval_batch_size, device, ctx.log, ctx.dist.is_main, sync,
+                                    progress=cfg.engine.progress, shared=cfg.teacher.cache_dir is not None)
             frozen["teacher"] = CachedTeacher(outputs, device)
             models["teacher"] = ModelSlot(teacher.model, role="cached", features=frozen["teacher"])
         else:

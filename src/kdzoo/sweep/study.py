@@ -10,6 +10,7 @@ folder under <out>/runs/, which a re-run resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -45,13 +46,33 @@ def open_storage(cfg: SweepConfig):
             retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback()}
         else:
             retry = {"failed_trial_callback": storages.RetryFailedTrialCallback()}
-        return storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
-                                   grace_period=cfg.grace, **retry)
+        storage = storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
+                                      grace_period=cfg.grace, **retry)
     except Exception as err:  # SQLAlchemy's errors (bad URL, missing driver, unreachable server)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"storage {_safe(url)}: cannot be opened ({first})") from None
     finally:
         del optuna
+    if url.startswith("sqlite"):
+        _immediate_transactions(storage.engine)
+    return storage
+
+
+def _immediate_transactions(engine) -> None:
+    """SQLite takes its write lock only at the first write, so two workers could both read a trial as WAITING and
+    both mark it RUNNING (row locks do not exist there). BEGIN IMMEDIATE takes the lock when the transaction
+    starts: check-and-set becomes atomic, the other worker waits (busy timeout) and then sees RUNNING."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners are dropped
 
 
 def _safe(url: str) -> str:
@@ -112,6 +133,7 @@ def claim(study) -> Optional[int]:
     """A waiting trial now marked running by this worker (atomically), or None when none waits."""
     from optuna.trial import TrialState
 
+    from optuna.exceptions import UpdateFinishedTrialError
     from sqlalchemy.exc import OperationalError
 
     storage = study._storage
@@ -121,15 +143,19 @@ def claim(study) -> Optional[int]:
                 if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                     return trial._trial_id
             return None
-        except OperationalError:  # SQLite: another worker's claim won the write lock; look again
+        except (OperationalError, UpdateFinishedTrialError):  # another worker got there first; look again
             time.sleep(0.05 * (1 + attempt % 5) + random.random() * 0.1)
     return None
 
 
 def run_folder(cfg: SweepConfig, params: dict[str, Any]) -> Path:
+    """<out>/runs/<readable point>-<hash of the point>/seed<k>: distinct for distinct points."""
     point = {k: v for k, v in params.items() if k != "seed"}
-    slug = "_".join(f"{k.split('.')[-1]}-{Path(str(v)).stem if k == 'recipe' else v}" for k, v in point.items())
-    return cfg.out / "runs" / (re.sub(r"[^A-Za-z0-9_.=-]+", "-", slug) or "point") / f"seed{params['seed']}"
+    slug = "_".join(f"{k.split('.')[-1]}-{Path(str(v)).parent.name}-{Path(str(v)).stem}" if k == "recipe"
+                    else f"{k.split('.')[-1]}-{v}" for k, v in point.items())
+    digest = hashlib.sha256(params_key(point).encode()).hexdigest()[:8]
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", slug)[:80]
+    return cfg.out / "runs" / f"{slug}-{digest}" / f"seed{params['seed']}"
 
 
 def _record_params(storage, trial_id: int, cfg: SweepConfig, params: dict[str, Any]) -> None:
@@ -186,7 +212,10 @@ def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print)
 
     def beat():
         while not beating.wait(cfg.heartbeat / 2):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # a busy database: beat again next time, well inside the grace period
+                log(f"sweep {cfg.name}: trial {number}: heartbeat not recorded ({type(err).__name__})")
 
     storage.record_heartbeat(trial_id)
     thread = threading.Thread(target=beat, daemon=True)
@@ -208,7 +237,12 @@ def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print)
         thread.join()
     result = summary.get("result") or {}
     test = result.get("value", summary.get("best_top1") if "selected_by" not in summary else None)
-    for key, value in (("test_top1", test), ("best_epoch", summary.get("best_epoch")),
-                       ("selected_by", summary.get("selected_by", "test_top1"))):
-        storage.set_trial_user_attr(trial_id, key, value)
-    storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(summary["best_top1"])])
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    try:
+        for key, value in (("test_top1", test), ("best_epoch", summary.get("best_epoch")),
+                           ("selected_by", summary.get("selected_by", "test_top1"))):
+            storage.set_trial_user_attr(trial_id, key, value)
+        storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(summary["best_top1"])])
+    except UpdateFinishedTrialError:  # failed meanwhile as stale (no heartbeat): its retry resumes the folder
+        log(f"sweep {cfg.name}: trial {number} finished after it was failed as stale; its retry will reuse {folder}")
