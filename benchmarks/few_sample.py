@@ -55,8 +55,9 @@ def step_times(runs: Path) -> dict[str, float]:
     """Median ms per training step of each row's runs (from metrics.jsonl: epoch_time_s over 13 steps)."""
     out = {}
     for row in ROWS:
-        epochs = [json.loads(line)["epoch_time_s"] for f in runs.glob(f"*recipe-{row}/seed*/metrics.jsonl")
-                  for line in f.read_text().splitlines()]
+        lines = [json.loads(line) for f in runs.glob(f"recipe-ckd-{row}_lr-*/seed*/metrics.jsonl")
+                 for line in f.read_text().splitlines()]
+        epochs = [r["epoch_time_s"] for r in lines if "epoch_time_s" in r]
         out[row] = 1000 * statistics.median(epochs) / 13
     return out
 
@@ -113,7 +114,7 @@ def write(first, table, best_lr, at_2000, times, elapsed) -> None:
     base = {size: _mean_std(rows["student"]["test"])[0] for size, rows in
             ((1000, {k: v[best_lr[k]] for k, v in table.items()}), (2000, at_2000))}
     lines = ["# Few-sample leaderboard: Fashion-MNIST, resnet32 teacher -> resnet8", "",
-             "CKD's setting on our CPU proxy: N training images (stratified, subset_seed 0) split 80/20 into train "
+             "CKD's setting on our CPU proxy: N training images (stratified, a fresh draw per seed) split 80/20 into train "
              "and validation; the teacher's outputs are cached once per image (one training augmentation); plateau "
              "schedule (validation every epoch of the train images, patience 3, lr x0.1, 2 cuts, at most 40 "
              "epochs); test top-1 on the full 10k test set at the best validation point. Mean ± sample std over "
