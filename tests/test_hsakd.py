@@ -327,8 +327,15 @@ def test_freezing_without_a_checkpoint_is_refused(tmp_path, capsys):
 def test_aux_teacher_then_hsakd_student_then_eval(tmp_path, capsys):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     assert run_cli("train", "-c", H / "teacher.yaml", "--out", teacher, *SMALL, "epochs=2") == 0
-    record = json.loads((teacher / "metrics.jsonl").read_text().splitlines()[-1])
+    records = [json.loads(line) for line in (teacher / "metrics.jsonl").read_text().splitlines()]
+    record = records[-1]
     assert {"train_ce", "train_aux_ce", "test_top1", "test_head1_top1", "test_head3_top1"} <= set(record)
+    # HSAKD keeps the teacher epoch of its best head (train_teacher_cifar.py's test() returns the heads' best)
+    summary = json.loads((teacher / "summary.json").read_text())
+    best = max(records, key=lambda r: (r["test_heads_top1"], -r["epoch"]))
+    assert summary["selected_by"] == "test_heads_top1" and summary["best_epoch"] == best["epoch"]
+    assert record["test_heads_top1"] == max(record[f"test_head{i}_top1"] for i in (1, 2, 3))
+    assert summary["result"]["value"] == best["test_top1"]
     assert run_cli("distill", "-c", H / "student.yaml", "--out", student, *SMALL, "epochs=2",
                    f"teacher.checkpoint={teacher}") == 0
     record = json.loads((student / "metrics.jsonl").read_text().splitlines()[-1])

@@ -201,7 +201,7 @@ def cmd_eval(args) -> int:
     else:
         print(f"{file}: {meta['arch']} on {meta['dataset']} test ({metrics['n']} images): "
               f"top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}")
-        for key in sorted(k for k in metrics if k.endswith("_top1") and k.startswith("head")):
+        for key in sorted(k for k in metrics if k.endswith("_top1") and k.startswith("head") and k != "heads_top1"):
             print(f"  {key[:-5]} (4 rotations, logits summed per class): top1 {metrics[key]:.2f}  "
                   f"top5 {metrics[key[:-5] + '_top5']:.2f}")
     return 0

@@ -66,6 +66,13 @@ def _row_teachers(bench) -> list[str]:
     for label, folder, _ in bench.teachers()[1:]:
         summary = _read_json(folder / "summary.json")
         rows = ", ".join(r.name for r in bench.cfg.rows if r.teacher == label)
+        result = summary.get("result") or {}
+        if result:  # selected on another metric (an HSAKD teacher on its best head): the backbone at that epoch
+            heads = {k: v for k, v in (summary.get("best_metrics") or {}).items() if k.endswith("_top1") and "head" in k}
+            lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
+                         f"{_num(result.get('value'))} at the best {summary.get('selected_by')} (epoch "
+                         f"{result.get('epoch')}; " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in heads.items()) + ").")
+            continue
         lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
                      f"{_num(summary.get('best_top1'))} (best) / {_num(summary.get('last_top1'))} (last).")
     return lines

@@ -91,6 +91,8 @@ class HeadsEvaluator:
             out.update({f"{self.stream}_{name}_top1": 100.0 * total[0].item() / n,
                         f"{self.stream}_{name}_top5": 100.0 * total[1].item() / n,
                         f"{self.stream}_{name}_loss": total[2].item() / n})
+        if sums:  # the best head (what HSAKD selects its teachers on)
+            out[f"{self.stream}_heads_top1"] = max(out[f"{self.stream}_{name}_top1"] for name in sums)
         return out
 
 

@@ -127,13 +127,16 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     deployed = (lambda: wrapped[0]) if wrapped else (lambda: student)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
     at_best = [evaluators.pop()] if "val" in streams else []  # test only where val reaches a new best
+    select = "val_top1" if "val" in streams else "test_top1"
     if isinstance(student, AuxNet) and student.num_heads and info.image_size is not None:  # square images
         heads = RotatedHeads(student)  # each head's accuracy beside the backbone's (HSAKD's teacher log)
         evaluators.append(HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4))
+        if "aux_ce" in cfg.loss and "val" not in streams:  # training the heads (an HSAKD teacher): HSAKD keeps
+            select = "test_heads_top1"  # the epoch of its best head (train_teacher_cifar.py), not of the backbone
     phases = init_phases(methods, bundle, runner, frozen, cfg.engine.teacher_first)
     phases.append(main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
                              controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators, at_best=at_best,
-                             select="val_top1" if "val" in streams else "test_top1"))
+                             select=select))
 
     def deploy_meta() -> dict[str, Any]:
         meta = {"arch": cfg.student.arch, "num_classes": info.num_classes, "in_channels": info.in_channels}
