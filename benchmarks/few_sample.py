@@ -17,7 +17,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -55,11 +54,29 @@ def step_times(runs: Path) -> dict[str, float]:
     """Median ms per training step of each row's runs (from metrics.jsonl: epoch_time_s over 13 steps)."""
     out = {}
     for row in ROWS:
-        lines = [json.loads(line) for f in runs.glob(f"recipe-ckd-{row}_lr-*/seed*/metrics.jsonl")
+        lines = [json.loads(line) for f in runs.glob(f"lr-*_recipe-ckd-{row}-????????/seed*/metrics.jsonl")
                  for line in f.read_text().splitlines()]
         epochs = [r["epoch_time_s"] for r in lines if "epoch_time_s" in r]
         out[row] = 1000 * statistics.median(epochs) / 13
     return out
+
+
+def _summaries() -> list[float]:
+    root = REPO / "runs" / "bench" / "few_sample"
+    return [json.loads(f.read_text())["wall_time_s"] for f in root.glob("few-*/runs/*/seed*/summary.json")]
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _torch() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def timing(out: Path) -> dict:
@@ -84,7 +101,6 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/few_sample")
     args = parser.parse_args()
     out = REPO / args.out
-    started = time.time()
     recipes = {row: f"configs/fashion_mnist/ckd/{row}.yaml" for row in ROWS}
     first = sweep(out, "few-1000", {"recipe": list(recipes.values()), "optim.lr": LRS},
                   {**COMMON, "dataset.subset_size": 1000}, args.jobs)
@@ -105,10 +121,10 @@ def main() -> None:
     second = sweep(out, "few-2000", {"recipe": paths}, {**COMMON, "dataset.subset_size": 2000}, args.jobs)
     at_2000 = {Path(r["point"]["recipe"]).stem: r for r in second["rows"]}
     times = timing(out)
-    write(first, table, best_lr, at_2000, times, time.time() - started)
+    write(first, table, best_lr, at_2000, times)
 
 
-def write(first, table, best_lr, at_2000, times, elapsed) -> None:
+def write(first, table, best_lr, at_2000, times) -> None:
     results = REPO / "benchmarks" / "results" / "few_sample"
     results.mkdir(parents=True, exist_ok=True)
     base = {size: _mean_std(rows["student"]["test"])[0] for size, rows in
@@ -144,8 +160,9 @@ def write(first, table, best_lr, at_2000, times, elapsed) -> None:
                   f"{cached['wall_time_s']:.1f} s with the cache (the teacher runs once, over 1,600 images) against "
                   f"{live['wall_time_s']:.1f} s with the live teacher ({live['wall_time_s'] / cached['wall_time_s']:.2f}x);"
                   f" test top-1 {cached['test_top1']:.2f} vs {live['test_top1']:.2f}.", "",
-              f"Hardware: {platform.processor() or platform.machine()}, 2 CPU cores, 2 sweep workers; "
-              f"{elapsed / 60:.0f} min in all."]
+              f"Hardware: {_cpu()}, 2 cores, torch {_torch()}, bf16 autocast; 2 sweep workers of 1 thread each "
+              f"(another benchmark shared the cores for part of the time). {len(_summaries())} runs, "
+              f"{sum(_summaries()) / 3600:.2f} h of training in total."]
     (results / "leaderboard.md").write_text("\n".join(lines) + "\n")
     (results / "results.json").write_text(json.dumps({"lr_sweep_1000": first, "best_lr": best_lr,
                                                       "at_2000": at_2000, "timing": times}, indent=1))
