@@ -134,6 +134,10 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
 
 
 def random_batch(regime: OfflineView, batch_size: int = 8, seed: int = 1) -> Batch:
+    stream = regime.program.data["train"]
+    if stream.sampler_fn is not None:  # grouped batches (CKD, mixup): one real batch of the stream's groups
+        torch.manual_seed(seed)
+        return stream.batch(next(iter(stream.loader(DistInfo()))))
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch_size, *regime.info.input_shape, generator=g)
     n = len(regime.train_targets)

@@ -177,7 +177,7 @@ def test_resume_refuses_recipe_changes(tmp_path, capsys):
     out = tmp_path / "r"
     assert run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", out, "epochs=1", *FAST) == 0
     assert run_cli("train", "--resume", out, "optim.lr=1") == 2
-    assert "only epochs, engine.* and dataset.root" in _err(capsys)
+    assert "only epochs, engine.*, logging.* and dataset.root" in _err(capsys)
     assert run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", out, *FAST) == 2
     assert "already holds a run" in _err(capsys)
 

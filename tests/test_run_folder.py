@@ -114,7 +114,7 @@ def test_resume_with_an_edited_config_is_refused(finished, capsys):
         (finished / "config.yaml").write_text(saved.replace(old, new))
         assert run_cli("train", "--resume", finished) == 2
         err = one_line_error(capsys)
-        assert err.startswith(f"kdzoo: error: {key}: ") and "only epochs, engine.* and dataset.root" in err
+        assert err.startswith(f"kdzoo: error: {key}: ") and "only epochs, engine.*, logging.* and dataset.root" in err
     (finished / "config.yaml").write_text(saved)
     assert run_cli("train", "--resume", finished, "epochs=3") == 2  # cosine: the lr would jump back up
     assert "a cosine schedule spans the run's 2 epochs" in one_line_error(capsys)

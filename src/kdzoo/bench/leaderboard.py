@@ -66,6 +66,9 @@ def _row_teachers(bench) -> list[str]:
     for label, folder, _ in bench.teachers()[1:]:
         summary = _read_json(folder / "summary.json")
         rows = ", ".join(r.name for r in bench.cfg.rows if r.teacher == label)
+        if not summary:
+            lines.append(f"- Teacher of {rows}: {label}, not trained yet (its rows are not run).")
+            continue
         result = summary.get("result") or {}
         if result:  # selected on another metric (an HSAKD teacher on its best head): the backbone at that epoch
             heads = {k: v for k, v in (summary.get("best_metrics") or {}).items() if k.endswith("_top1") and "head" in k}
