@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.data.groups import MAX_GROUPS, GroupLayout
+from kdzoo.data.groups import GroupLayout
 from kdzoo.distillers.base import Method
+from kdzoo.distillers.common import GroupedParams
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import METHODS, register_method
 from kdzoo.models.features import Features, Needs
@@ -48,10 +49,8 @@ def contrast_features(pos: Features, neg: Features, p: int, n: int, mix) -> Feat
 
 
 @dataclass
-class CKDParams:
+class CKDParams(GroupedParams):
     pos_and_neg: int = field(default=2, metadata={"ge": 2})
-    T: float = field(default=4.0, metadata={"gt": 0})  # of the optional KD term
-    groups: int = field(default=MAX_GROUPS, metadata={"ge": 1})  # distinct groups drawn once per run
 
 
 @register_method
@@ -79,22 +78,20 @@ class CKD(Method):
     def teacher_views(self) -> tuple[str, ...]:
         return ("pos", "neg")
 
-    def contrast(self, ctx, network: str, teacher: bool) -> tuple[Features, Features, int, int]:
-        b = self.binding
-        p, n = group_sizes(self.params.pos_and_neg)
+    def sides(self, ctx, network: str, teacher: bool) -> tuple[Features, Features]:
         pos, neg = ctx.features(network, "pos"), ctx.features(network, "neg")
-        if teacher and b.detach_teacher:
+        if teacher and self.binding.detach_teacher:
             pos, neg = pos.map(Tensor.detach), neg.map(Tensor.detach)
-        return pos, neg, p, n
+        return pos, neg
 
     def step_losses(self, ctx) -> dict[str, Tensor]:
         b, batch = self.binding, ctx.batch
         lam = self.draw_lambda(batch.inputs.device)
         mix = lambda x, y: self.mix(x, y, lam)  # noqa: E731
-        s = contrast_features(*self.contrast(ctx, b.student, False), mix)
-        t = contrast_features(*self.contrast(ctx, b.teacher, True), mix)
-        classes = s.logits.shape[1]
         p, n = group_sizes(self.params.pos_and_neg)
+        s = contrast_features(*self.sides(ctx, b.student, False), p, n, mix)
+        t = contrast_features(*self.sides(ctx, b.teacher, True), p, n, mix)
+        classes = s.logits.shape[1]
         one_hot = {v: F.one_hot(batch.targets_of(v), classes).float() for v in ("pos", "neg")}
         labels = mix(group_mean(one_hot["pos"], p), group_mean(one_hot["neg"], n))
         terms = self.comparison(s, t, labels)

@@ -1,12 +1,14 @@
 """Pieces several methods share: embeddings, spatial matching, pairwise distances, warm-up ramps."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdzoo.data.groups import MAX_GROUPS
 from kdzoo.engine.distributed import all_gather_cat
 
 
@@ -72,3 +74,12 @@ def warmup_factor(epoch: int, warmup: float) -> float:
     if warmup <= 0:
         return 1.0
     return min((epoch + 1) / warmup, 1.0)
+
+
+@dataclass
+class GroupedParams:
+    """What every method on grouped batches (CKD, mixup) takes: its optional KD term's temperature and how many
+    distinct groups are drawn once per run."""
+
+    T: float = field(default=4.0, metadata={"gt": 0})
+    groups: int = field(default=MAX_GROUPS, metadata={"ge": 1})

@@ -7,13 +7,14 @@ version the CKD README and sweeps name but its code lacks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.data.groups import MAX_GROUPS, GroupLayout
+from kdzoo.data.groups import GroupLayout
 from kdzoo.distillers.base import Method
+from kdzoo.distillers.common import GroupedParams
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
@@ -25,9 +26,8 @@ def soft_cross_entropy(logits: Tensor, probs: Tensor) -> Tensor:
 
 
 @dataclass
-class MixupParams:
-    T: float = field(default=4.0, metadata={"gt": 0})  # of the optional KD term
-    groups: int = field(default=MAX_GROUPS, metadata={"ge": 1})  # distinct tuples of images drawn once per run
+class MixupParams(GroupedParams):
+    pass
 
 
 @register_method

@@ -34,7 +34,7 @@ def _optuna():
 
 
 def open_storage(cfg: SweepConfig):
-    optuna = _optuna()
+    _optuna()
     import optuna.storages as storages
 
     url = cfg.storage_url
@@ -51,8 +51,6 @@ def open_storage(cfg: SweepConfig):
     except Exception as err:  # SQLAlchemy's errors (bad URL, missing driver, unreachable server)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"storage {_safe(url)}: cannot be opened ({first})") from None
-    finally:
-        del optuna
     if url.startswith("sqlite"):
         _immediate_transactions(storage.engine)
     return storage
@@ -182,7 +180,7 @@ def work(study, cfg: SweepConfig, train: TrialFn, log=print, wait: bool = True) 
         trial_id = claim(study)
         if trial_id is None:
             fail_stale_trials(study)  # a dead worker's trial comes back as a waiting copy
-            if claim_pending(study):
+            if _has_waiting(study):
                 continue
             if wait and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 time.sleep(min(cfg.heartbeat, 5))
@@ -192,7 +190,7 @@ def work(study, cfg: SweepConfig, train: TrialFn, log=print, wait: bool = True) 
         ran += 1
 
 
-def claim_pending(study) -> bool:
+def _has_waiting(study) -> bool:
     from optuna.trial import TrialState
 
     return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
