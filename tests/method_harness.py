@@ -128,7 +128,8 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
     needs = train_stream_needs(cfg)
     streams = {"train": DataStream(RandomImages(targets, shape, info, with_index=needs["needs_index"]), batch_size,
                                    train=True, drop_last=needs["drop_last"]),
-               "test": DataStream(RandomImages(targets[:20], shape, info), batch_size)}
+               "test": DataStream(RandomImages(targets[:20], shape, info), batch_size),
+               "probe": DataStream(RandomImages(targets, shape, info, with_index=True), batch_size)}
     ctx = BuildContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo())
     return OfflineView(offline_program(ctx, streams, info), cfg, info)
 

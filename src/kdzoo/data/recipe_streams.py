@@ -70,3 +70,14 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
     if val_set is not None:
         streams["val"] = DataStream(val_set, d.eval_batch_size, **stream)
     return streams, info
+
+
+def probe_stream(d: DatasetConfig, train: DataStream, *, seed: int, device: torch.device,
+                 channels_last: bool = False) -> DataStream:
+    """The `probe` stream: the images of `train` (same subset, same order) under the plain pipeline, with their
+    indices, read in order (per-epoch passes, program/epoch_pass.py)."""
+    from kdzoo.program.epoch_pass import probe_dataset
+
+    plain = build_dataset(d.name, "train", augment=False, root=d.root, download=d.download, image_size=d.image_size)
+    return DataStream(probe_dataset(train.dataset, plain), d.eval_batch_size, seed=seed, num_workers=d.num_workers,
+                      device=device, channels_last=channels_last)

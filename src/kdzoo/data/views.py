@@ -4,11 +4,14 @@ sample under several of them at once (two augmented views, a plain and an augmen
     dataset.views: {x: train, plain: plain}   ->  samples ({"x": aug(image), "plain": image}, label)
 
 Pipelines: `train` (the dataset's training augmentation; none with `dataset.augment: false`), `plain` (the
-training images without augmentation), `test` (the evaluation pipeline). `register_pipeline` adds more.
+training images without augmentation), `test` (the evaluation pipeline), `jitter` (train + colour jitter and
+grayscale). `register_pipeline` adds more.
 """
 from __future__ import annotations
 
 from typing import Callable
+
+import torch
 
 from torch.utils.data import Dataset
 
@@ -30,6 +33,29 @@ register_pipeline("plain", "training images without augmentation")(
     lambda builder, info, augment: builder.transform("train", info, False))
 register_pipeline("test", "the evaluation pipeline")(
     lambda builder, info, augment: builder.transform("test", info, False))
+
+
+class ColourJitter:
+    """After a normalising pipeline: undo the normalisation, colour-jitter (0.4, 0.4, 0.4, 0.1) with probability
+    0.8, grayscale with probability 0.2 (DS-SRD's and SimCLR's two-view augmentation), normalise again."""
+
+    def __init__(self, inner: Callable, mean, std):
+        from torchvision.transforms import v2
+
+        self.inner = inner
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.jitter = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                                  v2.RandomGrayscale(p=0.2)])
+
+    def __call__(self, sample):
+        x = self.inner(sample)
+        pixels = (x * self.std + self.mean).clamp(0, 1)
+        return (self.jitter(pixels) - self.mean) / self.std
+
+
+register_pipeline("jitter", "the training augmentation, then colour jitter p 0.8 and grayscale p 0.2 (two-view KD)")(
+    lambda builder, info, augment: ColourJitter(builder.transform("train", info, augment), info.mean, info.std))
 
 
 def pipeline(name: str, builder, info: DatasetInfo, augment: bool) -> Callable:

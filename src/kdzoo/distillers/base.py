@@ -88,6 +88,7 @@ class SetupContext:
     epochs: int
     device: torch.device
     teacher_checkpoint: Optional[str] = None  # where the teacher came from (for error messages)
+    info: Optional[Any] = None  # the DatasetInfo of the training data (normalisation, input shape)
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Method(nn.Module):
     # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
     recipe_loss: ClassVar[dict[str, float]] = {}
     recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
+    epoch_passes: ClassVar[bool] = False  # True: on_epoch_start gets passes over the training images
+    own_recipes: ClassVar[bool] = False  # True: configs/make_recipes.py writes its recipes apart (DS-SRD)
     few_sample: ClassVar[bool] = False  # True: its recipes are the few-sample ones (configs/<data>/ckd/)
 
     def __init__(self, params: Any, ctx: SetupContext):
@@ -171,7 +174,7 @@ class Method(nn.Module):
     # Optional hooks -------------------------------------------------------------------------------------------
     def teacher_views(self) -> tuple[str, ...]:
         """The views of the batch whose teacher outputs it reads (what a step may compute first)."""
-        return (self.binding.view,)
+        return (self.binding.teacher_input,)
 
     def group_layout(self):
         """The groups of training images its batches must be (data/groups.py GroupLayout), or None."""
@@ -184,8 +187,10 @@ class Method(nn.Module):
     def init_losses(self, batch: Batch, s: Features, t: Optional[Features], step: StepInfo) -> dict[str, Tensor]:
         raise NotImplementedError
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called at the start of every main-phase epoch."""
+    def on_epoch_start(self, epoch: int, passes: Optional[Any] = None) -> Optional[dict[str, float]]:
+        """Called at the start of every main-phase epoch. A method with `epoch_passes = True` gets `passes`
+        (program/epoch_pass.py EpochPasses: embeddings of the training images); it may return numbers to log."""
+        return None
 
     def after_step(self) -> None:
         """Called after every optimizer step (EMA, queue and memory-bank updates)."""

@@ -4,7 +4,7 @@ same view cost one forward."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -18,13 +18,19 @@ class Binding:
     """Which networks and view a method instance reads, and the namespace of its terms.
 
     `namespace: peer1` turns the method's term `kd` into `peer1.kd`; `detach_teacher` makes a trainable
-    network a teacher whose features give targets but receive no gradient (mutual learning)."""
+    network a teacher whose features give targets but receive no gradient (mutual learning); `teacher_view`
+    feeds the teacher another view of the same images than the student."""
 
     student: str = "student"
     teacher: str = "teacher"
     view: str = "x"
     namespace: str = ""
     detach_teacher: bool = False
+    teacher_view: Optional[str] = None  # the teacher reads another view (DS-SRD: KD(s(x), t(x2))); None: view
+
+    @property
+    def teacher_input(self) -> str:
+        return self.teacher_view or self.view
 
     def term(self, name: str) -> str:
         return f"{self.namespace}.{name}" if self.namespace else name
@@ -39,6 +45,15 @@ class StepContext:
         self.batch, self.info = batch, info
         self._sources = sources
         self._cache: dict[tuple[str, str, bool], Features] = {}
+        self._derived: dict[str, Tensor] = {}
+
+    def add_view(self, name: str, inputs: Tensor) -> str:
+        """A view a method derives inside the step (augmented or mixed copies of the batch); the networks'
+        features of it are then memoised like any other view's. Its rows are not dataset images."""
+        if name in self._derived or name in self.batch.views:
+            raise KeyError(f"view {name!r} exists already in this step")
+        self._derived[name] = inputs
+        return name
 
     def has(self, model: str) -> bool:
         return model in self._sources
@@ -58,12 +73,17 @@ class StepContext:
 
     def _run(self, model: str, view: str) -> Features:
         source = self._source(model)
+        if view in self._derived:
+            if getattr(source, "reads_batch", False):
+                raise KeyError(f"network {model!r} reads cached outputs of dataset images; view {view!r} is "
+                               "derived in the step (run that network live)")
+            return source(self._derived[view])
         if getattr(source, "reads_batch", False):  # e.g. cached teacher outputs, looked up by dataset index
             return source.from_batch(self.batch, view)
         return source(self.batch.view(view))
 
     def teacher_features(self, binding: Binding) -> Features:
-        feats = self.features(binding.teacher, binding.view)
+        feats = self.features(binding.teacher, binding.teacher_input)
         return feats.map(Tensor.detach) if binding.detach_teacher else feats
 
     def _source(self, model: str) -> Callable[[Tensor], Features]:

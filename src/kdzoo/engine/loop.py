@@ -86,10 +86,9 @@ class PhaseRunner:
         latest: dict[str, float] = {}  # the latest evaluation's metrics, stamped on every checkpoint after it
         for epoch in range(start_epoch, phase.epochs):
             self.runtime.epoch = epoch
-            if phase.on_epoch_start is not None:
-                phase.on_epoch_start(epoch, self.runtime)
+            before = phase.on_epoch_start(epoch, self.runtime) if phase.on_epoch_start is not None else None
             set_loader_epoch(loader, epoch)
-            record = {"phase": phase.name, "epoch": epoch + 1,
+            record = {"phase": phase.name, "epoch": epoch + 1, **(before or {}),
                       **self._train_epoch(phase, epoch, loader, stream, optimizer, controller, scaler)}
             metrics, improved, stop = latest, False, False
             if phase.evaluates and ((epoch + 1) % self.cfg.engine.eval_every == 0 or epoch + 1 == phase.epochs):

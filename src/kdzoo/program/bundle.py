@@ -50,13 +50,18 @@ def teacher_views(methods: Iterable[Method], frozen: Iterable[str]) -> list[tupl
     return pairs
 
 
+def step_sources(bundle: Bundle, frozen: dict[str, Callable]) -> dict[str, Callable]:
+    """The networks a step (or a per-epoch pass) reads, by slot name: the bundle's trainable ones, the frozen ones."""
+    return {**{name: getattr(bundle, name) for name in bundle.net_names}, **frozen}
+
+
 def method_step(bundle: Bundle, runner: nn.Module, frozen: dict[str, Callable], body: StepBody,
                 prefetch: Iterable[tuple[str, str]] = ()) -> Callable[[Batch, StepInfo], dict[str, Tensor]]:
     """A phase step: a StepContext over the bundle's networks and the frozen ones; the (frozen network, view)
     pairs in `prefetch` run first (under inference_mode, outside DDP: less live memory), then `body` under
     `runner` (the bundle, DDP-wrapped when distributed)."""
     prefetch = list(prefetch)
-    sources = {**{name: getattr(bundle, name) for name in bundle.net_names}, **frozen}
+    sources = step_sources(bundle, frozen)
 
     def step(batch: Batch, info: StepInfo) -> dict[str, Tensor]:
         ctx = StepContext(batch, info, sources)

@@ -65,9 +65,11 @@ def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
     """Every method reads a view the training batches carry."""
     views = tuple(views)
     for instance, m in methods.items():
-        if m.binding.view not in views:
-            raise ConfigError(f"methods.{instance}.view: the training batches have no view {m.binding.view!r} "
-                              f"(views: {', '.join(views)}; name more under dataset.views)")
+        for key in ("view", "teacher_view"):
+            view = getattr(m.binding, key)
+            if view is not None and view not in views:
+                raise ConfigError(f"methods.{instance}.{key}: the training batches have no view {view!r} "
+                                  f"(views: {', '.join(views)}; name more under dataset.views)")
 
 
 def binding_for(instance: str, namespace: str, section: dict) -> Binding:

@@ -2,7 +2,7 @@
 stage of all methods, and the hooks methods have (bank updates after each step, per-epoch state)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from torch import nn
 
@@ -10,7 +10,8 @@ from kdzoo.distillers import Method
 from kdzoo.engine.controllers import constant
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
-from kdzoo.program.bundle import Bundle, main_body, method_step, teacher_views
+from kdzoo.program.bundle import Bundle, main_body, method_step, step_sources, teacher_views
+from kdzoo.program.epoch_pass import EpochPasses
 from kdzoo.program.methods import produced_terms
 from kdzoo.program.program import Phase
 
@@ -26,17 +27,22 @@ def needs_by_network(methods: Iterable[Method], always: dict[str, Needs]) -> dic
     return needs
 
 
-def method_hooks(methods: Iterable[Method]) -> tuple[Callable[[], None], Callable[[int, Any], None]]:
-    """(after_step, on_epoch_start) calling every method's hook."""
+def method_hooks(methods: Iterable[Method], sources: Optional[Mapping[str, Callable]] = None
+                 ) -> tuple[Callable[[], None], Callable[[int, Any], dict[str, float]]]:
+    """(after_step, on_epoch_start) calling every method's hook; methods with `epoch_passes` get passes over the
+    training images through `sources` (the step's networks by slot name)."""
     methods = list(methods)
 
     def after_step() -> None:
         for m in methods:
             m.after_step()
 
-    def on_epoch_start(epoch: int, runtime: Any) -> None:
+    def on_epoch_start(epoch: int, runtime: Any) -> dict[str, float]:
+        stats: dict[str, float] = {}
+        passes = EpochPasses(runtime, sources or {})
         for m in methods:
-            m.on_epoch_start(epoch)
+            stats.update(m.on_epoch_start(epoch, passes if m.epoch_passes else None) or {})
+        return stats
 
     return after_step, on_epoch_start
 
@@ -67,7 +73,7 @@ def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundl
     weights = {term: w for term, w in loss.items() if term in produced_terms(main)}
     if not any(weights.values()):
         raise ConfigError("loss: no term with a non-zero weight acts in the main stage (add ce)")
-    after_step, on_epoch_start = method_hooks(methods.values())
+    after_step, on_epoch_start = method_hooks(methods.values(), step_sources(bundle, frozen))
     first = teacher_views(main, frozen) if teacher_first else ()
     return Phase(name="main", epochs=epochs, params=list(bundle.parameters()),
                  step=method_step(bundle, runner, frozen, lambda ctx: main_body(ctx, main), prefetch=first),

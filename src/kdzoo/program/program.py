@@ -48,6 +48,7 @@ class ModelSlot:
     features: Optional[Callable[[Tensor], Any]] = None
     ema_of: Optional[str] = None
     ema_decay: float = 0.999
+    ema_buffers: str = "copy"  # BN statistics: copy the source's, average them too ("ema"), or "keep" its own
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -80,7 +81,9 @@ class Phase:
     (None: a constant lr). evaluators run after every `engine.eval_every` epochs and the last; `select` names
     the metric that decides the best checkpoint (higher is better) and `report` the stream reported as the
     run's result. `at_best` evaluators run once, when the phase ends, on the weights of its best evaluation (the
-    test stream of a run that selects on val: only its numbers at the best val point are reported). on_epoch_start(epoch, runtime) and after_step() are the phase's hooks.
+    test stream of a run that selects on val: only its numbers at the best val point are reported).
+    on_epoch_start(epoch, runtime) and after_step() are the phase's hooks; on_epoch_start may return numbers
+    for the epoch's metrics line (what a per-epoch pass cost).
     """
 
     name: str
@@ -95,7 +98,7 @@ class Phase:
     select: str = "test_top1"
     report: str = "test"
     lr: Optional[float] = None  # None: the recipe's optim.lr
-    on_epoch_start: Optional[Callable[[int, Any], None]] = None
+    on_epoch_start: Optional[Callable[[int, Any], Optional[dict[str, float]]]] = None
     after_step: Optional[Callable[[], None]] = None
 
     @property
@@ -145,7 +148,7 @@ class Program:
         """EMA slots follow their sources."""
         for slot in self.models.values():
             if slot.role == "ema":
-                ema_update(slot.module, self.models[slot.ema_of].module, slot.ema_decay)
+                ema_update(slot.module, self.models[slot.ema_of].module, slot.ema_decay, slot.ema_buffers)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"bundle": self.trainable.state_dict()}

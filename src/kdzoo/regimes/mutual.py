@@ -31,6 +31,7 @@ from kdzoo.models.aux import AuxNet, RotatedHeads
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.epoch_pass import attach_probe
 from kdzoo.program.methods import build_methods, check_views
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
@@ -110,10 +111,11 @@ class Mutual(Regime):
             return SetupContext(student=peers[binding.student], teacher=peers.get(binding.teacher),
                                 student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
                                 num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-                                batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device)
+                                batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
 
         methods = build_methods(loss, sections, setup, names)
         check_views(methods, streams["train"].views)
+        attach_probe(streams, methods.values(), cfg, device)
         needs = needs_by_network(methods.values(), {n: Needs(logits=True) for n in names})
         memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
         bundle = Bundle({n: FeatureModel(m, needs[n]) for n, m in peers.items()}, methods)

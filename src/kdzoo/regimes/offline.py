@@ -23,6 +23,7 @@ from kdzoo.models.aux import AuxNet, RotatedHeads
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, DataStream, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.epoch_pass import attach_probe
 from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
@@ -89,13 +90,14 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         teacher_shapes=probe_shapes(teacher_model, teacher_spec, example) if teacher_model else None,
         num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
         batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
-        teacher_checkpoint=cfg.teacher.checkpoint)
+        teacher_checkpoint=cfg.teacher.checkpoint, info=info)
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
     sync = lambda: barrier(ctx.dist)  # noqa: E731
     images = streams["train"].dataset  # before any grouping: what a teacher cache covers
     attach_groups(streams["train"], methods, cfg.seed, ctx.out, ctx.log, ctx.dist.is_main, sync)
     check_views(methods, streams["train"].views)
+    attach_probe(streams, methods.values(), cfg, device)
 
     needs = needs_by_network(methods.values(), {"student": Needs(logits=True)})
     memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
@@ -124,7 +126,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     runner = wrap_ddp(bundle, ctx.dist, device)
 
     wrapped = _inference_wrapper(methods.values(), student)
-    deployed = (lambda: wrapped[0]) if wrapped else (lambda: student)
+    plain = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans model's CNN
+    deployed = (lambda: wrapped[0]) if wrapped else (lambda: plain)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
     at_best = [evaluators.pop()] if "val" in streams else []  # test only where val reaches a new best
     select = "val_top1" if "val" in streams else "test_top1"
@@ -139,7 +142,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
                              select=select))
 
     def deploy_meta() -> dict[str, Any]:
-        meta = {"arch": cfg.student.arch, "num_classes": info.num_classes, "in_channels": info.in_channels}
+        arch = student.plain_arch if plain is not student else cfg.student.arch
+        meta = {"arch": arch, "num_classes": info.num_classes, "in_channels": info.in_channels}
         if wrapped:
             meta["wrapper"] = {"method": wrapped[1].name, **wrapped[1].inference_meta()}
         return meta

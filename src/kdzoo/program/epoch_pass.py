@@ -1,0 +1,66 @@
+"""Per-epoch passes over the training images for methods that need them (DS-SRD's k-means over the teacher's
+embedding): the `probe` stream holds the training images under the evaluation-style `plain` pipeline, in
+dataset order, with their indices; `EpochPasses.embed` runs a network over it without gradients.
+
+A method asks with `epoch_passes = True`; its `on_epoch_start(epoch, passes)` then gets an EpochPasses (None
+otherwise) and may return numbers to log on the epoch's metrics line (e.g. what its pass cost).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from kdzoo.data.wrappers import IndexedDataset, source_indices, subset
+from kdzoo.engine.distributed import all_gather_cat
+
+PROBE = "probe"
+
+
+def probe_dataset(train_set, plain_set):
+    """`plain_set` (the training split without augmentation) restricted to the images of `train_set`, indexed in
+    `train_set`'s order (through any subsets and few-sample draws)."""
+    inner = train_set.dataset if isinstance(train_set, IndexedDataset) else train_set
+    positions = source_indices(inner)
+    chosen = subset(plain_set, positions) if positions is not None else plain_set
+    return IndexedDataset(chosen)
+
+
+def attach_probe(streams: dict, methods, cfg, device) -> None:
+    """Add the probe stream when a method asks for epoch passes (a stream the caller gave is kept)."""
+    if PROBE in streams or not any(m.epoch_passes for m in methods):
+        return
+    from kdzoo.data.recipe_streams import probe_stream
+
+    streams[PROBE] = probe_stream(cfg.dataset, streams["train"], seed=cfg.seed, device=device,
+                                  channels_last=cfg.engine.channels_last)
+
+
+class EpochPasses:
+    """What a method's on_epoch_start may run: `embed(network, what)` = the network's `what` (pooled, logits)
+    for every training image, (N, D) float32 in dataset order, on the device."""
+
+    def __init__(self, runtime: Any, sources: Mapping[str, Callable[[Tensor], Any]], stream: str = PROBE):
+        self.runtime, self.sources, self.stream = runtime, sources, stream
+
+    @property
+    def size(self) -> int:
+        return len(self.runtime.engine.program.data[self.stream].dataset)
+
+    @torch.no_grad()
+    def embed(self, network: str, what: str = "pooled") -> Tensor:
+        stream = self.runtime.engine.program.data[self.stream]
+        source = self.sources[network]
+        rows, order = [], []
+        for raw in self.runtime.loader(self.stream):
+            batch = stream.batch(raw)
+            value = getattr(source(batch.inputs), what)
+            if value is None:
+                raise KeyError(f"network {network!r} gives no {what!r} features (declare them in the method's needs)")
+            rows.append(value.float().flatten(1))
+            order.append(batch.index)
+        values, index = all_gather_cat(torch.cat(rows)), all_gather_cat(torch.cat(order))
+        out = values.new_zeros(self.size, values.shape[1])
+        out[index] = values  # shards may repeat a padding row: the same values land twice
+        return out
