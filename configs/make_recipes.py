@@ -47,6 +47,8 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
         cls = METHODS.get(name)
         if not cls.needs_teacher() or not cls.recipe_loss or cls.student_needs.heads or cls.few_sample:
             continue  # methods on _aux models (hsakd) and few-sample ones (ckd) have their own recipes
+        if cls.own_recipes:
+            continue  # DS-SRD's pieces: write_dssrd
         rows[name] = (cls, dict(cls.recipe_loss))
         for variant, loss in cls.recipe_variants.items():
             rows[variant] = (cls, dict(loss))
@@ -131,6 +133,7 @@ def write_all(root: Path = ROOT) -> list[Path]:
     written += write_cifar_baselines(root)
     written += write_hsakd(root)
     written += write_ckd(root)
+    written += write_dssrd(root)
     return written
 
 
@@ -337,6 +340,108 @@ def write_fashion_mnist_ckd(root: Path = ROOT) -> list[Path]:
         path = root / "fashion_mnist" / "ckd" / "sweeps" / f"{row}.yaml"
         _dump(path, f"# lr sweep of the few-sample row {row}:\n#   kdzoo sweep -c configs/fashion_mnist/ckd/sweeps/"
                     f"{row}.yaml --jobs 2\n# Written by configs/make_recipes.py.\n", sweep)
+        written.append(path)
+    return written
+
+
+# DS-SRD (AiXia520/DS-SRD). The augmentation script's total: r CE + a augment + b CRD + c proto, 0.1/0.9/0.8/0.8.
+DSSRD_AUGMENT_LOSS = {"ce": 0.1, "augment": 0.9, "crd": 0.8, "proto": 0.8}
+DSSRD_MODES = {"identity": {"mode": "identity"}, "flip": {"mode": "flip"}, "crop_flip": {"mode": "crop+flip"},
+               "cutout": {"mode": "cutout"}, "autoaugment": {"mode": "autoaugment"}, "mixup": {"mode": "mixup"},
+               "cutmix": {"mode": "cutmix"},
+               "cutmix_pick_student_entropy": {"mode": "cutmix_pick", "n_run": 2, "criterion": "student_entropy"},
+               "cutmix_pick_teacher_entropy": {"mode": "cutmix_pick", "n_run": 2, "criterion": "teacher_entropy"}}
+# The supervised double-student total: gamma CE + alpha KD(s(x), t(x2)) + beta CRD + beta_c proto, plus the strong
+# student's mixup CE; the proto key is the student's second view.
+DSSRD_DOUBLE_LOSS = {"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8, "strong.mixup_ce": 1.0}
+DSSRD_DOUBLE_METHODS = {"kd": {"teacher_view": "x2"}, "proto": {"key_network": "student", "key_view": "x2"}}
+DSSRD_PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet32x4", "ShuffleV1"),
+               ("wrn_40_2", "ShuffleV1")]
+TWO_VIEWS = {"x": "jitter", "x2": "jitter"}
+DSSRD_HEADER = "# DS-SRD ({what}).\n# {command}\n# Written by configs/make_recipes.py (write_dssrd); edit there.\n"
+
+
+def _augment_methods(mode: dict) -> dict:
+    return {"augment": {**mode, "weights": [1.0, 0.0, 1.0], "teacher_target": True}}
+
+
+def write_dssrd(root: Path = ROOT) -> list[Path]:
+    """DS-SRD on CIFAR-100 (the README's 9 augmentation commands, its 4 double-student pairs, a CNN-Transformer
+    student), the Fashion-MNIST leaderboard rows and the digits recipes the CLI tests run."""
+    written = []
+    out = root / "cifar100" / "dssrd"
+    multistep = {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}
+    for row, mode in DSSRD_MODES.items():
+        data = {"name": f"cifar100-dssrd-augment-{row}", "seed": 0, "epochs": 240, "dataset": dict(CIFAR_DATA),
+                "student": {"arch": "wrn_16_2"}, "teacher": {"checkpoint": "runs/cifar100/teachers/wrn_40_2"},
+                "loss": dict(DSSRD_AUGMENT_LOSS),
+                "methods": {**_augment_methods(mode), "proto": {"warmup_epochs": 10}, "crd": {"feat_dim": 128}},
+                "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}, "schedule": dict(multistep)}
+        path = out / "augment" / f"{row}.yaml"
+        _dump(path, DSSRD_HEADER.format(what=f"with data augmentation, --mix_mode {mode['mode']}",
+                                        command=f"kdzoo distill -c configs/cifar100/dssrd/augment/{row}.yaml"), data)
+        written.append(path)
+    for teacher, student in DSSRD_PAIRS:
+        data = {"name": f"cifar100-dssrd-{teacher}-{student}", "seed": 0, "epochs": 240, "regime": "double_student",
+                "dataset": {**CIFAR_DATA, "batch_size": 128, "views": dict(TWO_VIEWS)},
+                "student": {"arch": student}, "teacher": {"checkpoint": f"runs/cifar100/teachers/{teacher}"},
+                "loss": dict(DSSRD_DOUBLE_LOSS), "methods": {k: dict(v) for k, v in DSSRD_DOUBLE_METHODS.items()},
+                "optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05, "momentum": 0.9,
+                          "weight_decay": 5.0e-4},
+                "schedule": {"name": "cosine", "warmup_epochs": 5}}
+        path = out / "double_student" / f"{teacher}-{student}.yaml"
+        _dump(path, DSSRD_HEADER.format(what="double student: weak student, strong student of the teacher's arch, "
+                                             "EMA teacher",
+                                        command=f"kdzoo distill -c configs/cifar100/dssrd/double_student/"
+                                                f"{teacher}-{student}.yaml"), data)
+        written.append(path)
+    data = {"name": "cifar100-dssrd-trans-resnet32x4-resnet8x4_trans", "seed": 0, "epochs": 240,
+            "dataset": dict(CIFAR_DATA), "student": {"arch": "resnet8x4_trans"},
+            "teacher": {"checkpoint": "runs/cifar100/teachers/resnet32x4"},
+            "loss": {"ce": 1.0, "kd": 1.0, "crd": 0.8, "trans_ce": 1.0, "trans_kd": 1.0},
+            "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4}, "schedule": dict(multistep)}
+    path = out / "trans" / "resnet32x4-resnet8x4_trans.yaml"
+    _dump(path, DSSRD_HEADER.format(what="CNN-Transformer student; the CNN branch deploys as resnet8x4",
+                                    command="kdzoo distill -c configs/cifar100/dssrd/trans/resnet32x4-resnet8x4_trans.yaml"),
+          data)
+    written.append(path)
+    written += _dssrd_cpu(root, "fashion_mnist", clusters=[30, 48, 60], warmup=2)
+    written += _dssrd_cpu(root, "digits", clusters=[10, 20], warmup=1)
+    return written
+
+
+def _dssrd_cpu(root: Path, dataset: str, clusters: list, warmup: int) -> list[Path]:
+    """The leaderboard rows (crd_proto, dssrd, kd_cutmix, kd_cutmix_pick, crd_kd_cutmix_pick) and a
+    CNN-Transformer student on a CPU dataset; K scaled to its training set as DS-SRD's 500-1000 to CIFAR's 50k."""
+    spec = CPU_DATASETS[dataset]
+    proto = {"clusters": clusters, "warmup_epochs": warmup}
+    pick = DSSRD_MODES["cutmix_pick_student_entropy"]
+    rows = {
+        "crd_proto": ({"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8}, {"proto": dict(proto)}, {}),
+        "dssrd": (dict(DSSRD_DOUBLE_LOSS), {"kd": {"teacher_view": "x2"}, "proto": {
+            **proto, "key_network": "student", "key_view": "x2"}}, {"regime": "double_student"}),
+        "kd_cutmix": ({"ce": 0.1, "augment": 0.9}, _augment_methods(DSSRD_MODES["cutmix"]), {}),
+        "kd_cutmix_pick": ({"ce": 0.1, "augment": 0.9}, _augment_methods(pick), {}),
+        "crd_kd_cutmix_pick": ({"ce": 0.1, "augment": 0.9, "crd": 0.8}, _augment_methods(pick), {}),
+        "trans": ({"ce": 1.0, "kd": 1.0, "trans_ce": 1.0, "trans_kd": 1.0}, {}, {"student": "resnet8x4_trans"}),
+    }
+    written = []
+    for row, (loss, methods, extra) in rows.items():
+        data = {"name": f"{dataset}-dssrd-{row}", "seed": 0, "epochs": spec["epochs"]}
+        if "regime" in extra:
+            data["regime"] = extra["regime"]
+        data["dataset"] = dict(spec["dataset"])
+        if row == "dssrd":
+            data["dataset"]["views"] = dict(TWO_VIEWS)
+        data.update({"student": {"arch": extra.get("student", spec["student"])},
+                     "teacher": {"checkpoint": spec["teacher"]}, "loss": loss})
+        if methods:
+            data["methods"] = methods
+        data.update({"optim": {"lr": spec["lr"], "momentum": 0.9, "weight_decay": 5.0e-4},
+                     "schedule": dict(spec["schedule"])})
+        path = root / dataset / "dssrd" / f"{row}.yaml"
+        _dump(path, DSSRD_HEADER.format(what=f"{row}; {spec['note']}",
+                                        command=f"kdzoo distill -c configs/{dataset}/dssrd/{row}.yaml"), data)
         written.append(path)
     return written
 

@@ -110,6 +110,17 @@ class LoggingConfig:
 
 
 @dataclass
+class DoubleStudentConfig:
+    """The double_student regime (DS-SRD): a strong student of the teacher's architecture (from the teacher's
+    checkpoint) with a prediction head; the teacher becomes an EMA of it after every step."""
+
+    ema_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})  # teacher <- d * teacher + (1 - d) * strong
+    head: bool = True  # the prediction head on the strong student's logits
+    mean_student: bool = False  # also keep `mean_student`, an EMA of the weak student (a key network)
+    mean_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = field(default=0, metadata=SEED)
@@ -119,6 +130,7 @@ class Config:
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet8"))
     teacher: ModelConfig = field(default_factory=ModelConfig)
     peers: list[ModelConfig] = field(default_factory=list)  # the networks of the mutual regime
+    double_student: DoubleStudentConfig = field(default_factory=DoubleStudentConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
                                    metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters

@@ -26,6 +26,10 @@ def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module
         from kdzoo.models.external import create_external
 
         model = create_external(name, num_classes=num_classes, in_channels=in_channels)
+    elif name.endswith("_trans") and name not in MODELS:  # says why an arch cannot host the branch
+        from kdzoo.models.trans import create_trans
+
+        model = create_trans(name, num_classes=num_classes, in_channels=in_channels)
     else:
         model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels)
     model.kdzoo_arch = name  # remembered for checkpoints and feature specs
@@ -44,5 +48,7 @@ def check_model_name(name: str) -> None:
             import timm  # noqa: F401
         except ImportError:
             raise KdzooError(f"model {name!r} needs timm: pip install timm") from None
+    elif name.endswith("_trans") and name not in MODELS:
+        create_model(name, num_classes=10)  # raises why the arch cannot host a transformer branch
     elif not name.startswith("tv:"):
         MODELS.get(name)

@@ -1,0 +1,184 @@
+"""Local prototype structure (DS-SRD's L_proto): each epoch from `warmup_epochs` on, the teacher embeds the
+training images (plain pipeline; pooled features, or logits where the student's width differs) and k-means
+(faiss, 20 iterations) clusters them for every K in `clusters`. Per cluster the concentration
+phi = mean distance of its members to the centroid / log(n + 10) (clusters of <= 1 member get the largest phi),
+clipped to its 10th-90th percentiles and rescaled to mean `phi_mean` (0.1); centroids are L2-normalised.
+
+Per step and clustering: the batch's own centroids plus `negatives` (100) centroids drawn from the clusters no
+row of the batch belongs to; scores = normalise(embedding) . centroids^T / phi (each column by its own phi);
+proto = mean over clusterings of KD_T(student scores, key scores), T 4. The key is the teacher's embedding of the
+same image (`key_network: teacher`, DS-SRD's augmentation script) or another network's on another view, e.g.
+the student's second view (`key_network: student, key_view: x2`, its supervised script) or a mean student; it
+is a target (detached). K larger than the training set / 10 is refused.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdzoo.distillers.base import Method
+from kdzoo.distillers.kd import kd_loss
+from kdzoo.distillers.registry import register_method
+from kdzoo.errors import ConfigError
+from kdzoo.models.features import Needs
+
+EMBEDS = ("auto", "pooled", "logits")
+
+
+@dataclass
+class ProtoParams:
+    clusters: list[int] = field(default_factory=lambda: [500, 800, 1000])
+    negatives: int = 100
+    warmup_epochs: int = 10  # the term acts from this epoch on, counted from 1 (DS-SRD's --warmup_epoch 10)
+    embed: str = "auto"  # pooled | logits | auto (pooled where student and teacher widths match)
+    key_network: str = "teacher"
+    key_view: str = "x"
+    phi_mean: float = 0.1
+    iterations: int = 20
+    redo: int = 5  # k-means restarts, the best kept (DS-SRD: nredo 5)
+    T: float = 4.0
+
+
+@dataclass
+class Clustering:
+    centroids: Tensor  # (K, D), L2-normalised
+    phi: Tensor  # (K,)
+    assign: Tensor  # (N,) cluster of every training image
+
+
+def concentration(distances: np.ndarray, assign: np.ndarray, k: int, mean: float) -> np.ndarray:
+    """phi per cluster from the members' (not squared) distances to their centroid (PCL's estimate)."""
+    phi = np.zeros(k)
+    counts = np.bincount(assign, minlength=k)
+    sums = np.bincount(assign, weights=distances, minlength=k)
+    many = counts > 1
+    phi[many] = sums[many] / counts[many] / np.log(counts[many] + 10)
+    phi[~many] = phi.max()
+    phi = phi.clip(np.percentile(phi, 10), np.percentile(phi, 90))
+    return mean * phi / phi.mean()
+
+
+def kmeans(x: np.ndarray, k: int, iterations: int, redo: int, seed: int, gpu: bool = False):
+    """(centroids (K, D), assignment (N,), distance to the assigned centroid (N,)) by faiss."""
+    import faiss
+
+    d = x.shape[1]
+    clus = faiss.Clustering(d, k)
+    clus.niter, clus.nredo, clus.seed, clus.verbose = iterations, redo, seed, False
+    clus.max_points_per_centroid, clus.min_points_per_centroid = 1000, 10
+    if gpu and hasattr(faiss, "StandardGpuResources"):
+        index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), d)
+    else:
+        index = faiss.IndexFlatL2(d)
+    clus.train(x, index)
+    squared, assign = index.search(x, 1)
+    centroids = faiss.vector_to_array(clus.centroids).reshape(k, d)
+    return centroids, assign[:, 0].astype(np.int64), np.sqrt(np.maximum(squared[:, 0], 0))
+
+
+def cluster(embedding: Tensor, k: int, params: ProtoParams, seed: int) -> Clustering:
+    x = np.ascontiguousarray(embedding.detach().float().cpu().numpy())
+    centroids, assign, distances = kmeans(x, k, params.iterations, params.redo, seed,
+                                          gpu=embedding.device.type == "cuda")
+    device = embedding.device
+    return Clustering(F.normalize(torch.from_numpy(centroids).to(device), dim=1),
+                      torch.from_numpy(concentration(distances, assign, k, params.phi_mean)).float().to(device),
+                      torch.from_numpy(assign).to(device))
+
+
+def proto_scores(embedding: Tensor, c: Clustering, ids: Tensor) -> Tensor:
+    """normalise(embedding) . centroids[ids]^T / phi[ids]."""
+    return F.normalize(embedding.float(), dim=1) @ c.centroids[ids].t() / c.phi[ids]
+
+
+def sample_negatives(c: Clustering, positives: Tensor, count: int) -> Tensor:
+    """`count` clusters (at most all of them) that no row of the batch belongs to, uniformly without replacement."""
+    free = torch.ones(c.centroids.shape[0], dtype=torch.bool)
+    free[positives.cpu()] = False
+    candidates = free.nonzero().flatten()
+    pick = torch.randperm(len(candidates))[:count]
+    return candidates[pick].to(positives.device)
+
+
+def proto_loss(student: Tensor, key: Tensor, index: Tensor, clusterings: list[Clustering], negatives: int,
+               temperature: float) -> Tensor:
+    total = 0.0
+    for c in clusterings:
+        positives = c.assign[index]
+        ids = torch.cat([positives, sample_negatives(c, positives, negatives)])
+        total = total + kd_loss(proto_scores(student, c, ids), proto_scores(key, c, ids), temperature)
+    return total / len(clusterings)
+
+
+@register_method
+class Proto(Method):
+    name = "proto"
+    description = "DS-SRD local structure: KD between student and key scores against the teacher's k-means prototypes"
+    paper = "Xu et al., DS-SRD: a unified framework for structured representation distillation, 2023"
+    student_needs = Needs(logits=True, pooled=True)
+    teacher_needs = Needs(logits=True, pooled=True)
+    needs_index = True
+    epoch_passes = True
+    own_recipes = True
+    cache_safe = False  # the epoch pass runs the teacher over the images
+    Params = ProtoParams
+    recipe_loss = {"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8}
+
+    def __init__(self, params: ProtoParams, ctx):
+        super().__init__(params, ctx)
+        p = params
+        if p.embed not in EMBEDS:
+            raise ConfigError(f"methods.proto.embed: {p.embed!r}; use one of {', '.join(EMBEDS)}")
+        n = len(ctx.train_targets)
+        if not p.clusters:
+            raise ConfigError("methods.proto.clusters: give at least one K")
+        for k in p.clusters:
+            if k < 2 or k > n // 10:
+                raise ConfigError(f"methods.proto.clusters: K={k} needs 2 <= K <= training images / 10 "
+                                  f"({n} images: at most {n // 10})")
+        if p.negatives < 1 or p.iterations < 1 or p.redo < 1 or p.T <= 0 or p.phi_mean <= 0:
+            raise ConfigError("methods.proto: negatives, iterations and redo must be >= 1; T and phi_mean > 0")
+        width_s = ctx.student_shapes.pooled[-1] if ctx.student_shapes.pooled is not None else None
+        width_t = ctx.teacher_shapes.pooled[-1] if ctx.teacher_shapes and ctx.teacher_shapes.pooled is not None \
+            else None
+        self.what = p.embed
+        if p.embed == "auto":
+            self.what = "pooled" if width_s is not None and width_s == width_t else "logits"
+        elif p.embed == "pooled" and width_s != width_t:
+            raise ConfigError(f"methods.proto.embed: pooled features of student ({width_s}) and teacher ({width_t}) "
+                              "differ in width; use embed: logits")
+        self.clusterings: Optional[list[Clustering]] = None
+
+    def teacher_views(self) -> tuple[str, ...]:
+        b, p = self.binding, self.params
+        return (b.view, p.key_view) if p.key_network == b.teacher and p.key_view != b.view else (b.view,)
+
+    @property
+    def first_epoch(self) -> int:
+        return max(self.params.warmup_epochs - 1, 0)  # 0-based
+
+    def on_epoch_start(self, epoch: int, passes=None) -> Optional[dict[str, float]]:
+        if epoch < self.first_epoch or passes is None:
+            self.clusterings = None
+            return None
+        started = time.time()
+        embedding = passes.embed(self.binding.teacher, self.what)
+        embedded = time.time()
+        self.clusterings = [cluster(embedding, k, self.params, seed=1000 * epoch + i)
+                            for i, k in enumerate(self.params.clusters)]
+        return {"proto_embed_s": round(embedded - started, 3), "proto_cluster_s": round(time.time() - embedded, 3)}
+
+    def step_losses(self, ctx) -> dict[str, Tensor]:
+        b, p = self.binding, self.params
+        s = getattr(ctx.features(b.student, b.view), self.what)
+        if self.clusterings is None:
+            return {b.term(self.name): s.sum() * 0.0}
+        key = getattr(ctx.features(p.key_network, p.key_view), self.what).detach()
+        index = ctx.batch.index_of(b.view)
+        return {b.term(self.name): proto_loss(s, key, index, self.clusterings, p.negatives, p.T)}

@@ -1,0 +1,156 @@
+"""DS-SRD's local prototype structure: phi against a hand computation (clipping and scaling), the loss against a
+hand computation with fixed centroids, k-means, the per-epoch pass over the training images, gradients, bad input
+and a CLI run that logs the clustering cost."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdzoo.distillers.proto import Clustering, ProtoParams, concentration, kmeans, proto_loss
+from kdzoo.engine.distributed import DistInfo
+from kdzoo.errors import ConfigError
+from tests.conftest import CONFIGS, FAST, run_cli
+from tests.method_harness import backward_once, build_regime, random_batch
+
+
+def test_published_defaults():
+    p = ProtoParams()
+    assert (p.clusters, p.negatives, p.warmup_epochs, p.phi_mean, p.iterations, p.T, p.key_network) == \
+        ([500, 800, 1000], 100, 10, 0.1, 20, 4.0, "teacher")
+
+
+def test_phi_by_hand_with_clipping_and_scaling():
+    # clusters: 0 -> distances 1, 3; 1 -> one member (gets the max); 2 -> 1, 1, 1, 1; 3 -> 2, 2; 4 -> 0.5, 1.5
+    assign = np.array([0, 0, 1, 2, 2, 2, 2, 3, 3, 4, 4])
+    dist = np.array([1, 3, 9, 1, 1, 1, 1, 2, 2, 0.5, 1.5], dtype=float)
+    raw = [2 / math.log(12), None, 1 / math.log(14), 2 / math.log(12), 1 / math.log(12)]
+    raw[1] = max(v for v in raw if v is not None)
+    lo, hi = np.percentile(raw, 10), np.percentile(raw, 90)
+    clipped = np.clip(raw, lo, hi)
+    expected = 0.1 * clipped / clipped.mean()
+    got = concentration(dist, assign, 5, 0.1)
+    assert np.allclose(got, expected)
+    assert got.mean() == pytest.approx(0.1) and got.max() <= 0.1 * hi / clipped.mean() + 1e-12
+
+
+def _kd(s, t, temp):
+    p_t = np.exp(t / temp) / np.exp(t / temp).sum(1, keepdims=True)
+    log_p_s = s / temp - np.log(np.exp(s / temp).sum(1, keepdims=True))
+    return float((p_t * (np.log(p_t) - log_p_s)).sum(1).mean() * temp**2)
+
+
+def test_loss_by_hand_with_fixed_centroids():
+    torch.manual_seed(0)
+    centroids = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    phi = torch.tensor([0.05, 0.1, 0.2, 0.08, 0.12, 0.15])
+    assign = torch.tensor([0, 1, 1, 2, 3, 4, 5, 0])
+    c = Clustering(centroids, phi, assign)
+    student, key, index = torch.randn(3, 4), torch.randn(3, 4), torch.tensor([0, 1, 3])
+    # positives: clusters 0, 1, 2 (one per row); negatives: all of 3, 4, 5 (count 100 > 3 free clusters). The KD
+    # over the columns does not depend on their order, so the hand computation fixes one.
+    got = float(proto_loss(student, key, index, [c, c], 100, 4.0))
+    ids = [0, 1, 2, 3, 4, 5]
+    cen, ph = centroids.numpy()[ids], phi.numpy()[ids]
+
+    def scores(x):
+        x = x.numpy() / np.linalg.norm(x.numpy(), axis=1, keepdims=True)
+        return x @ cen.T / ph
+
+    assert got == pytest.approx(_kd(scores(student), scores(key), 4.0), rel=1e-5)
+
+
+def test_negatives_exclude_the_batch_clusters_and_are_capped():
+    from kdzoo.distillers.proto import sample_negatives
+
+    torch.manual_seed(0)
+    c = Clustering(torch.eye(10), torch.ones(10), torch.arange(10))
+    negatives = sample_negatives(c, torch.tensor([0, 3, 3]), 4)
+    assert len(negatives) == 4 and not ({0, 3} & set(negatives.tolist()))
+    assert len(sample_negatives(c, torch.tensor([0, 3]), 100)) == 8
+
+
+def test_kmeans_separates_blobs():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, (200, 8)), rng.normal(5, 0.1, (200, 8))]).astype(np.float32)
+    _, assign, distances = kmeans(x, 2, 20, 1, seed=0)
+    assert len(set(assign[:200])) == 1 and len(set(assign[200:])) == 1 and assign[0] != assign[-1]
+    assert distances.max() < 1.0
+
+
+class _Runtime:
+    def __init__(self, program):
+        self.engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
+
+    def loader(self, name):
+        return self.engine.program.data[name].loader(DistInfo())
+
+
+def _regime(tmp_path, teacher="resnet8", **proto):
+    section = {"clusters": [5, 10], "warmup_epochs": 2, "negatives": 3, "redo": 1, **proto}
+    return build_regime(tmp_path, "resnet8", teacher, {"ce": 1.0, "proto": 0.8}, {"proto": section}, n_train=200)
+
+
+def test_epoch_pass_embeds_the_training_images_in_dataset_order(tmp_path):
+    from kdzoo.program.epoch_pass import EpochPasses
+
+    r = _regime(tmp_path)
+    passes = EpochPasses(_Runtime(r.program), {"teacher": r.teacher})
+    pooled = passes.embed("teacher", "pooled")
+    probe = r.program.data["probe"].dataset
+    images = torch.stack([probe[i][0] for i in (0, 7, 199)])
+    assert pooled.shape == (200, 64)
+    assert torch.allclose(pooled[[0, 7, 199]], r.teacher(images).pooled, atol=1e-5)
+
+
+def test_term_waits_for_warmup_then_trains_the_student(tmp_path):
+    r = _regime(tmp_path)
+    phase = r.phases()[-1]
+    assert phase.on_epoch_start(0, _Runtime(r.program)) == {}  # epoch 1 of 2: no clustering yet
+    terms = phase.step(random_batch(r), None)
+    assert float(terms["proto"].detach()) == 0
+    stats = phase.on_epoch_start(1, _Runtime(r.program))
+    assert stats["proto_cluster_s"] >= 0 and stats["proto_embed_s"] >= 0
+    method = r.methods["proto"]
+    assert [len(c.centroids) for c in method.clusterings] == [5, 10]
+    assert all(torch.allclose(c.centroids.norm(dim=1), torch.ones(len(c.centroids))) for c in method.clusterings)
+    r.program.models["teacher"].module.zero_grad()
+    # proto alone: its gradient must reach the student (the key is a detached target)
+    r2 = build_regime(tmp_path, "resnet8", "resnet8", {"proto": 1.0},
+                      {"proto": {"clusters": [5], "warmup_epochs": 1, "negatives": 3, "redo": 1}}, n_train=200)
+    r2.phases()[-1].on_epoch_start(0, _Runtime(r2.program))
+    terms = backward_once(r2, random_batch(r2))
+    assert float(terms["proto"].detach()) > 0
+    body = [(n, p) for n, p in r2.student.named_parameters() if not n.startswith("fc.")]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in body if p.dim() > 1)
+    assert all(p.grad is None for p in r2.teacher.parameters())  # pooled features: the classifier gets none
+
+
+def test_embedding_follows_widths(tmp_path):
+    assert _regime(tmp_path).methods["proto"].what == "pooled"
+    assert _regime(tmp_path, teacher="resnet8x4").methods["proto"].what == "logits"  # 64 vs 256 wide
+    with pytest.raises(ConfigError, match="use embed: logits"):
+        _regime(tmp_path, teacher="resnet8x4", embed="pooled")
+
+
+def test_k_larger_than_a_tenth_of_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="K=25"):
+        _regime(tmp_path, clusters=[5, 25])
+
+
+def test_proto_without_a_teacher_exits_2(tmp_path, capsys):
+    code = run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", tmp_path / "r", "loss.proto=1",
+                   *FAST)
+    assert code == 2 and "teacher" in capsys.readouterr().err
+
+
+def test_cli_run_logs_the_clustering_cost(tmp_path, digits_teacher):
+    out = tmp_path / "r"
+    code = run_cli("distill", "-c", CONFIGS / "digits" / "dssrd" / "crd_proto.yaml", "--out", out, "epochs=2",
+                   f"teacher.checkpoint={digits_teacher}", *FAST)
+    assert code == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["proto_cluster_s"] >= 0 and last["train_proto"] > 0
