@@ -196,7 +196,7 @@ def test_every_criterion_trains(tmp_path, criterion):
 
 @pytest.mark.parametrize("section, message", [
     ({"mode": "rotate"}, "unknown input-mixing mode"), ({"criterion": "loss"}, "unknown criterion"),
-    ({"n_run": 0}, "n_run"), ({"weights": [1, 1]}, "3 weights")])
+    ({"n_run": 0}, "methods.augment.n_run"), ({"weights": [1, 1]}, "3 weights")])
 def test_bad_parameters_are_refused(tmp_path, section, message):
     with pytest.raises(ConfigError, match=message):
         _regime(tmp_path, **section)
@@ -214,3 +214,25 @@ def test_cli_runs_each_mode_on_digits(tmp_path, digits_teacher, mode):
                    tmp_path / "r", "epochs=1", f"teacher.checkpoint={digits_teacher}", f"methods.augment.mode={mode}",
                    "methods.augment.weights=[1,1,1]", *FAST)
     assert code == 0
+
+
+def test_scoring_the_pool_leaves_the_students_bn_statistics(tmp_path):
+    r = _regime(tmp_path, mode="cutmix_pick", weights=[0.0, 0.0, 1.0])
+    r.train(True)
+    batch = random_batch(r)
+    from kdzoo.distillers.context import StepContext
+
+    sources = {"student": r.bundle.student, "teacher": r.teacher}
+    ctx = StepContext(batch, None, sources)
+    before = {k: v.clone() for k, v in r.student.state_dict().items() if "running" in k or "tracked" in k}
+    ctx.no_grad_features("student", ctx.add_view("pool", batch.inputs), keep_statistics=True)
+    after = r.student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    ctx.no_grad_features("student", ctx.add_view("pool2", batch.inputs))  # without: a training forward moves them
+    assert any(not torch.equal(before[k], r.student.state_dict()[k]) for k in before)
+
+
+def test_teacher_view_with_a_teacher_cache_is_refused(tmp_path, digits_teacher, capsys):
+    code = run_cli("distill", "-c", CONFIGS / "digits" / "kd.yaml", "--out", tmp_path / "r", "teacher.cache=true",
+                   f"teacher.checkpoint={digits_teacher}", "methods.kd.teacher_view=x", *FAST)
+    assert code == 2 and "teacher_view" in capsys.readouterr().err

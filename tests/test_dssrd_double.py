@@ -85,8 +85,12 @@ def test_mean_student_is_an_ema_of_the_weak_student_and_keys_proto(digits_teache
     program = _program(digits_teacher, "double_student.mean_student=true", "methods.proto.key_network=mean_student")
     slot = program.models["mean_student"]
     assert slot.role == "ema" and slot.ema_of == "student" and slot.ema_decay == 0.99
+    from kdzoo.engine.loop import Runtime
+
+    engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
+    program.phases[-1].on_epoch_start(0, Runtime(engine))  # clusters (warm-up 1): the key network is read
     optimizer, terms = _one_step(program)
-    assert torch.isfinite(terms["proto"])
+    assert float(terms["proto"].detach()) > 0
     before = copy.deepcopy(slot.module.state_dict())
     optimizer.step()
     program.after_optimizer_step()
@@ -138,7 +142,7 @@ def test_double_student_needs_a_teacher(tmp_path, capsys):
 def test_trans_parameter_counts_at_100_classes():
     counts = {arch: sum(p.numel() for p in create_model(arch, num_classes=100).parameters())
               for arch in ("resnet8x4_trans", "wrn_16_2_trans", "ResNet50_trans")}
-    assert counts == {"resnet8x4_trans": 1_592_808, "wrn_16_2_trans": 807_512, "ResNet50_trans": 50_937_608}
+    assert counts == {"resnet8x4_trans": 1_592_808, "wrn_16_2_trans": 826_648, "ResNet50_trans": 50_937_608}
 
 
 def test_trans_branch_gradients_per_term(tmp_path):
@@ -184,3 +188,21 @@ def test_trans_kd_needs_a_trans_student(tmp_path):
 
     with pytest.raises(ConfigError, match="_trans model"):
         build_regime(tmp_path, "resnet8", None, {"ce": 1.0, "trans_kd": 1.0})
+
+
+@pytest.mark.parametrize("override, message", [("methods.proto.key_view=x3", "no view 'x3'"),
+                                               ("methods.proto.key_network=peer", "network 'peer'")])
+def test_proto_key_is_checked_when_the_run_is_built(tmp_path, digits_teacher, capsys, override, message):
+    code = run_cli("distill", "-c", RECIPE, "--out", tmp_path / "r", f"teacher.checkpoint={digits_teacher}",
+                   override, *FAST)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err
+
+
+def test_trans_student_in_the_double_student_regime_deploys_its_cnn(tmp_path, digits_teacher):
+    out = tmp_path / "r"
+    assert run_cli("distill", "-c", RECIPE, "--out", out, *SMALL, "epochs=1", f"teacher.checkpoint={digits_teacher}",
+                   "student.arch=resnet8_trans", "loss.trans_kd=1", "loss.trans_ce=1") == 0
+    from kdzoo.engine.teacher import load_model
+
+    assert load_model(out)[1]["arch"] == "resnet8"

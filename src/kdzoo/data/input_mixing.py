@@ -170,11 +170,11 @@ def autoaugment(x: Tensor, stats: PixelStats) -> Tensor:
     return stats.from_uint8(augmented, x.float()).to(x.dtype)
 
 
-def check_mode(mode: str, n_run: int = 2, where: str = "mode") -> None:
+def check_mode(mode: str, n_run: int = 2, where: str = "input mixing") -> None:
     if mode not in MODES:
-        raise ConfigError(f"{where}: unknown input-mixing mode {mode!r} (modes: {', '.join(MODES)})")
+        raise ConfigError(f"{where}.mode: unknown input-mixing mode {mode!r} (modes: {', '.join(MODES)})")
     if n_run < 1:
-        raise ConfigError(f"{where}: n_run must be >= 1, got {n_run}")
+        raise ConfigError(f"{where}.n_run: must be >= 1, got {n_run}")
 
 
 def mix_inputs(mode: str, x: Tensor, stats: PixelStats, n_run: int = 2,
@@ -184,6 +184,14 @@ def mix_inputs(mode: str, x: Tensor, stats: PixelStats, n_run: int = 2,
     if x.dim() != 4:
         raise ConfigError(f"input mixing {mode}: needs image batches (B, C, H, W), got shape {tuple(x.shape)}")
     size = min(x.shape[-2:])
+    memory = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+        else torch.contiguous_format
+    mixed = _mix(mode, x, stats, n_run, score, size)
+    mixed.inputs = mixed.inputs.contiguous(memory_format=memory)
+    return mixed
+
+
+def _mix(mode, x, stats, n_run, score, size) -> Mixed:
     if mode == "identity":
         return _unmixed(x, x)
     if mode == "flip":

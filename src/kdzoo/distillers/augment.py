@@ -63,7 +63,7 @@ class Augment(Method):
     def __init__(self, params: AugmentParams, ctx):
         super().__init__(params, ctx)
         p = params
-        check_mode(p.mode, p.n_run, "methods.augment.mode")
+        check_mode(p.mode, p.n_run, "methods.augment")
         if p.criterion not in CRITERIA:
             raise ConfigError(f"methods.augment.criterion: unknown criterion {p.criterion!r} "
                               f"(criteria: {', '.join(CRITERIA)})")
@@ -104,8 +104,9 @@ class Augment(Method):
     def _score(self, ctx, view: str) -> Tensor:
         b, criterion = self.binding, self.params.criterion
         if criterion == "student_entropy":
-            return entropy(ctx.no_grad_features(b.student, view).logits)
+            return entropy(ctx.no_grad_features(b.student, view, keep_statistics=True).logits)
         teacher = ctx.no_grad_features(b.teacher, view).logits
         if criterion == "teacher_entropy":
             return entropy(teacher)
-        return per_sample_kl(ctx.no_grad_features(b.student, view).logits, teacher, self.params.T)
+        return per_sample_kl(ctx.no_grad_features(b.student, view, keep_statistics=True).logits, teacher,
+                             self.params.T)

@@ -176,6 +176,10 @@ class Method(nn.Module):
         """The views of the batch whose teacher outputs it reads (what a step may compute first)."""
         return (self.binding.teacher_input,)
 
+    def extra_reads(self) -> tuple[tuple[str, str, Needs], ...]:
+        """(network, view, needs) a step reads beyond its bound student and teacher (proto's key network)."""
+        return ()
+
     def group_layout(self):
         """The groups of training images its batches must be (data/groups.py GroupLayout), or None."""
         return None

@@ -64,11 +64,19 @@ class StepContext:
             self._cache[key] = self._run(model, view)
         return self._cache[key]
 
-    def no_grad_features(self, model: str = "student", view: str = "x") -> Features:
+    def no_grad_features(self, model: str = "student", view: str = "x", keep_statistics: bool = False) -> Features:
+        """Features without a graph (a forward the step already made is reused, detached). keep_statistics: a
+        network in training mode leaves its BatchNorm statistics as they were (a scoring pass, not training)."""
+        if (model, view, True) in self._cache:
+            return self._cache[(model, view, True)].map(Tensor.detach)
         key = (model, view, False)
         if key not in self._cache:
+            source = self._source(model)
+            kept = _buffers(source) if keep_statistics else None
             with torch.no_grad():
                 self._cache[key] = self._run(model, view)
+                for buffer, value in kept or ():
+                    buffer.data.copy_(value)  # as BN's own update: no version bump for saved graphs
         return self._cache[key]
 
     def _run(self, model: str, view: str) -> Features:
@@ -92,3 +100,10 @@ class StepContext:
         except KeyError:
             raise KeyError(f"no network named {model!r} in this step (networks: {', '.join(self._sources)})") \
                 from None
+
+
+def _buffers(source) -> list[tuple[Tensor, Tensor]]:
+    """(buffer, copy) of every buffer of a network in training mode (BN statistics a forward would move)."""
+    if not isinstance(source, torch.nn.Module) or not source.training:
+        return []
+    return [(b, b.detach().clone()) for b in source.buffers()]

@@ -64,7 +64,7 @@ def concentration(distances: np.ndarray, assign: np.ndarray, k: int, mean: float
     return mean * phi / phi.mean()
 
 
-def kmeans(x: np.ndarray, k: int, iterations: int, redo: int, seed: int, gpu: bool = False):
+def kmeans(x: np.ndarray, k: int, iterations: int, redo: int, seed: int, gpu: Optional[int] = None):
     """(centroids (K, D), assignment (N,), distance to the assigned centroid (N,)) by faiss."""
     import faiss
 
@@ -72,8 +72,10 @@ def kmeans(x: np.ndarray, k: int, iterations: int, redo: int, seed: int, gpu: bo
     clus = faiss.Clustering(d, k)
     clus.niter, clus.nredo, clus.seed, clus.verbose = iterations, redo, seed, False
     clus.max_points_per_centroid, clus.min_points_per_centroid = 1000, 10
-    if gpu and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), d)
+    if gpu is not None and hasattr(faiss, "StandardGpuResources"):  # faiss's GPU build, on this process's GPU
+        config = faiss.GpuIndexFlatConfig()
+        config.device = gpu
+        index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), d, config)
     else:
         index = faiss.IndexFlatL2(d)
     clus.train(x, index)
@@ -84,8 +86,8 @@ def kmeans(x: np.ndarray, k: int, iterations: int, redo: int, seed: int, gpu: bo
 
 def cluster(embedding: Tensor, k: int, params: ProtoParams, seed: int) -> Clustering:
     x = np.ascontiguousarray(embedding.detach().float().cpu().numpy())
-    centroids, assign, distances = kmeans(x, k, params.iterations, params.redo, seed,
-                                          gpu=embedding.device.type == "cuda")
+    gpu = (embedding.device.index or 0) if embedding.device.type == "cuda" else None
+    centroids, assign, distances = kmeans(x, k, params.iterations, params.redo, seed, gpu=gpu)
     device = embedding.device
     return Clustering(F.normalize(torch.from_numpy(centroids).to(device), dim=1),
                       torch.from_numpy(concentration(distances, assign, k, params.phi_mean)).float().to(device),
@@ -156,8 +158,11 @@ class Proto(Method):
         self.clusterings: Optional[list[Clustering]] = None
 
     def teacher_views(self) -> tuple[str, ...]:
-        b, p = self.binding, self.params
-        return (b.view, p.key_view) if p.key_network == b.teacher and p.key_view != b.view else (b.view,)
+        """The step reads the teacher only as the key (the epoch pass runs it apart)."""
+        return (self.params.key_view,) if self.params.key_network == self.binding.teacher else ()
+
+    def extra_reads(self):
+        return ((self.params.key_network, self.params.key_view, Needs(logits=True, pooled=True)),)
 
     @property
     def first_epoch(self) -> int:
@@ -170,8 +175,18 @@ class Proto(Method):
         started = time.time()
         embedding = passes.embed(self.binding.teacher, self.what)
         embedded = time.time()
-        self.clusterings = [cluster(embedding, k, self.params, seed=1000 * epoch + i)
-                            for i, k in enumerate(self.params.clusters)]
+        main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        self.clusterings = []
+        for i, k in enumerate(self.params.clusters):
+            if main:  # one k-means, on the main process; the others receive its result
+                c = cluster(embedding, k, self.params, seed=1000 * epoch + i)
+            else:
+                c = Clustering(embedding.new_zeros(k, embedding.shape[1]), embedding.new_zeros(k),
+                               torch.zeros(len(embedding), dtype=torch.long, device=embedding.device))
+            if torch.distributed.is_initialized():
+                for tensor in (c.centroids, c.phi, c.assign):
+                    torch.distributed.broadcast(tensor, src=0)
+            self.clusterings.append(c)
         return {"proto_embed_s": round(embedded - started, 3), "proto_cluster_s": round(time.time() - embedded, 3)}
 
     def step_losses(self, ctx) -> dict[str, Tensor]:
@@ -179,6 +194,6 @@ class Proto(Method):
         s = getattr(ctx.features(b.student, b.view), self.what)
         if self.clusterings is None:
             return {b.term(self.name): s.sum() * 0.0}
-        key = getattr(ctx.features(p.key_network, p.key_view), self.what).detach()
+        key = getattr(ctx.no_grad_features(p.key_network, p.key_view), self.what)  # a target
         index = ctx.batch.index_of(b.view)
         return {b.term(self.name): proto_loss(s, key, index, self.clusterings, p.negatives, p.T)}

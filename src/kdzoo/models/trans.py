@@ -97,7 +97,7 @@ class TransNet(nn.Module):
                              "it cannot host a transformer branch")
         (_, dim, h, w), (_, dim_out, h_out, _) = shapes[before], shapes[last]
         downsample = h_out < h
-        blocks = max(1, sum(1 for _ in backbone.get_submodule(last).children()))
+        blocks = _block_count(backbone.get_submodule(last))
         layers = []
         for i in range(blocks):
             first = i == 0
@@ -127,6 +127,14 @@ class TransNet(nn.Module):
                            preact=tuple(map(prefix, spec.preact)))
 
 
+def _block_count(stage: nn.Module) -> int:
+    """The residual blocks of a stage (through wrappers with one child, e.g. a WRN NetworkBlock's `.layer`)."""
+    children = list(stage.children())
+    while len(children) == 1 and isinstance(children[0], (nn.Sequential, nn.ModuleList)):
+        children = list(children[0].children())
+    return max(1, len(children))
+
+
 def _probe(model: nn.Module, names: tuple[str, ...], in_channels: int) -> dict[str, torch.Size]:
     shapes: dict[str, torch.Size] = {}
     handles = [model.get_submodule(n).register_forward_hook(
@@ -148,8 +156,8 @@ def _probe(model: nn.Module, names: tuple[str, ...], in_channels: int) -> dict[s
 
 def create_trans(name: str, num_classes: int, in_channels: int = 3) -> TransNet:
     plain = name[: -len("_trans")]
-    if plain not in MODELS:
-        raise KdzooError(f"model {name!r}: no zoo model {plain!r} to add a transformer branch to")
+    if plain not in MODELS or plain.endswith(("_aux", "_trans")):
+        raise KdzooError(f"model {name!r}: no plain zoo model {plain!r} to add a transformer branch to")
     backbone = MODELS.get(plain)(num_classes=num_classes, in_channels=in_channels)
     backbone.kdzoo_arch = plain
     return TransNet(backbone, plain, num_classes, in_channels)

@@ -65,10 +65,11 @@ def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
     """Every method reads a view the training batches carry."""
     views = tuple(views)
     for instance, m in methods.items():
-        for key in ("view", "teacher_view"):
-            view = getattr(m.binding, key)
+        read = [(f".{key}", getattr(m.binding, key)) for key in ("view", "teacher_view")]
+        read += [(f" (network {network})", view) for network, view, _ in m.extra_reads()]
+        for where, view in read:
             if view is not None and view not in views:
-                raise ConfigError(f"methods.{instance}.{key}: the training batches have no view {view!r} "
+                raise ConfigError(f"methods.{instance}{where}: the training batches have no view {view!r} "
                                   f"(views: {', '.join(views)}; name more under dataset.views)")
 
 
@@ -99,7 +100,11 @@ def build_methods(loss: dict[str, float], methods_cfg: dict, setup_for: Callable
                                   f"(networks: {', '.join(sorted(networks))})")
         params = from_dict(cls.Params, {k: v for k, v in section.items() if k not in BINDING_KEYS},
                            f"methods.{instance}")
-        built[instance] = cls(params, setup_for(binding)).bind(binding)
+        built[instance] = method = cls(params, setup_for(binding)).bind(binding)
+        for network, _, _ in method.extra_reads():
+            if network not in networks:
+                raise ConfigError(f"methods.{instance}: reads network {network!r}, which this run does not have "
+                                  f"(networks: {', '.join(sorted(networks))})")
     return built
 
 

@@ -24,6 +24,8 @@ def needs_by_network(methods: Iterable[Method], always: dict[str, Needs]) -> dic
         needs[b.student] = needs.get(b.student, Needs()) | m.student_needs
         if m.needs_teacher():
             needs[b.teacher] = needs.get(b.teacher, Needs()) | m.teacher_needs
+        for network, _, extra in m.extra_reads():
+            needs[network] = needs.get(network, Needs()) | extra
     return needs
 
 

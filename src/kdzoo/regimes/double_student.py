@@ -37,11 +37,10 @@ from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
 from kdzoo.program.epoch_pass import attach_probe
-from kdzoo.program.methods import build_methods, check_views
+from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import attach_batch_transform, stream_needs
-from kdzoo.program.methods import method_instances
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
 NETWORKS = ("student", "strong", "teacher", "mean_student")
@@ -76,8 +75,9 @@ class DoubleStudent(Regime):
     def build(cls, ctx: BuildContext) -> Program:
         cfg, device = ctx.cfg, ctx.device
         classes = [c for _, c in method_instances(cfg.loss).values()]
+        needs = {**stream_needs(cfg, classes), "drop_last": True}  # the head's BatchNorm1d needs 2+ rows
         streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
-                                       channels_last=cfg.engine.channels_last, **stream_needs(cfg, classes))
+                                       channels_last=cfg.engine.channels_last, **needs)
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: the double_student regime starts its teacher and strong student "
                               "from a trained teacher")
@@ -91,7 +91,11 @@ class DoubleStudent(Regime):
         except KdzooError as err:
             raise ConfigError(f"teacher: the double_student regime builds a strong student of the teacher's "
                               f"architecture {arch!r}, which the zoo cannot build ({err})") from None
-        strong_net.load_state_dict(teacher_model.state_dict())
+        try:
+            strong_net.load_state_dict(teacher_model.state_dict())
+        except RuntimeError:
+            raise ConfigError(f"teacher: {cfg.teacher.checkpoint} does not load into a plain {arch} (a teacher saved "
+                              "with an inference wrapper cannot start the strong student)") from None
         student, student_spec = trained_network(cfg.student, info, log=ctx.log)
 
         sample = streams["test"].sample_input()
@@ -105,9 +109,9 @@ class DoubleStudent(Regime):
         shapes["strong"] = replace(shapes["teacher"])
         shapes["mean_student"] = shapes["student"]
         nets = {"student": student, "strong": strong_net, "teacher": teacher_model}
-        mean = copy.deepcopy(student) if cfg.double_student.mean_student else None
-        if mean is not None:
-            nets["mean_student"] = mean
+        mean_wanted = cfg.double_student.mean_student
+        if mean_wanted:
+            nets["mean_student"] = student  # stands in for its EMA (same architecture) while methods are built
 
         def setup(binding) -> SetupContext:
             return SetupContext(student=nets[binding.student], teacher=nets.get(binding.teacher),
@@ -135,13 +139,15 @@ class DoubleStudent(Regime):
                   "strong": ModelSlot(strong_net, features=bundle.strong),
                   "teacher": ModelSlot(teacher_model, role="ema", ema_of="strong", ema_decay=decay,
                                        ema_buffers="keep", features=frozen["teacher"])}
-        if mean is not None:
-            frozen["mean_student"] = FrozenTeacher(mean, needs.get("mean_student", Needs()), student_spec).to(
-                device, memory_format=memory_format)
+        runner = wrap_ddp(bundle, ctx.dist, device)  # broadcasts rank 0's networks: copy the mean student after
+        if mean_wanted:
+            mean = copy.deepcopy(student)
+            frozen["mean_student"] = FrozenTeacher(mean, needs.get("mean_student", Needs()), student_spec)
             models["mean_student"] = ModelSlot(mean, role="ema", ema_of="student",
                                                ema_decay=cfg.double_student.mean_decay, features=frozen["mean_student"])
-        runner = wrap_ddp(bundle, ctx.dist, device)
-        evaluators = [ClassifierEvaluator(lambda: student, stream) for stream in ("val", "test") if stream in streams]
+        deployed = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans CNN
+        deployed_arch = student.plain_arch if deployed is not student else cfg.student.arch
+        evaluators = [ClassifierEvaluator(lambda: deployed, stream) for stream in ("val", "test") if stream in streams]
         at_best = [evaluators.pop()] if "val" in streams else []
         phase = main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
@@ -157,6 +163,6 @@ class DoubleStudent(Regime):
                     "ema_decay": decay, "methods": {name: to_dict(m.params) for name, m in methods.items()}}
 
         return Program(models=models, data=streams, phases=[phase], trainable=bundle, info=info,
-                       artifacts={"student": Artifact(lambda: student, meta(cfg.student.arch)),
+                       artifacts={"student": Artifact(lambda: deployed, meta(deployed_arch)),
                                   "teacher": Artifact(lambda: teacher_model, meta(arch))},
                        describe=describe)

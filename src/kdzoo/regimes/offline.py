@@ -73,6 +73,10 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         raise ConfigError("student.cache: only a teacher's outputs can be cached (teacher.cache)")
     if cfg.teacher.cache and not any(c.needs_teacher() for c in classes):
         raise ConfigError("teacher.cache: no method of this recipe reads the teacher")
+    viewed = [name for name, section in cfg.methods.items() if isinstance(section, dict) and section.get("teacher_view")]
+    if cfg.teacher.cache and viewed:
+        raise ConfigError(f"methods.{viewed[0]}.teacher_view: the teacher cache holds one view per image; run the "
+                          "teacher live (teacher.cache: false)")
     attach_batch_transform(streams["train"], cfg, classes)
     student, student_spec = trained_network(cfg.student, info, log=ctx.log)
     teacher_model, teacher_meta, teacher_spec = None, None, None
@@ -125,8 +129,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     models["student"] = ModelSlot(student, features=bundle.student)
     runner = wrap_ddp(bundle, ctx.dist, device)
 
-    wrapped = _inference_wrapper(methods.values(), student)
     plain = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans model's CNN
+    wrapped = _inference_wrapper(methods.values(), plain)
     deployed = (lambda: wrapped[0]) if wrapped else (lambda: plain)
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
     at_best = [evaluators.pop()] if "val" in streams else []  # test only where val reaches a new best
