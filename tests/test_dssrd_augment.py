@@ -236,3 +236,30 @@ def test_teacher_view_with_a_teacher_cache_is_refused(tmp_path, digits_teacher, 
     code = run_cli("distill", "-c", CONFIGS / "digits" / "kd.yaml", "--out", tmp_path / "r", "teacher.cache=true",
                    f"teacher.checkpoint={digits_teacher}", "methods.kd.teacher_view=x", *FAST)
     assert code == 2 and "teacher_view" in capsys.readouterr().err
+
+
+DSSRD_RECIPES = sorted(p for d in ("cifar100", "fashion_mnist", "digits") for p in (CONFIGS / d / "dssrd").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", DSSRD_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_dssrd_recipe_validates_its_method_parameters(path):
+    from kdzoo.config import load_config
+    from kdzoo.config.validate import from_dict
+    from kdzoo.data.input_mixing import check_mode
+    from kdzoo.distillers import METHODS
+    from kdzoo.distillers.augment import CRITERIA
+    from kdzoo.program.methods import flat_sections, method_instances
+    from kdzoo.regimes import REGIMES
+
+    cfg = load_config(path)
+    REGIMES.get(cfg.regime)
+    method_instances(cfg.loss)
+    for name, section in flat_sections(cfg.methods).items():
+        params = from_dict(METHODS.get(name.split(".")[-1]).Params,
+                           {k: v for k, v in section.items() if k not in ("teacher_view", "view")}, name)
+        if name == "augment":
+            check_mode(params.mode, params.n_run)
+            assert params.criterion in CRITERIA and len(params.weights) == 3
+    if cfg.regime == "double_student":
+        assert cfg.dataset.views == {"x": "jitter", "x2": "jitter"} and cfg.methods["kd"]["teacher_view"] == "x2"
+    assert len(DSSRD_RECIPES) >= 9 + 4 + 1 + 12

@@ -106,7 +106,7 @@ def test_runs_resumes_exactly_and_deploys_student_and_teacher(tmp_path, digits_t
     args = [*SMALL, f"teacher.checkpoint={digits_teacher}"]
     assert run_cli("distill", "-c", RECIPE, "--out", full, *args) == 0
     record = json.loads((full / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["train_strong.mixup_ce"] > 0 and record["train_proto"] > 0
+    assert record["train_strong.mixup_ce"] > 0 and record["train_proto"] > 0 and record["test_teacher_top1"] > 0
     engine = make_engine(load_config(RECIPE, args), part, quiet=True)
     _stop_after_epochs(engine, 1)
     assert run_cli("distill", "--resume", part, *FAST) == 0

@@ -149,6 +149,8 @@ class DoubleStudent(Regime):
         deployed_arch = student.plain_arch if deployed is not student else cfg.student.arch
         evaluators = [ClassifierEvaluator(lambda: deployed, stream) for stream in ("val", "test") if stream in streams]
         at_best = [evaluators.pop()] if "val" in streams else []
+        report = "val" if "val" in streams else "test"  # how the moving teacher fares: test_teacher_top1
+        evaluators.append(ClassifierEvaluator(lambda: teacher_model, report, name="teacher"))
         phase = main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
                            at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
