@@ -64,11 +64,24 @@ def test_ema_teacher_follows_the_formula_and_only_the_teacher_moves(digits_teach
     program.after_optimizer_step()
     for name, value in teacher.named_parameters():
         assert torch.allclose(value, 0.99 * before[name] + 0.01 * strong_after[name], atol=1e-6)
-    for name, value in teacher.named_buffers():  # its BN statistics stay its own (DS-SRD)
-        assert torch.equal(value, before[name])
+    for name, value in teacher.named_buffers():  # BN statistics: averaged too (ema_buffers: ema)
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.99 * before[name] + 0.01 * strong_after[name], atol=1e-6)
+        else:
+            assert torch.equal(value, strong_after[name])
     assert any(not torch.equal(strong_after[k], before[k]) for k in before)
     assert any(not torch.equal(v, student_before[k]) for k, v in models["student"].module.state_dict().items())
     assert any(not torch.equal(v, head_before[k]) for k, v in program.trainable.strong.head.state_dict().items())
+
+
+def test_keep_leaves_the_teachers_bn_statistics(digits_teacher):
+    program = _program(digits_teacher, "double_student.ema_buffers=keep")
+    teacher = program.models["teacher"].module
+    before = copy.deepcopy(dict(teacher.named_buffers()))
+    optimizer, _ = _one_step(program)
+    optimizer.step()
+    program.after_optimizer_step()
+    assert all(torch.equal(v, before[k]) for k, v in teacher.named_buffers())
 
 
 def test_head_width_comes_from_the_feature_spec(tmp_path):

@@ -115,6 +115,9 @@ class DoubleStudentConfig:
     checkpoint) with a prediction head; the teacher becomes an EMA of it after every step."""
 
     ema_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})  # teacher <- d * teacher + (1 - d) * strong
+    # the teacher's BN statistics: averaged like its weights (ema), copied from the strong student (copy), or its
+    # own (keep, as DS-SRD's code: they go stale as the weights move; on Fashion-MNIST its teacher fell to 74%)
+    ema_buffers: Literal["ema", "copy", "keep"] = "ema"
     head: bool = True  # the prediction head on the strong student's logits
     mean_student: bool = False  # also keep `mean_student`, an EMA of the weak student (a key network)
     mean_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})

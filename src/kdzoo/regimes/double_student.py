@@ -6,8 +6,9 @@ itself moving: after every optimizer step the teacher's parameters become an EMA
   checkpoint so the EMA teacher stays a trained network), plus a prediction head on its logits, Linear(C, F) ->
   BN -> ReLU -> Linear(F, C) -> BN with F the width of its pooled feature (read from the feature spec, so any
   zoo arch works). It trains with the recipe's `strong.*` terms, typically `strong.mixup_ce`.
-- `teacher`: the checkpoint, then teacher <- 0.99 teacher + 0.01 strong (parameters; its BN statistics are its
-  own, as in DS-SRD). Eval mode, no gradients.
+- `teacher`: the checkpoint, then teacher <- 0.99 teacher + 0.01 strong, parameters and BN statistics alike
+  (`double_student.ema_buffers: ema`; DS-SRD's code keeps the teacher's own statistics, `keep`, which go stale
+  as its weights move). Eval mode, no gradients.
 - `student`: the weak student with every other term (ce, kd with `teacher_view: x2`, crd, proto, ...).
 - `mean_student` (double_student.mean_student): an EMA of the weak student, a key network for proto.
 
@@ -138,7 +139,7 @@ class DoubleStudent(Regime):
         models = {"student": ModelSlot(student, features=bundle.student),
                   "strong": ModelSlot(strong_net, features=bundle.strong),
                   "teacher": ModelSlot(teacher_model, role="ema", ema_of="strong", ema_decay=decay,
-                                       ema_buffers="keep", features=frozen["teacher"])}
+                                       ema_buffers=cfg.double_student.ema_buffers, features=frozen["teacher"])}
         runner = wrap_ddp(bundle, ctx.dist, device)  # broadcasts rank 0's networks: copy the mean student after
         if mean_wanted:
             mean = copy.deepcopy(student)
