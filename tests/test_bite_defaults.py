@@ -46,6 +46,14 @@ PARAMS = {
     "ckd_inter": {"pos_and_neg": 2, "T": 4.0, "groups": 100_000, "inner": "hint"},
     "mixup": {"T": 4.0, "groups": 100_000},
     "mixup3": {"T": 4.0, "groups": 100_000},
+    # DS-SRD / Good-DA-in-KD: --mix_n_run 2, --cutmix_pick_criterion student_entropy, --lw_mix [1,0,1], KD at T 4,
+    # --t_output_as_target_for_input_mix; K 500/800/1000, 100 negatives, warm-up 10, phi mean 0.1, 20 iterations
+    "augment": {"mode": "cutmix_pick", "n_run": 2, "criterion": "student_entropy", "weights": [1.0, 0.0, 1.0],
+                "teacher_target": True, "T": 4.0},
+    "proto": {"clusters": [500, 800, 1000], "negatives": 100, "warmup_epochs": 10, "embed": "auto",
+              "key_network": "teacher", "key_view": "x", "phi_mean": 0.1, "iterations": 20, "redo": 5, "T": 4.0},
+    "mixup_ce": {},
+    "trans_kd": {"T": 4.0},
 }
 
 RECIPES = {
@@ -80,6 +88,11 @@ RECIPES = {
     "ckd_inter": {"ckd_inter_cls": 1.0, "ckd_inter_rel": 1.0, "ckd_inter_feat": 100.0},
     "mixup": {"mixup_cls": 1.0, "mixup_rel": 1.0},
     "mixup3": {"mixup3_cls": 1.0, "mixup3_rel": 1.0},
+    # DS-SRD: -r 0.1 -a 0.9 (augment), and its supervised total gamma/alpha/beta/beta_c 1/1/0.8/0.8
+    "augment": {"ce": 0.1, "augment": 0.9},
+    "proto": {"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8},
+    "mixup_ce": {},
+    "trans_kd": {},
 }
 
 VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},
