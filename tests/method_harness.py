@@ -148,6 +148,21 @@ def random_batch(regime: OfflineView, batch_size: int = 8, seed: int = 1) -> Bat
     return regime.program.data["train"].batch(raw)  # with the stream's batch transform, if any (rotate4)
 
 
+class EpochRuntime:
+    """What a phase's on_epoch_start gets from the engine (the program's loaders), for a program built here."""
+
+    def __init__(self, program: Program):
+        self.engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
+
+    def loader(self, name: str):
+        return self.engine.program.data[name].loader(DistInfo())
+
+
+def start_epoch(regime: OfflineView, epoch: int = 0) -> dict:
+    """The main phase's epoch hook (per-epoch passes: proto's clustering)."""
+    return regime.phases()[-1].on_epoch_start(epoch, EpochRuntime(regime.program))
+
+
 def step_info(epoch: int = 0, epochs: int = 10, step: int = 0, steps_per_epoch: int = 10) -> StepInfo:
     return StepInfo(epoch=epoch, epochs=epochs, step=step, steps_per_epoch=steps_per_epoch)
 

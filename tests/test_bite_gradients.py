@@ -19,7 +19,7 @@ from kdzoo.distillers.dist import dist_parts
 from kdzoo.distillers.dkd import dkd_parts
 from kdzoo.distillers.rkd import rkd_angle_loss, rkd_distance_loss
 from kdzoo.models import get_head
-from tests.method_harness import build_regime, one_thread, random_batch, step_info  # noqa: F401 (autouse)
+from tests.method_harness import build_regime, one_thread, random_batch, start_epoch, step_info  # noqa: F401
 
 STUDENT, TEACHER = "resnet8", "resnet14"
 
@@ -28,6 +28,8 @@ STUDENT, TEACHER = "resnet8", "resnet14"
 # (consistency) are invariant to a constant shift, so d loss / d b = 0 identically.
 NO_GRAD_BY_DESIGN = {"dcd": {"b"}}
 HEAD_TERMS = {"aux_ce", "hsakd"}  # terms on an _aux model's rotation heads alone
+EPOCH_PASS_PARAMS = {"proto": {"proto": {"clusters": [2, 4], "warmup_epochs": 1, "negatives": 1, "redo": 1}}}
+POOLED_TERMS = {"proto", "trans_ce"}  # proto scores pooled features; trans_ce trains the transformer branch
 FEATURE_TERMS = {"ckd_inter_feat"}  # CKD's comparison of intermediate features: no logits, the inner adapters
 
 
@@ -73,8 +75,12 @@ def test_every_method_is_covered():
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
 def test_each_term_alone_trains_student_and_adapters_not_teacher(folder, name):
     aux = "_aux" if METHODS.get(name).student_needs.heads else ""  # methods on rotation heads need _aux models
-    regime = build_regime(folder, STUDENT + aux, None if name == "ce" else TEACHER + aux, _loss_for(name),
-                          batch_size=8, n_train=40)
+    student = STUDENT + ("_trans" if name == "trans_kd" else aux)  # the transformer branch is a _trans model's
+    teacher = None if name in ("ce", "trans_kd", "mixup_ce") else TEACHER + aux
+    regime = build_regime(folder, student, teacher, _loss_for(name), EPOCH_PASS_PARAMS.get(name), batch_size=8,
+                          n_train=40)
+    if name in EPOCH_PASS_PARAMS:
+        start_epoch(regime)  # clusters first: the term acts from then on
     batch = random_batch(regime, batch_size=8)
     stem, head = _student_stem_and_head(regime)
     method = regime.methods[name]
@@ -116,7 +122,8 @@ def test_each_term_alone_trains_student_and_adapters_not_teacher(folder, name):
             if term in HEAD_TERMS:
                 assert all(_nonzero(p) for p in regime.student.fcs.parameters()), f"{term}: no gradient to heads"
                 assert head.grad is None or not head.grad.any(), f"{term} trains the backbone classifier"
-            elif METHODS.get(name).student_needs.logits and name not in ("reviewkd",) and term not in FEATURE_TERMS:
+            elif METHODS.get(name).student_needs.logits and name not in ("reviewkd",) and \
+                    term not in FEATURE_TERMS | POOLED_TERMS:
                 assert _nonzero(head), f"{phase.name}/{term}: no gradient reaches the student's logits"
             # the method's own trainable adapters that this phase optimises
             expected = [(n, p) for n, p in own if id(p) in in_phase and n not in exempt]

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 from kdzoo.distillers.proto import Clustering, ProtoParams, concentration, kmeans, proto_loss
-from kdzoo.engine.distributed import DistInfo
 from kdzoo.errors import ConfigError
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import backward_once, build_regime, random_batch
+from tests.method_harness import EpochRuntime, backward_once, build_regime, random_batch
 
 
 def test_published_defaults():
@@ -81,14 +80,6 @@ def test_kmeans_separates_blobs():
     assert distances.max() < 1.0
 
 
-class _Runtime:
-    def __init__(self, program):
-        self.engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
-
-    def loader(self, name):
-        return self.engine.program.data[name].loader(DistInfo())
-
-
 def _regime(tmp_path, teacher="resnet8", **proto):
     section = {"clusters": [5, 10], "warmup_epochs": 2, "negatives": 3, "redo": 1, **proto}
     return build_regime(tmp_path, "resnet8", teacher, {"ce": 1.0, "proto": 0.8}, {"proto": section}, n_train=200)
@@ -98,7 +89,7 @@ def test_epoch_pass_embeds_the_training_images_in_dataset_order(tmp_path):
     from kdzoo.program.epoch_pass import EpochPasses
 
     r = _regime(tmp_path)
-    passes = EpochPasses(_Runtime(r.program), {"teacher": r.teacher})
+    passes = EpochPasses(EpochRuntime(r.program), {"teacher": r.teacher})
     pooled = passes.embed("teacher", "pooled")
     probe = r.program.data["probe"].dataset
     images = torch.stack([probe[i][0] for i in (0, 7, 199)])
@@ -109,10 +100,10 @@ def test_epoch_pass_embeds_the_training_images_in_dataset_order(tmp_path):
 def test_term_waits_for_warmup_then_trains_the_student(tmp_path):
     r = _regime(tmp_path)
     phase = r.phases()[-1]
-    assert phase.on_epoch_start(0, _Runtime(r.program)) == {}  # epoch 1 of 2: no clustering yet
+    assert phase.on_epoch_start(0, EpochRuntime(r.program)) == {}  # epoch 1 of 2: no clustering yet
     terms = phase.step(random_batch(r), None)
     assert float(terms["proto"].detach()) == 0
-    stats = phase.on_epoch_start(1, _Runtime(r.program))
+    stats = phase.on_epoch_start(1, EpochRuntime(r.program))
     assert stats["proto_cluster_s"] >= 0 and stats["proto_embed_s"] >= 0
     method = r.methods["proto"]
     assert [len(c.centroids) for c in method.clusterings] == [5, 10]
@@ -121,7 +112,7 @@ def test_term_waits_for_warmup_then_trains_the_student(tmp_path):
     # proto alone: its gradient must reach the student (the key is a detached target)
     r2 = build_regime(tmp_path, "resnet8", "resnet8", {"proto": 1.0},
                       {"proto": {"clusters": [5], "warmup_epochs": 1, "negatives": 3, "redo": 1}}, n_train=200)
-    r2.phases()[-1].on_epoch_start(0, _Runtime(r2.program))
+    r2.phases()[-1].on_epoch_start(0, EpochRuntime(r2.program))
     terms = backward_once(r2, random_batch(r2))
     assert float(terms["proto"].detach()) > 0
     body = [(n, p) for n, p in r2.student.named_parameters() if not n.startswith("fc.")]

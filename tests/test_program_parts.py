@@ -41,8 +41,12 @@ def test_features_are_memoised_per_network_and_view():
     a, b = ctx.features("student"), ctx.features("student", "x")
     assert a is b and student.calls == 1
     assert torch.equal(ctx.features("student", "v2").logits, batch.views["v2"]) and student.calls == 2
-    ctx.no_grad_features("student")
-    assert student.calls == 3  # the scoring pass is memoised apart: it builds no graph
+    assert not ctx.no_grad_features("student").logits.requires_grad
+    assert student.calls == 2  # a forward the step made already is reused, detached
+    ctx.add_view("pool", torch.zeros(4, 3))
+    ctx.no_grad_features("student", "pool")
+    ctx.no_grad_features("student", "pool")
+    assert student.calls == 3  # a scoring pass of its own: once, without a graph
     detached = ctx.teacher_features(Binding(teacher="teacher", detach_teacher=True))
     assert torch.equal(detached.logits, torch.full((2, 3), 3.0)) and teacher.calls == 1
     with pytest.raises(KeyError, match="no view 'rot'"):
