@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    from kdzoo.linear_eval import add_command as add_linear_eval
+
+    add_linear_eval(sub)
     _add_bench_commands(sub)
     from kdzoo.sweep.cli import add_commands as add_sweep
 

@@ -1,0 +1,175 @@
+"""Linear evaluation of a trained encoder (i-Mix's protocol; HSAKD's transfer probes): the network of
+`student.checkpoint` (any run's student or teacher artifact, an `_aux` model's backbone features, a `_trans`
+model's CNN) is frozen whole, BatchNorm statistics included, and a new linear classifier on its pooled feature
+(weights N(0, 0.01), bias 0) trains on the recipe's dataset, resized to the encoder's input size.
+
+With `dataset.augment: false` nothing about the encoder changes between epochs, so its features are computed
+once, before training, and the classifier trains on them (seconds on a CPU); otherwise every step runs the frozen
+encoder on freshly augmented images. Deployed: the encoder with the new classifier as its head, an ordinary
+checkpoint of the encoder's arch for the probe dataset's classes (`kdzoo eval` reads it).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from kdzoo.data.loaders import make_loader
+from kdzoo.data.recipe_streams import recipe_streams
+from kdzoo.data.stream import DataStream
+from kdzoo.distillers import SetupContext
+from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint
+from kdzoo.engine.controllers import controller_for
+from kdzoo.engine.distributed import wrap_ddp
+from kdzoo.engine.evaluators import ClassifierEvaluator
+from kdzoo.errors import ConfigError, KdzooError
+from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model, feature_spec
+from kdzoo.models.features import Features
+from kdzoo.models.freezing import freeze
+from kdzoo.program import Artifact, ModelSlot, Program
+from kdzoo.program.bundle import Bundle
+from kdzoo.program.methods import build_methods
+from kdzoo.program.phases import main_phase
+from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+
+
+class FeatureSet(Dataset):
+    """Precomputed features with their labels (`.targets`, `.info` as the trainer expects)."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, info):
+        self.features, self.targets, self.info = features, targets, info
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.features[i], self.targets[i]
+
+
+def body_prefixes(model: nn.Module, head: str) -> list[str]:
+    """Module names covering every parameter of `model` except those of its classifier `head`."""
+    names: list[str] = []
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            full = f"{prefix}{name}"
+            if full == head:
+                continue
+            if head.startswith(full + "."):
+                walk(child, full + ".")
+            else:
+                names.append(full)
+
+    walk(model, "")
+    return names
+
+
+def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> tuple[nn.Module, str, dict]:
+    """The checkpoint's network for `num_classes` classes: every tensor but the head's loaded, the head new."""
+    file = resolve_checkpoint(checkpoint, "best")
+    state, meta = load_weights(file)
+    arch = meta.get("arch")
+    if arch is None:
+        raise ConfigError(f"student.checkpoint: {file} names no architecture; it holds no encoder to probe")
+    if meta.get("in_channels", 3) != in_channels:
+        raise ConfigError(f"dataset: the encoder of {file} takes {meta.get('in_channels', 3)}-channel images, the "
+                          f"probe dataset has {in_channels}")
+    try:
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        head = feature_spec(model).head
+    except KdzooError as err:
+        raise ConfigError(f"student.checkpoint: {file}: no encoder with a pooled feature to probe ({err})") from None
+    own = model.state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    missing = [k for k in own if not k.startswith(head + ".") and k not in body]
+    if missing or any(own[k].shape != v.shape for k, v in body.items() if k in own):
+        raise ConfigError(f"student.checkpoint: {file} does not hold a whole {arch} encoder "
+                          f"(missing or reshaped: {(missing or list(body))[0]})")
+    model.load_state_dict(body, strict=False)
+    linear = model.get_submodule(head)
+    if not isinstance(linear, nn.Linear):
+        raise ConfigError(f"student.checkpoint: {arch}'s classifier {head!r} is not a linear layer")
+    nn.init.normal_(linear.weight, 0.0, 0.01)
+    nn.init.zeros_(linear.bias)
+    freeze(model, body_prefixes(model, head))
+    log(f"linear probe: {arch} from {file} frozen ({count_params(model) - count_params(linear)} parameters), "
+        f"a new {linear.in_features} -> {num_classes} classifier")
+    return model, head, {"arch": arch, "file": str(file)}
+
+
+@torch.no_grad()
+def embed(model: nn.Module, stream: DataStream, device, log, name: str, progress: bool) -> FeatureSet:
+    """Pooled features of every sample of `stream` (in order) through the frozen encoder."""
+    features = FeatureModel(model, Needs(pooled=True))
+    model.eval()
+    rows, labels = [], []
+    loader = make_loader(stream.dataset, batch_size=256, train=False, seed=0)
+    for raw in tqdm(loader, desc=f"features ({name})", disable=not progress, leave=False):
+        batch = stream.batch(raw)
+        rows.append(features(batch.inputs.to(device)).pooled.float().cpu())
+        labels.append(batch.targets.cpu())
+    features.remove_hooks()
+    log(f"linear probe: {name} features computed once ({sum(len(r) for r in rows)} samples)")
+    return FeatureSet(torch.cat(rows), torch.cat(labels), getattr(stream.dataset, "info", None))
+
+
+@register_regime
+class LinearProbe(Regime):
+    name = "linear_probe"
+    description = "a frozen encoder (student.checkpoint) and a new linear classifier on its pooled feature"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> Program:
+        cfg, device = ctx.cfg, ctx.device
+        if not cfg.student.checkpoint:
+            raise ConfigError("student.checkpoint: the linear_probe regime probes a trained encoder; name its run "
+                              "folder or .safetensors file")
+        if set(cfg.loss) != {"ce"}:
+            raise ConfigError(f"loss: a linear probe trains with ce alone, got {', '.join(cfg.loss)}")
+        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
+                                       channels_last=cfg.engine.channels_last)
+        model, head, origin = probed_encoder(cfg.student.checkpoint, info.num_classes, info.in_channels, ctx.log)
+        if cfg.student.arch and cfg.student.arch != origin["arch"]:
+            raise ConfigError(f"student.arch: {cfg.student.arch}, but {origin['file']} holds a {origin['arch']}")
+        model.to(device)
+        linear = model.get_submodule(head)
+        cached = not cfg.dataset.augment
+        if cached:  # the frozen encoder sees the same images every epoch: features once
+            for name in [n for n in ("train", "val", "test") if n in streams]:
+                s = streams[name]
+                streams[name] = DataStream(embed(model, s, device, ctx.log, name, cfg.engine.progress),
+                                           s.batch_size, train=s.train, drop_last=s.drop_last, seed=s.seed,
+                                           device=device)
+            trained = FeatureModel(linear, Needs(logits=True), FeatureSpec(stages=(), head=""))
+            evaluated: nn.Module = linear
+        else:
+            trained = FeatureModel(model, Needs(logits=True))
+            evaluated = model
+        setup = SetupContext(student=model, teacher=None, student_shapes=Features(), teacher_shapes=None,
+                             num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
+                             batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
+        methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, ("student",))
+        bundle = Bundle({"student": trained}, methods).to(device)
+        runner = wrap_ddp(bundle, ctx.dist, device)
+        evaluators = [ClassifierEvaluator(lambda: evaluated, s) for s in ("val", "test") if s in streams]
+        at_best = [evaluators.pop()] if "val" in streams else []
+        phase = main_phase(methods, cfg.loss, bundle, runner, {}, False, cfg.epochs,
+                           controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
+                           at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
+        phase.params = list(linear.parameters())  # the classifier alone trains
+
+        def meta() -> dict[str, Any]:
+            return {"arch": origin["arch"], "num_classes": info.num_classes, "in_channels": info.in_channels,
+                    "probe_of": origin["file"]}
+
+        def describe() -> dict[str, Any]:
+            return {"encoder": origin["arch"], "encoder_checkpoint": origin["file"], "features_cached": cached,
+                    "encoder_params": count_params(model) - count_params(linear),
+                    "classifier_params": count_params(linear)}
+
+        return Program(models={"student": ModelSlot(model, features=trained)}, data=streams, phases=[phase],
+                       trainable=bundle, info=info, artifacts={"student": Artifact(lambda: model, meta)},
+                       describe=describe)

@@ -1,0 +1,123 @@
+"""`kdzoo linear-eval` and the linear_probe regime: the encoder stays bit-identical, the new classifier starts as
+the protocol says, features are computed once without augmentation, the i-Mix protocol's defaults, transfer
+probes resized to the encoder's input, and the one-line errors."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kdzoo.config import config_from_data
+from kdzoo.engine.checkpoint import save_weights
+from kdzoo.linear_eval import encoder_file, probe_recipe
+from kdzoo.models import create_model
+from kdzoo.regimes import make_engine
+from tests.conftest import FAST, run_cli
+from tests.method_harness import teacher_file
+from tests.test_data import write_stl10, write_tiny_imagenet_tree
+
+
+def _args(**kw):
+    base = dict(dataset=None, data_root=None, epochs=100, batch_size=None, lr=None, no_augment=False, seed=0,
+                protocol="imix")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_protocol_defaults(digits_teacher):
+    recipe = probe_recipe(encoder_file(str(digits_teacher), "student"), _args())
+    assert recipe["optim"] == {"name": "sgd", "lr": 10.0, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+    assert recipe["schedule"] == {"name": "multistep", "milestones": [80, 90, 95], "gamma": 0.2}
+    assert recipe["epochs"] == 100 and recipe["dataset"]["batch_size"] == 256 and recipe["dataset"]["augment"]
+    hsakd = probe_recipe(encoder_file(str(digits_teacher), "student"), _args(protocol="hsakd"))
+    assert hsakd["optim"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}
+    assert hsakd["schedule"] == {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}
+    assert hsakd["dataset"]["batch_size"] == 64
+    assert recipe["loss"] == {"ce": 1.0} and recipe["regime"] == "linear_probe"
+
+
+def test_encoder_stays_bit_identical_and_the_head_is_new(tmp_path, digits_teacher):
+    out = tmp_path / "probe"
+    assert run_cli("linear-eval", "--checkpoint", digits_teacher, "--epochs", "2", "--batch-size", "64", "--out", out,
+                   *FAST) == 0
+    encoder = load_file(str(digits_teacher / "checkpoints" / "best.safetensors"))
+    probed = load_file(str(out / "checkpoints" / "last.safetensors"))
+    assert probed.keys() == encoder.keys()
+    body = [k for k in encoder if not k.startswith("fc.")]
+    assert body and all(torch.equal(encoder[k], probed[k]) for k in body)  # BN statistics included
+    assert not torch.equal(encoder["fc.weight"], probed["fc.weight"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_top1"] >= summary["last_top1"] > 10
+    assert run_cli("eval", "--checkpoint", out) == 0  # an ordinary checkpoint of the encoder's arch
+
+
+def test_new_classifier_is_normal_0_01_and_features_are_computed_once(tmp_path, digits_teacher):
+    recipe = probe_recipe(encoder_file(str(digits_teacher), "student"), _args(no_augment=True, epochs=2))
+    cfg = config_from_data({**recipe, "engine": {"progress": False, "tensorboard": False}})
+    engine = make_engine(cfg, tmp_path / "run", quiet=True)
+    program = engine.program
+    linear = program.models["student"].module.fc
+    assert abs(float(linear.weight.detach().std()) - 0.01) < 0.003 and not linear.bias.any()
+    train = program.data["train"].dataset
+    assert type(train).__name__ == "FeatureSet" and train.features.shape == (len(train), 256)
+    trainable = [p for p in program.phases[0].params]
+    assert trainable == list(linear.parameters())
+    engine.close()
+
+
+def test_aux_and_teacher_artifacts_probe(tmp_path):
+    aux = teacher_file(tmp_path, "resnet8_aux", num_classes=10, in_channels=1)
+    out = tmp_path / "aux"
+    assert run_cli("linear-eval", "--checkpoint", aux, "--dataset", "digits", "--epochs", "1", "--no-augment",
+                   "--out", out, *FAST) == 0
+    assert json.loads((out / "summary.json").read_text())["best_top1"] > 0
+
+
+def test_transfer_probe_resizes_to_the_encoders_input(tmp_path):
+    write_stl10(tmp_path / "data", n_train=6, n_test=4)
+    torch.manual_seed(0)
+    model = create_model("resnet8", num_classes=100, in_channels=3)
+    file = tmp_path / "cifar_student.safetensors"
+    save_weights(file, model.state_dict(), {"arch": "resnet8", "num_classes": 100, "in_channels": 3,
+                                            "dataset": "cifar100", "input_shape": [3, 32, 32]})
+    recipe = probe_recipe(file, _args(dataset="stl10", data_root=str(tmp_path / "data")))
+    assert recipe["dataset"]["image_size"] == 32
+    out = tmp_path / "stl"
+    assert run_cli("linear-eval", "--checkpoint", file, "--dataset", "stl10", "--data-root", tmp_path / "data",
+                   "--epochs", "1", "--batch-size", "4", "--out", out, *FAST) == 0
+    probed = load_file(str(out / "checkpoints" / "last.safetensors"))
+    assert probed["fc.weight"].shape == (10, 64)
+
+
+def test_tinyimagenet_probe_reads_the_val_annotations(tmp_path):
+    write_tiny_imagenet_tree(tmp_path / "tiny")
+    model = create_model("resnet8", num_classes=100, in_channels=3)
+    file = tmp_path / "cifar_student.safetensors"
+    save_weights(file, model.state_dict(), {"arch": "resnet8", "num_classes": 100, "in_channels": 3,
+                                            "dataset": "cifar100", "input_shape": [3, 32, 32]})
+    out = tmp_path / "tiny_probe"
+    assert run_cli("linear-eval", "--checkpoint", file, "--dataset", "imagefolder", "--data-root", tmp_path / "tiny",
+                   "--protocol", "hsakd", "--epochs", "1", "--batch-size", "2", "--out", out, *FAST) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "test_top1" in record
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--network", "peer"], "saved no peer network"),
+    (["--dataset", "stl10", "--data-root", "NOWHERE"], "stl10"),
+    (["--dataset", "cifar10", "--data-root", "NOWHERE"], "cifar10")])
+def test_bad_input_exits_2_in_one_line(tmp_path, digits_teacher, capsys, extra, message):
+    code = run_cli("linear-eval", "--checkpoint", digits_teacher, "--epochs", "1", "--out", tmp_path / "r", *extra,
+                   *FAST)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_channel_mismatch_is_refused(tmp_path, capsys):
+    write_stl10(tmp_path / "data")
+    gray = teacher_file(tmp_path, "resnet8", num_classes=10, in_channels=1)
+    code = run_cli("linear-eval", "--checkpoint", gray, "--dataset", "stl10", "--data-root", tmp_path / "data",
+                   "--epochs", "1", "--out", tmp_path / "r", *FAST)
+    assert code == 2 and "1-channel" in capsys.readouterr().err
