@@ -13,7 +13,7 @@ from kdzoo.data import build_dataset
 from kdzoo.data import tabular
 from kdzoo.errors import DatasetError
 from kdzoo.models import create_model
-from tests.conftest import FAST, run_cli
+from tests.conftest import CONFIGS, FAST, run_cli
 
 RNG = np.random.default_rng(0)
 
@@ -88,7 +88,7 @@ def test_malformed_row_names_its_line(tmp_path):
 
 
 def test_missing_file_says_which_and_where(tmp_path, capsys):
-    code = run_cli("train", "-c", "configs/tabular/covtype_teacher.yaml", "--out", tmp_path / "r",
+    code = run_cli("train", "-c", CONFIGS / "tabular" / "covtype_teacher.yaml", "--out", tmp_path / "r",
                    f"dataset.root={tmp_path}", *FAST)
     err = capsys.readouterr().err
     assert code == 2 and "covtype.data.gz" in err and str(tmp_path) in err
@@ -105,9 +105,9 @@ def test_mlp5_has_five_linear_layers_and_input_dropout():
 
 def test_cli_teacher_then_student_on_covtype(tmp_path, covtype_root):
     teacher, student = tmp_path / "t", tmp_path / "s"
-    assert run_cli("train", "-c", "configs/tabular/covtype_teacher.yaml", "--out", teacher, "epochs=1",
+    assert run_cli("train", "-c", CONFIGS / "tabular" / "covtype_teacher.yaml", "--out", teacher, "epochs=1",
                    f"dataset.root={covtype_root}", *FAST) == 0
-    assert run_cli("distill", "-c", "configs/tabular/covtype_kd.yaml", "--out", student, "epochs=1",
+    assert run_cli("distill", "-c", CONFIGS / "tabular" / "covtype_kd.yaml", "--out", student, "epochs=1",
                    f"dataset.root={covtype_root}", f"teacher.checkpoint={teacher}", *FAST) == 0
     record = json.loads((student / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_kd"] > 0 and "test_top1" in record
