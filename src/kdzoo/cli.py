@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     for name, helptext in (("train", "train a model from scratch (teachers, student baselines)"),
-                           ("distill", "train a student from a teacher checkpoint")):
+                           ("distill", "train a student from a teacher checkpoint"),
+                           ("pretrain", "train without labels (regime self_supervised: BYOL / i-Mix)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("-c", "--config", help="YAML recipe")
         p.add_argument("--out", help="run folder (default: runs/<name>)")
@@ -159,6 +160,9 @@ def check_mode(cfg, mode: str) -> None:
     from kdzoo.distillers import method_for_term
 
     needing = [t for t, w in cfg.loss.items() if w != 0 and method_for_term(t).needs_teacher()]
+    if mode == "pretrain" and cfg.regime != "self_supervised":
+        raise KdzooError(f"kdzoo pretrain trains without labels: the recipe's regime is {cfg.regime}; use "
+                         "regime: self_supervised (or kdzoo train)")
     if cfg.regime != "offline":
         return
     if mode == "train" and needing:

@@ -124,6 +124,14 @@ class DoubleStudentConfig:
 
 
 @dataclass
+class SelfSupervisedConfig:
+    """The self_supervised regime (BYOL / i-Mix): the target network's EMA and the projection width."""
+
+    ema_decay: float = field(default=0.999, metadata={"ge": 0, "le": 1})
+    dim: int = field(default=128, metadata=POSITIVE_INT)  # projector / predictor output
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = field(default=0, metadata=SEED)
@@ -134,6 +142,7 @@ class Config:
     teacher: ModelConfig = field(default_factory=ModelConfig)
     peers: list[ModelConfig] = field(default_factory=list)  # the networks of the mutual regime
     double_student: DoubleStudentConfig = field(default_factory=DoubleStudentConfig)
+    self_supervised: SelfSupervisedConfig = field(default_factory=SelfSupervisedConfig)
     loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
                                    metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters

@@ -58,6 +58,30 @@ register_pipeline("jitter", "the training augmentation, then colour jitter p 0.8
     lambda builder, info, augment: ColourJitter(builder.transform("train", info, augment), info.mean, info.std))
 
 
+class ByolViews:
+    """BYOL / i-Mix's view of an image (after the normalising evaluation pipeline, undone and redone):
+    RandomResizedCrop(size, scale 0.2-1), colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, flip."""
+
+    def __init__(self, inner: Callable, size: int, mean, std):
+        from torchvision.transforms import v2
+
+        self.inner = inner
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+                                   v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                                   v2.RandomGrayscale(p=0.2), v2.RandomHorizontalFlip()])
+
+    def __call__(self, sample):
+        pixels = (self.inner(sample) * self.std + self.mean).clamp(0, 1)
+        return (self.augment(pixels) - self.mean) / self.std
+
+
+register_pipeline("byol", "BYOL / i-Mix views: random resized crop (0.2-1), colour jitter, grayscale, flip")(
+    lambda builder, info, augment: ByolViews(builder.transform("test", info, False), info.image_size, info.mean,
+                                             info.std))
+
+
 def pipeline(name: str, builder, info: DatasetInfo, augment: bool) -> Callable:
     if name not in PIPELINES:
         raise ConfigError(f"dataset.views: unknown pipeline {name!r} (pipelines: {', '.join(PIPELINES.names())})")

@@ -125,6 +125,7 @@ class Method(nn.Module):
     # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
     recipe_loss: ClassVar[dict[str, float]] = {}
     recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
+    uses_labels: ClassVar[bool] = True  # False: trains without labels (the self_supervised regime takes only these)
     epoch_passes: ClassVar[bool] = False  # True: on_epoch_start gets passes over the training images
     own_recipes: ClassVar[bool] = False  # True: configs/make_recipes.py writes its recipes apart (DS-SRD)
     few_sample: ClassVar[bool] = False  # True: its recipes are the few-sample ones (configs/<data>/ckd/)

@@ -49,6 +49,7 @@ class ModelSlot:
     ema_of: Optional[str] = None
     ema_decay: float = 0.999
     ema_buffers: str = "copy"  # BN statistics: copy the source's, average them too ("ema"), or "keep" its own
+    train_mode: bool = False  # an untrained slot that still runs in training mode (BYOL's target: batch statistics)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -138,11 +139,11 @@ class Program:
             raise ConfigError("a program needs at least one artifact to deploy")
 
     def train(self, mode: bool = True) -> None:
-        """Trainable slots follow `mode`; frozen, cached and EMA slots stay in eval mode."""
+        """Trainable slots follow `mode`; frozen, cached and EMA slots stay in eval mode (unless `train_mode`)."""
         self.trainable.train(mode)
         for slot in self.models.values():
             if slot.frozen:
-                slot.module.eval()
+                slot.module.train(mode and slot.train_mode)
 
     def after_optimizer_step(self) -> None:
         """EMA slots follow their sources."""

@@ -1,0 +1,158 @@
+"""Self-supervised training without labels (BYOL with i-Mix; DS-SRD's self-supervised teacher, kibok90/imix):
+
+- `student`: the online network, the recipe's `student.arch` encoder + projector Linear(F, F) -> BN -> ReLU ->
+  Linear(F, dim) on its pooled feature (F its width); the `byol` method owns the predictor.
+- `teacher`: the target, an EMA (`self_supervised.ema_decay`, 0.999) of encoder + projector (not the predictor),
+  updated after every optimizer step, that is before the next step's target forward; it runs in training mode
+  (batch statistics; its BN running statistics are its own), without gradients.
+
+Two views per image come from `dataset.views: {x: byol, x2: byol}`. Only methods that read no labels train here
+(`byol`); the labels of the data are used by the kNN monitor alone (`test_knn_top1`: 20 nearest training images by
+cosine of the target encoder's pooled features, plain pipeline), which picks the best checkpoint. Deployed: the
+online encoder (`student`) and the target encoder (`target.*`), ordinary zoo checkpoints whose classifier is
+untrained: `kdzoo linear-eval` measures them.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdzoo.config.validate import to_dict
+from kdzoo.data.recipe_streams import probe_stream, recipe_streams
+from kdzoo.distillers import SetupContext
+from kdzoo.distillers.byol import mlp_head
+from kdzoo.engine.controllers import controller_for
+from kdzoo.engine.distributed import all_gather_cat, wrap_ddp
+from kdzoo.engine.evaluators import MetricEvaluator
+from kdzoo.errors import ConfigError
+from kdzoo.models import FeatureModel, Needs
+from kdzoo.models.features import Features
+from kdzoo.models.probe import probe_shapes
+from kdzoo.program import Artifact, ModelSlot, Program
+from kdzoo.program.bundle import Bundle
+from kdzoo.program.methods import build_methods, check_views, method_instances
+from kdzoo.program.networks import trained_network
+from kdzoo.program.phases import main_phase
+from kdzoo.program.train_stream import stream_needs
+from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+
+KNN = 20
+
+
+class Projected(nn.Module):
+    """Features(logits=projector(pooled), pooled=pooled) of an encoder."""
+
+    def __init__(self, encoder: nn.Module, spec, projector: nn.Module):
+        super().__init__()
+        self.features = FeatureModel(encoder, Needs(pooled=True), spec)
+        self.projector = projector
+
+    def forward(self, x: Tensor) -> Features:
+        pooled = self.features(x).pooled
+        return Features(logits=self.projector(pooled), pooled=pooled)
+
+
+class NoGrad(nn.Module):
+    """A network run without gradients (its parameters never require them), in whatever mode it is in."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        for p in net.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Features:
+        with torch.no_grad():
+            return self.net(x)
+
+
+def knn_monitor(network: nn.Module, k: int = KNN):
+    """test_knn_top1 of `network`'s pooled features: majority vote of the k most cosine-similar training images."""
+
+    @torch.no_grad()
+    def measure(rt) -> dict[str, float]:
+        was = network.training
+        network.eval()
+
+        def embed(stream: str) -> tuple[Tensor, Tensor]:
+            rows, labels = [], []
+            for raw in rt.loader(stream):
+                rows.append(F.normalize(network(raw[0].to(rt.device)).pooled.float(), dim=1))
+                labels.append(raw[1].to(rt.device))
+            return all_gather_cat(torch.cat(rows)), all_gather_cat(torch.cat(labels))
+
+        bank, bank_labels = embed("probe")
+        test, test_labels = embed("test")
+        network.train(was)
+        votes = bank_labels[(test @ bank.t()).topk(min(k, len(bank)), dim=1).indices]
+        predicted = torch.mode(votes, dim=1).values
+        return {"test_knn_top1": 100.0 * float((predicted == test_labels).float().mean())}
+
+    return measure
+
+
+@register_regime
+class SelfSupervised(Regime):
+    name = "self_supervised"
+    description = "BYOL (+ i-Mix) without labels: online encoder + projector, EMA target; kNN monitor"
+
+    @classmethod
+    def build(cls, ctx: BuildContext) -> Program:
+        cfg, device = ctx.cfg, ctx.device
+        classes = [c for _, c in method_instances(cfg.loss).values()]
+        labelled = [c.name for c in classes if c.uses_labels]
+        if labelled:
+            raise ConfigError(f"loss.{labelled[0]}: method {labelled[0]} trains with labels; the self_supervised "
+                              "regime uses none (e.g. loss: {byol: 1})")
+        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
+                                       channels_last=cfg.engine.channels_last,
+                                       **{**stream_needs(cfg, classes), "drop_last": True})
+        streams["probe"] = probe_stream(cfg.dataset, streams["train"], seed=cfg.seed, device=device,
+                                        channels_last=cfg.engine.channels_last)
+        encoder, spec = trained_network(cfg.student, info, log=ctx.log)
+        sample = streams["test"].sample_input()
+        shapes = probe_shapes(encoder, spec, torch.stack([sample, sample]))
+        if shapes.pooled is None:
+            raise ConfigError(f"student.arch: {cfg.student.arch} gives no pooled feature to project")
+        width, s = int(shapes.pooled[-1]), cfg.self_supervised
+        target_encoder = copy.deepcopy(encoder)  # before any hooks: the copies share nothing
+        online = Projected(encoder, spec, mlp_head(width, width, s.dim))
+        target = Projected(target_encoder, spec, copy.deepcopy(online.projector))
+        target.projector.load_state_dict(online.projector.state_dict())
+        projected = Features(logits=torch.Size([2, s.dim]), pooled=shapes.pooled)
+
+        def setup(binding) -> SetupContext:
+            return SetupContext(student=encoder, teacher=target_encoder, student_shapes=projected,
+                                teacher_shapes=projected, num_classes=info.num_classes,
+                                train_targets=streams["train"].dataset.targets, batch_size=cfg.dataset.batch_size,
+                                epochs=cfg.epochs, device=device, info=info)
+
+        methods = build_methods(cfg.loss, cfg.methods, setup, ("student", "teacher"))
+        check_views(methods, streams["train"].views)
+        memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
+        bundle = Bundle({"student": online}, methods).to(device, memory_format=memory_format)
+        frozen: dict[str, Any] = {"teacher": NoGrad(target).to(device, memory_format=memory_format)}
+        models = {"student": ModelSlot(online, features=bundle.student),
+                  "teacher": ModelSlot(target, role="ema", ema_of="student", ema_decay=s.ema_decay,
+                                       ema_buffers="keep", train_mode=True, features=frozen["teacher"])}
+        runner = wrap_ddp(bundle, ctx.dist, device)
+        phase = main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
+                           controller=controller_for(cfg.schedule, cfg.epochs),
+                           evaluators=[MetricEvaluator(knn_monitor(target))], select="test_knn_top1")
+
+        def meta() -> dict[str, Any]:
+            return {"arch": cfg.student.arch, "num_classes": info.num_classes, "in_channels": info.in_channels,
+                    "self_supervised": True}
+
+        def describe() -> dict[str, Any]:
+            return {"encoder": cfg.student.arch, "encoder_params": count_params(encoder),
+                    "projector_params": count_params(online.projector), "adapter_params": count_params(bundle.methods),
+                    "ema_decay": s.ema_decay, "methods": {name: to_dict(m.params) for name, m in methods.items()}}
+
+        return Program(models=models, data=streams, phases=[phase], trainable=bundle, info=info,
+                       artifacts={"student": Artifact(lambda: encoder, meta),
+                                  "target": Artifact(lambda: target_encoder, meta)}, describe=describe)
