@@ -54,6 +54,7 @@ PARAMS = {
               "key_network": "teacher", "key_view": "x", "phi_mean": 0.1, "iterations": 20, "redo": 5, "T": 4.0},
     "mixup_ce": {},
     "trans_kd": {"T": 4.0},
+    "byol": {"imix": True, "symmetric": False, "target_view": "x2"},  # kibok90/imix: i-Mix on, not symmetrised
 }
 
 RECIPES = {
@@ -93,6 +94,7 @@ RECIPES = {
     "proto": {"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8},
     "mixup_ce": {},
     "trans_kd": {},
+    "byol": {},
 }
 
 VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},

@@ -121,7 +121,7 @@ GROUPED = {"ckd", "ckd_add", "ckd_mixup", "ckd_inter", "mixup", "mixup3"}
 
 # Methods that derive inputs in their step (augment's x_aug, mixup_ce's mix), score prototypes (proto) or read a
 # _trans model's branch (trans_kd): tests/test_dssrd_*.py check what they read against hand computations.
-OWN_STEP = {"augment", "proto", "mixup_ce", "trans_kd"}
+OWN_STEP = {"augment", "proto", "mixup_ce", "trans_kd", "byol"}  # byol: tests/test_self_supervised.py
 
 
 def test_table_covers_every_method():

@@ -76,6 +76,7 @@ def test_ema_target_covers_encoder_and_projector_before_the_next_forward():
     weighted_total(terms, phase.weights).backward()
     assert all(p.grad is None for p in target.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in online.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in predictor.parameters() if p.dim() > 1)
     optimizer.step()
     program.after_optimizer_step()
     online_now = dict(online.named_parameters())
