@@ -96,11 +96,9 @@ def get_head(model: nn.Module) -> nn.Module:
     return model.get_submodule(feature_spec(model).head)
 
 
-def student_body(model: nn.Module) -> list[nn.Module]:
-    """The modules of `model` whose parameters are all of its parameters except its classifier head's
-    (what AB and FSP train in their init stages; what a frozen-backbone probe freezes)."""
-    head = feature_spec(model).head
-    body: list[nn.Module] = []
+def body_names(model: nn.Module, head: str) -> list[str]:
+    """Names of the modules of `model` that hold all of its parameters except those of module `head`."""
+    names: list[str] = []
 
     def walk(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():
@@ -110,10 +108,16 @@ def student_body(model: nn.Module) -> list[nn.Module]:
             if head.startswith(full + "."):
                 walk(child, full + ".")
             else:
-                body.append(child)
+                names.append(full)
 
     walk(model, "")
-    return body
+    return names
+
+
+def student_body(model: nn.Module) -> list[nn.Module]:
+    """The modules of `model` whose parameters are all of its parameters except its classifier head's
+    (what AB and FSP train in their init stages; what a frozen-backbone probe freezes)."""
+    return [model.get_submodule(name) for name in body_names(model, feature_spec(model).head)]
 
 
 class FeatureModel(nn.Module):

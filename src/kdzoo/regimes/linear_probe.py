@@ -27,7 +27,7 @@ from kdzoo.engine.distributed import wrap_ddp
 from kdzoo.engine.evaluators import ClassifierEvaluator
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model, feature_spec
-from kdzoo.models.features import Features
+from kdzoo.models.features import Features, body_names
 from kdzoo.models.freezing import freeze
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
@@ -47,24 +47,6 @@ class FeatureSet(Dataset):
 
     def __getitem__(self, i: int):
         return self.features[i], self.targets[i]
-
-
-def body_prefixes(model: nn.Module, head: str) -> list[str]:
-    """Module names covering every parameter of `model` except those of its classifier `head`."""
-    names: list[str] = []
-
-    def walk(module: nn.Module, prefix: str) -> None:
-        for name, child in module.named_children():
-            full = f"{prefix}{name}"
-            if full == head:
-                continue
-            if head.startswith(full + "."):
-                walk(child, full + ".")
-            else:
-                names.append(full)
-
-    walk(model, "")
-    return names
 
 
 def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> tuple[nn.Module, str, dict]:
@@ -94,7 +76,7 @@ def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> 
         raise ConfigError(f"student.checkpoint: {arch}'s classifier {head!r} is not a linear layer")
     nn.init.normal_(linear.weight, 0.0, 0.01)
     nn.init.zeros_(linear.bias)
-    freeze(model, body_prefixes(model, head))
+    freeze(model, body_names(model, head))
     log(f"linear probe: {arch} from {file} frozen ({count_params(model) - count_params(linear)} parameters), "
         f"a new {linear.in_features} -> {num_classes} classifier")
     return model, head, {"arch": arch, "file": str(file)}
