@@ -98,7 +98,7 @@ def test_tinyimagenet_probe_reads_the_val_annotations(tmp_path):
     save_weights(file, model.state_dict(), {"arch": "resnet8", "num_classes": 100, "in_channels": 3,
                                             "dataset": "cifar100", "input_shape": [3, 32, 32]})
     out = tmp_path / "tiny_probe"
-    assert run_cli("linear-eval", "--checkpoint", file, "--dataset", "imagefolder", "--data-root", tmp_path / "tiny",
+    assert run_cli("linear-eval", "--checkpoint", file, "--dataset", "tinyimagenet", "--data-root", tmp_path / "tiny",
                    "--protocol", "hsakd", "--epochs", "1", "--batch-size", "2", "--out", out, *FAST) == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert "test_top1" in record

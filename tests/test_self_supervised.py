@@ -120,6 +120,10 @@ def test_pretrain_then_linear_eval(tmp_path):
     assert run_cli("pretrain", "-c", RECIPE, "--out", run, "epochs=2", *FAST) == 0
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_byol"] > 0 and 0 < record["test_knn_top1"] <= 100
+    from kdzoo.linear_eval import encoder_file
+
+    assert encoder_file(str(run), "student").name == "last.safetensors"  # best was picked on test labels
+    assert encoder_file(str(run), "target").name == "target.last.safetensors"
     for network in ("student", "target"):
         assert run_cli("linear-eval", "--checkpoint", run, "--network", network, "--no-augment", "--epochs", "2",
                        "--out", probe / network, *FAST) == 0

@@ -111,3 +111,30 @@ def test_cli_teacher_then_student_on_covtype(tmp_path, covtype_root):
                    f"dataset.root={covtype_root}", f"teacher.checkpoint={teacher}", *FAST) == 0
     record = json.loads((student / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_kd"] > 0 and "test_top1" in record
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all\n", "truncated"])
+def test_broken_files_are_one_line_errors(tmp_path, content):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    if content == "truncated":
+        write_covtype(folder, n=200)
+        data = (folder / "covtype.data.gz").read_bytes()
+        (folder / "covtype.data.gz").write_bytes(data[: len(data) // 2])
+    else:
+        (folder / "covtype.data.gz").write_bytes(content)
+    with pytest.raises(DatasetError, match="could not be read|malformed") as err:
+        build_dataset("covtype", "train", root=str(folder))
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_byol_views_refuse_vectors(covtype_root):
+    from kdzoo.config import load_config
+    from kdzoo.errors import ConfigError
+    from kdzoo.regimes import make_engine
+    from tests.conftest import CONFIGS as configs
+
+    cfg = load_config(configs / "digits" / "self_supervised" / "byol.yaml",
+                      [*FAST, "dataset.name=covtype", f"dataset.root={covtype_root}", "student.arch=mlp5_small"])
+    with pytest.raises(ConfigError, match="square images"):
+        make_engine(cfg, covtype_root / "ss_run", quiet=True)

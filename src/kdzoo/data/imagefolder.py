@@ -138,3 +138,8 @@ register_dataset(
     "ImageNet-style class folders (root/train, root/val) or TinyImageNet (detected); no download",
     DatasetBuilder(info=info, transform=_transform, load=load),
 )
+register_dataset(
+    "tinyimagenet",
+    "TinyImageNet (tiny-imagenet-200 as unpacked: train/<wnid>/images, val/val_annotations.txt); imagefolder's loader",
+    DatasetBuilder(info=info, transform=_transform, load=load),
+)

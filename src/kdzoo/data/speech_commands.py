@@ -8,10 +8,14 @@ testing list (the validation list is held out of train). Each clip is read with 
 and turned into a 32-mel log spectrogram (librosa's melspectrogram, n_fft 2048, hop 512 -> 32 frames; dB below the
 clip's peak, floored at -80 and scaled to [0, 1]): a (1, 32, 32) image any zoo CNN takes (`in_channels: 1`).
 A clip at another sample rate is refused (one line), not resampled. The spectrograms of a split are computed once
-and cached in `root` as `<split>_mel32.npy`.
+and cached in `root` as `<split>_mel32_<key>.npy` (the key: the clip listing and the settings). Silence clips are
+silent (zeros; DS-SRD's loader), and the official test list has none.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -82,8 +86,9 @@ def read_clip(path: Path) -> np.ndarray:
 
 
 def spectrograms(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    cache = folder / f"{split}_mel{N_MELS}.npy"
     listing = clips(folder, split)
+    key = hashlib.sha256(json.dumps([listing, SAMPLE_RATE, N_MELS, N_FFT, HOP, TOP_DB, SILENCE_SHARE]).encode())
+    cache = folder / f"{split}_mel{N_MELS}_{key.hexdigest()[:12]}.npy"  # a changed listing or setting: a new file
     labels = np.array([label for _, label in listing], dtype=np.int64)
     if cache.is_file():
         cached = np.load(cache, allow_pickle=False)
@@ -93,7 +98,7 @@ def spectrograms(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
     images = np.stack([log_mel(read_clip(folder / path) if path else np.zeros(SAMPLE_RATE, dtype=np.float32))
                        for path, _ in tqdm(listing, desc=f"speech_commands {split} spectrograms", leave=False)])
-    partial = folder / f"{split}_mel{N_MELS}.npy.partial"
+    partial = cache.with_suffix(f".npy.partial{os.getpid()}")  # per process: several may build it at once
     with open(partial, "wb") as f:
         np.save(f, images)
     partial.replace(cache)

@@ -12,6 +12,7 @@ Samples are float32 vectors; `DatasetInfo.input_shape` is (features,), so `mlp*`
 from __future__ import annotations
 
 import gzip
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,16 +66,20 @@ def parse_csv(path: Path, columns: int) -> np.ndarray:
         with gzip.open(path, "rt") as f:
             return np.loadtxt(f, delimiter=",", dtype=np.float32, ndmin=2)
     except (ValueError, EOFError, OSError) as err:
-        with gzip.open(path, "rt") as f:
-            for number, line in enumerate(f, start=1):
-                cells = line.strip().split(",")
-                try:
-                    if len(cells) != columns:
-                        raise ValueError(f"{len(cells)} columns, expected {columns}")
-                    [float(c) for c in cells]
-                except ValueError as bad:
-                    raise DatasetError(f"{path}: line {number} is malformed ({bad})") from None
-        raise DatasetError(f"{path}: could not be read ({str(err).splitlines()[0]})") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        try:
+            with gzip.open(path, "rt") as f:
+                for number, line in enumerate(f, start=1):
+                    cells = line.strip().split(",")
+                    try:
+                        if len(cells) != columns:
+                            raise ValueError(f"{len(cells)} columns, expected {columns}")
+                        [float(c) for c in cells]
+                    except ValueError as bad:
+                        raise DatasetError(f"{path}: line {number} is malformed ({bad})") from None
+        except (EOFError, OSError) as broken:  # truncated or not gzip at all
+            first = str(broken).splitlines()[0] if str(broken) else type(broken).__name__
+        raise DatasetError(f"{path}: could not be read as gzipped CSV ({first})") from None
 
 
 def load_matrix(spec: TabularSpec, root: str | None) -> np.ndarray:
@@ -83,13 +88,15 @@ def load_matrix(spec: TabularSpec, root: str | None) -> np.ndarray:
     path = folder / spec.file
     cache = path.with_suffix(".npy")
     if cache.is_file() and (not path.is_file() or cache.stat().st_mtime >= path.stat().st_mtime):
-        return np.load(cache, allow_pickle=False)
+        cached = np.load(cache, allow_pickle=False)
+        if cached.ndim == 2 and cached.shape[1] == spec.columns:
+            return cached
     if not path.is_file():
         raise missing_data_error(spec.name, folder, spec.file, NO_DOWNLOAD)
     matrix = parse_csv(path, spec.columns)
     if matrix.shape[1] != spec.columns:
         raise DatasetError(f"{path}: rows have {matrix.shape[1]} columns, expected {spec.columns}")
-    partial = cache.with_suffix(".npy.partial")
+    partial = cache.with_suffix(f".npy.partial{os.getpid()}")  # per process: several may parse at once
     with open(partial, "wb") as f:
         np.save(f, matrix)
     partial.replace(cache)  # atomic: a killed parse leaves no half cache

@@ -77,9 +77,14 @@ class ByolViews:
         return (self.augment(pixels) - self.mean) / self.std
 
 
-register_pipeline("byol", "BYOL / i-Mix views: random resized crop (0.2-1), colour jitter, grayscale, flip")(
-    lambda builder, info, augment: ByolViews(builder.transform("test", info, False), info.image_size, info.mean,
-                                             info.std))
+def _byol(builder, info: DatasetInfo, augment: bool) -> ByolViews:
+    if info.image_size is None:
+        raise ConfigError(f"dataset.views: the byol pipeline augments square images; {info.name} has samples of shape "
+                          f"{info.input_shape}")
+    return ByolViews(builder.transform("test", info, False) or IDENTITY, info.image_size, info.mean, info.std)
+
+
+register_pipeline("byol", "BYOL / i-Mix views: random resized crop (0.2-1), colour jitter, grayscale, flip")(_byol)
 
 
 def pipeline(name: str, builder, info: DatasetInfo, augment: bool) -> Callable:

@@ -8,7 +8,8 @@
 
 Two views per image come from `dataset.views: {x: byol, x2: byol}`. Only methods that read no labels train here
 (`byol`); the labels of the data are used by the kNN monitor alone (`test_knn_top1`: 20 nearest training images by
-cosine of the target encoder's pooled features, plain pipeline), which picks the best checkpoint. Deployed: the
+cosine of the target encoder's pooled features, plain pipeline) to watch training; since it reads test labels,
+`kdzoo linear-eval` probes the run's last checkpoint, not the one it calls best. Deployed: the
 online encoder (`student`) and the target encoder (`target.*`), ordinary zoo checkpoints whose classifier is
 untrained: `kdzoo linear-eval` measures them.
 """
@@ -26,7 +27,7 @@ from kdzoo.data.recipe_streams import probe_stream, recipe_streams
 from kdzoo.distillers import SetupContext
 from kdzoo.distillers.byol import mlp_head
 from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import all_gather_cat, wrap_ddp
+from kdzoo.engine.distributed import all_gather_cat, broadcast_buffers, wrap_ddp
 from kdzoo.engine.evaluators import MetricEvaluator
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
@@ -75,6 +76,7 @@ def knn_monitor(network: nn.Module, k: int = KNN):
 
     @torch.no_grad()
     def measure(rt) -> dict[str, float]:
+        broadcast_buffers(network, rt.dist)  # the target's BN statistics differ per process (its own shards)
         was = network.training
         network.eval()
 
