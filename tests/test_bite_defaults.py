@@ -30,7 +30,7 @@ PARAMS = {
     "ft": {"k": 0.5, "p1": 2.0, "p2": 1.0, "use_bn": False, "init_epochs": 30, "init_lr": None},
     "fsp": {"init_epochs": 30},
     "nst": {},
-    "crd": {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5},
+    "crd": {"feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5, "negatives": "class"},
     "reviewkd": {"warmup_epochs": 20.0, "max_mid_channel": 512},
     "srrl": {},
     "semckd": {"soft": 1.0, "factor": 4},

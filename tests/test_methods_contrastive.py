@@ -428,3 +428,26 @@ def test_cli_digits(digits_teacher_32x4, tmp_path, recipe, term, student):
     assert math.isfinite(record[f"train_{term}"])
     if recipe == "crd_kd":
         assert math.isfinite(record["train_kd"])
+
+
+def test_crd_instance_negatives_are_any_other_image_and_read_no_labels():
+    import torch as _torch
+
+    from kdzoo.distillers.crd import CRD, CRDParams
+    from tests.method_harness import probed_pair, setup_context
+
+    _, _, s_shapes, t_shapes = probed_pair("resnet8", "resnet8")
+    ctx = setup_context(s_shapes, t_shapes)
+    ctx.train_targets = _torch.zeros(50, dtype=_torch.long)  # one class: class negatives would be impossible
+    method = CRD(CRDParams(nce_k=200, negatives="instance"), ctx)
+    index = _torch.arange(8)
+    neg = method.negatives(index)
+    assert neg.shape == (8, 200) and not bool((neg == index[:, None]).any())  # never the image itself
+    assert set(neg.flatten().tolist()) == set(range(50)) - set()  # all images serve as negatives of others
+    ctx.train_targets = _torch.randint(0, 10, (50,))
+    _torch.manual_seed(0)
+    a = CRD(CRDParams(nce_k=200, negatives="instance"), ctx).negatives(index)
+    ctx.train_targets = _torch.randint(0, 10, (50,))
+    _torch.manual_seed(0)
+    b = CRD(CRDParams(nce_k=200, negatives="instance"), ctx).negatives(index)
+    assert _torch.equal(a, b)  # labels play no part

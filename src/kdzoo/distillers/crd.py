@@ -44,6 +44,9 @@ class CRDParams:
     nce_k: int = 16384  # negatives per anchor
     nce_t: float = 0.07  # temperature of exp(v.m / T)
     nce_m: float = 0.5  # momentum of the memory-bank update
+    # where negatives come from: other classes (RepDistiller), or any other image ("instance": no labels read, as
+    # self-supervised distillation needs; DS-SRD's self-supervised code drew them by class label)
+    negatives: str = "class"
 
 
 def class_blocks(targets: Tensor, num_classes: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,7 +175,11 @@ class CRD(Method):
             raise ConfigError("methods.crd: feat_dim and nce_k must be positive")
         if params.nce_t <= 0 or not 0 <= params.nce_m < 1:
             raise ConfigError("methods.crd: nce_t must be positive and nce_m in [0, 1)")
+        if params.negatives not in ("class", "instance"):
+            raise ConfigError(f"methods.crd.negatives: {params.negatives!r}; use class or instance")
         targets = torch.as_tensor(ctx.train_targets).long().flatten().cpu()
+        if params.negatives == "instance":  # every image its own block: negatives are all the other images
+            targets = torch.arange(targets.numel())
         n_data = targets.numel()
         order, counts, starts = class_blocks(targets)
         if n_data == 0 or int(counts.max()) == n_data:
