@@ -86,10 +86,14 @@ def test_ema_target_covers_encoder_and_projector_before_the_next_forward():
     assert torch.equal(seen[-1], target.features.model.conv1.weight)  # the next forward saw the updated target
 
 
-def test_labels_are_never_used_in_training(tmp_path):
+DSSRD = CONFIGS / "digits" / "self_supervised" / "dssrd.yaml"
+
+
+@pytest.mark.parametrize("recipe", [RECIPE, DSSRD], ids=["byol", "dssrd"])
+def test_labels_are_never_used_in_training(tmp_path, recipe):
     weights = []
     for garbage in (False, True):
-        cfg = load_config(RECIPE, [*SMALL])
+        cfg = load_config(recipe, [*SMALL])
         engine = make_engine(cfg, tmp_path / f"run{int(garbage)}", quiet=True)
         if garbage:
             raw = engine.program.data["train"].dataset
@@ -101,11 +105,16 @@ def test_labels_are_never_used_in_training(tmp_path):
             stream = engine.program.data["train"]
             with torch.random.fork_rng():  # reading a sample draws its augmentation: keep the run's RNG as it is
                 seen = [int(stream.dataset[i][1]) for i in range(8)]
-            assert seen != [int(original[j]) for j in stream.dataset.indices[:8]]  # the loader yields garbage
+            from kdzoo.data.wrappers import source_indices
+
+            chosen = source_indices(stream.dataset)
+            assert seen != [int(original[j]) for j in chosen[:8]]  # the loader yields garbage
         engine.fit()
-        weights.append(load_file(str(tmp_path / f"run{int(garbage)}" / "checkpoints" / "last.safetensors")))
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+        folder = tmp_path / f"run{int(garbage)}" / "checkpoints"
+        weights.append({name: load_file(str(folder / name)) for name in ("last.safetensors", "target.last.safetensors")
+                        + (("weak.last.safetensors",) if recipe == DSSRD else ())})
+    for name, first in weights[0].items():
+        assert all(torch.equal(first[k], weights[1][name][k]) for k in first), name
 
 
 def test_labelled_methods_and_other_regimes_exit_2(tmp_path, capsys):
@@ -127,3 +136,31 @@ def test_pretrain_then_linear_eval(tmp_path):
     for network in ("student", "target"):
         assert run_cli("linear-eval", "--checkpoint", run, "--network", network, "--no-augment", "--epochs", "2",
                        "--out", probe / network, *FAST) == 0
+
+
+def test_weak_student_learns_crd_from_the_target_with_instance_negatives(tmp_path, capsys):
+    torch.manual_seed(0)
+    program = _program_of(DSSRD)
+    weak, target = program.models["weak"].module, program.models["teacher"].module
+    phase = program.phases[0]
+    program.train(True)
+    batch = program.data["train"].batch(next(iter(program.data["train"].loader(DistInfo()))))
+    terms = phase.step(batch, step_info())
+    for p in phase.params:
+        p.grad = None
+    terms["weak.crd"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in weak.parameters())
+    assert all(p.grad is None for p in target.parameters())
+    assert all(p.grad is None for p in program.models["student"].module.parameters())  # crd trains the weak alone
+    code = run_cli("pretrain", "-c", DSSRD, "--out", tmp_path / "r", "methods.weak.crd.negatives=class", *FAST)
+    assert code == 2 and "trains with labels" in capsys.readouterr().err
+    run = tmp_path / "ok"
+    assert run_cli("pretrain", "-c", DSSRD, "--out", run, *SMALL) == 0
+    assert run_cli("linear-eval", "--checkpoint", run, "--network", "weak", "--no-augment", "--epochs", "1", "--out",
+                   tmp_path / "probe", *FAST) == 0
+
+
+def _program_of(recipe):
+    cfg = load_config(recipe, [*SMALL])
+    cpu = torch.device("cpu")
+    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))

@@ -129,6 +129,8 @@ class SelfSupervisedConfig:
 
     ema_decay: float = field(default=0.999, metadata={"ge": 0, "le": 1})
     dim: int = field(default=128, metadata=POSITIVE_INT)  # projector / predictor output
+    # self-supervised DS-SRD: a weak student (this arch) distilled jointly, e.g. `weak.crd` with instance negatives
+    weak: Optional[str] = None
 
 
 @dataclass

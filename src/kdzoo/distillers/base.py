@@ -177,6 +177,11 @@ class Method(nn.Module):
         """The views of the batch whose teacher outputs it reads (what a step may compute first)."""
         return (self.binding.teacher_input,)
 
+    def reads_labels(self) -> bool:
+        """Whether this instance reads labels (a method may read none with some parameters: CRD's instance
+        negatives)."""
+        return self.uses_labels
+
     def extra_reads(self) -> tuple[tuple[str, str, Needs], ...]:
         """(network, view, needs) a step reads beyond its bound student and teacher (proto's key network)."""
         return ()

@@ -203,6 +203,9 @@ class CRD(Method):
         self._pending = PendingUpdate()
         self._z_set = False  # host-side cache of "both Z constants are set"
 
+    def reads_labels(self) -> bool:
+        return self.params.negatives == "class"
+
     def embed(self, s_pooled: Tensor, t_pooled: Tensor) -> tuple[Tensor, Tensor]:
         """L2-normalised float32 embeddings of both sides (the linear layers may run under autocast)."""
         return (F.normalize(self.embed_s(s_pooled).float(), dim=1),

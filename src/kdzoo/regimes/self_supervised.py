@@ -16,6 +16,7 @@ untrained: `kdzoo linear-eval` measures them.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
 from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import trained_network
-from kdzoo.program.phases import main_phase
+from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
@@ -106,10 +107,6 @@ class SelfSupervised(Regime):
     def build(cls, ctx: BuildContext) -> Program:
         cfg, device = ctx.cfg, ctx.device
         classes = [c for _, c in method_instances(cfg.loss).values()]
-        labelled = [c.name for c in classes if c.uses_labels]
-        if labelled:
-            raise ConfigError(f"loss.{labelled[0]}: method {labelled[0]} trains with labels; the self_supervised "
-                              "regime uses none (e.g. loss: {byol: 1})")
         streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
                                        channels_last=cfg.engine.channels_last,
                                        **{**stream_needs(cfg, classes), "drop_last": True})
@@ -126,19 +123,35 @@ class SelfSupervised(Regime):
         target = Projected(target_encoder, spec, copy.deepcopy(online.projector))
         target.projector.load_state_dict(online.projector.state_dict())
         projected = Features(logits=torch.Size([2, s.dim]), pooled=shapes.pooled)
+        nets, net_shapes = {"student": encoder, "teacher": target_encoder}, {"student": projected, "teacher": projected}
+        weak = weak_spec = None
+        if s.weak:
+            weak, weak_spec = trained_network(replace(cfg.student, arch=s.weak, checkpoint=None, freeze=[]), info,
+                                              key="self_supervised.weak", log=ctx.log)
+            nets["weak"], net_shapes["weak"] = weak, probe_shapes(weak, weak_spec, torch.stack([sample, sample]))
 
         def setup(binding) -> SetupContext:
-            return SetupContext(student=encoder, teacher=target_encoder, student_shapes=projected,
-                                teacher_shapes=projected, num_classes=info.num_classes,
+            return SetupContext(student=nets[binding.student], teacher=nets.get(binding.teacher),
+                                student_shapes=net_shapes[binding.student],
+                                teacher_shapes=net_shapes.get(binding.teacher), num_classes=info.num_classes,
                                 train_targets=streams["train"].dataset.targets, batch_size=cfg.dataset.batch_size,
                                 epochs=cfg.epochs, device=device, info=info)
 
-        methods = build_methods(cfg.loss, cfg.methods, setup, ("student", "teacher"))
+        methods = build_methods(cfg.loss, cfg.methods, setup, tuple(nets))
+        labelled = [name for name, m in methods.items() if m.reads_labels()]
+        if labelled:
+            raise ConfigError(f"loss.{labelled[0]}: method {labelled[0]} trains with labels; the self_supervised "
+                              "regime uses none (byol; crd with negatives: instance)")
         check_views(methods, streams["train"].views)
         memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
-        bundle = Bundle({"student": online}, methods).to(device, memory_format=memory_format)
+        trained = {"student": online}
+        if weak is not None:
+            needs = needs_by_network(methods.values(), {"weak": Needs()})
+            trained["weak"] = FeatureModel(weak, needs["weak"] | Needs(pooled=True), weak_spec)
+        bundle = Bundle(trained, methods).to(device, memory_format=memory_format)
         frozen: dict[str, Any] = {"teacher": NoGrad(target).to(device, memory_format=memory_format)}
         models = {"student": ModelSlot(online, features=bundle.student),
+                  **({"weak": ModelSlot(weak, features=bundle.weak)} if weak is not None else {}),
                   "teacher": ModelSlot(target, role="ema", ema_of="student", ema_decay=s.ema_decay,
                                        ema_buffers="keep", train_mode=True, features=frozen["teacher"])}
         runner = wrap_ddp(bundle, ctx.dist, device)
@@ -155,6 +168,8 @@ class SelfSupervised(Regime):
                     "projector_params": count_params(online.projector), "adapter_params": count_params(bundle.methods),
                     "ema_decay": s.ema_decay, "methods": {name: to_dict(m.params) for name, m in methods.items()}}
 
+        artifacts = {"student": Artifact(lambda: encoder, meta), "target": Artifact(lambda: target_encoder, meta)}
+        if weak is not None:  # the distilled student of self-supervised DS-SRD
+            artifacts["weak"] = Artifact(lambda: weak, lambda: {**meta(), "arch": s.weak})
         return Program(models=models, data=streams, phases=[phase], trainable=bundle, info=info,
-                       artifacts={"student": Artifact(lambda: encoder, meta),
-                                  "target": Artifact(lambda: target_encoder, meta)}, describe=describe)
+                       artifacts=artifacts, describe=describe)
