@@ -61,7 +61,7 @@ def test_new_classifier_is_normal_0_01_and_features_are_computed_once(tmp_path, 
     linear = program.models["student"].module.fc
     assert abs(float(linear.weight.detach().std()) - 0.01) < 0.003 and not linear.bias.any()
     train = program.data["train"].dataset
-    assert type(train).__name__ == "FeatureSet" and train.features.shape == (len(train), 256)
+    assert type(train).__name__ == "InMemoryVectorDataset" and train.features.shape == (len(train), 256)
     trainable = [p for p in program.phases[0].params]
     assert trainable == list(linear.parameters())
     engine.close()

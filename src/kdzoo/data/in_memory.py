@@ -38,3 +38,17 @@ class InMemoryImageDataset(Dataset):
         info = getattr(self, "info", None)
         name = info.name if info is not None else type(self).__name__
         return f"{name}: {len(self)} images of {tuple(self.images.shape[1:])}, {len(self.classes)} classes"
+
+
+class InMemoryVectorDataset(Dataset):
+    """Yields `(features[i], int(targets[i]))`: float vectors held as one (N, D) tensor (tabular data, precomputed
+    features of a frozen encoder); `.targets` and `.info` as the trainer expects."""
+
+    def __init__(self, features: torch.Tensor, targets: torch.Tensor, info=None):
+        self.features, self.targets, self.info = features, torch.as_tensor(targets, dtype=torch.long), info
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        return self.features[index], int(self.targets[index])

@@ -36,6 +36,7 @@ class Mixed:
     source: Tensor  # (B',) row of the original batch each image shows (mostly)
     partner: Tensor  # (B',) row mixed in; == source where nothing was mixed
     lam: Tensor  # (B',) fraction of `source` in each image
+    picked: Optional[Tensor] = None  # cutmix_pick: the rows of the scored pool that were kept
 
     def interpolate(self, values: Tensor) -> Tensor:
         """Per-row values of the original batch mixed as the images were (e.g. the teacher's logits)."""
@@ -153,7 +154,7 @@ def cutmix_pick(x: Tensor, n_run: int, score: Callable[[Tensor], Tensor]) -> Mix
     with torch.no_grad():
         scores = score(pool.inputs).float()
     keep = scores.topk(x.shape[0]).indices
-    return Mixed(pool.inputs[keep], pool.source[keep], pool.partner[keep], pool.lam[keep])
+    return Mixed(pool.inputs[keep], pool.source[keep], pool.partner[keep], pool.lam[keep], picked=keep)
 
 
 _AUTOAUGMENT = None

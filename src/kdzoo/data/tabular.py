@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from kdzoo.data.checks import missing_data_error
+from kdzoo.data.in_memory import InMemoryVectorDataset
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.registry import DatasetBuilder, register_dataset
 from kdzoo.errors import DatasetError
@@ -45,19 +45,6 @@ COVTYPE = TabularSpec("covtype", "covtype.data.gz", 7, 55, (0, 54), 54, 1, 10)
 HIGGS = TabularSpec("higgs", "HIGGS.csv.gz", 2, 29, (1, 22), 0, 0, 21)
 COVTYPE_TRAIN = 15_120
 HIGGS_TEST, HIGGS_TRAIN, HIGGS_SEED = 500_000, 100_000, 1
-
-
-class TabularDataset(Dataset):
-    """Yields `(features[i], int(targets[i]))`: float32 vectors."""
-
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor, info: DatasetInfo):
-        self.features, self.targets, self.info = features, targets.long(), info
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return self.features[i], int(self.targets[i])
 
 
 def parse_csv(path: Path, columns: int) -> np.ndarray:
@@ -136,9 +123,9 @@ def _register(spec: TabularSpec, description: str) -> None:
     width = spec.features[1] - spec.features[0]
     info = DatasetInfo(spec.name, spec.num_classes, (width,), (), ())
 
-    def load(split: str, *, root, download, transform) -> TabularDataset:
+    def load(split: str, *, root, download, transform) -> InMemoryVectorDataset:
         features, targets = load_split(spec, split, root)
-        return TabularDataset(features, targets, info)
+        return InMemoryVectorDataset(features, targets, info)
 
     register_dataset(spec.name, description,
                      DatasetBuilder(info=lambda root: info, transform=lambda split, i, augment: None, load=load))

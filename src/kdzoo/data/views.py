@@ -35,53 +35,47 @@ register_pipeline("test", "the evaluation pipeline")(
     lambda builder, info, augment: builder.transform("test", info, False))
 
 
-class ColourJitter:
-    """After a normalising pipeline: undo the normalisation, colour-jitter (0.4, 0.4, 0.4, 0.1) with probability
-    0.8, grayscale with probability 0.2 (DS-SRD's and SimCLR's two-view augmentation), normalise again."""
+class PixelAugment:
+    """Torchvision augmentations in pixel space after a normalising pipeline: undo its normalisation, apply `ops`
+    to the [0, 1] image, normalise again."""
 
-    def __init__(self, inner: Callable, mean, std):
-        from torchvision.transforms import v2
-
-        self.inner = inner
+    def __init__(self, inner: Callable, ops: Callable, mean, std):
+        self.inner, self.ops = inner, ops
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.jitter = v2.Compose([v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                                  v2.RandomGrayscale(p=0.2)])
-
-    def __call__(self, sample):
-        x = self.inner(sample)
-        pixels = (x * self.std + self.mean).clamp(0, 1)
-        return (self.jitter(pixels) - self.mean) / self.std
-
-
-register_pipeline("jitter", "the training augmentation, then colour jitter p 0.8 and grayscale p 0.2 (two-view KD)")(
-    lambda builder, info, augment: ColourJitter(builder.transform("train", info, augment), info.mean, info.std))
-
-
-class ByolViews:
-    """BYOL / i-Mix's view of an image (after the normalising evaluation pipeline, undone and redone):
-    RandomResizedCrop(size, scale 0.2-1), colour jitter (0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2, flip."""
-
-    def __init__(self, inner: Callable, size: int, mean, std):
-        from torchvision.transforms import v2
-
-        self.inner = inner
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.augment = v2.Compose([v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
-                                   v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                                   v2.RandomGrayscale(p=0.2), v2.RandomHorizontalFlip()])
 
     def __call__(self, sample):
         pixels = (self.inner(sample) * self.std + self.mean).clamp(0, 1)
-        return (self.augment(pixels) - self.mean) / self.std
+        return (self.ops(pixels) - self.mean) / self.std
 
 
-def _byol(builder, info: DatasetInfo, augment: bool) -> ByolViews:
+def colour_jitter():
+    """Colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8, grayscale with probability 0.2 (SimCLR, DS-SRD)."""
+    from torchvision.transforms import v2
+
+    return [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+
+
+def _jitter(builder, info: DatasetInfo, augment: bool) -> PixelAugment:
+    from torchvision.transforms import v2
+
+    return PixelAugment(builder.transform("train", info, augment), v2.Compose(colour_jitter()), info.mean, info.std)
+
+
+register_pipeline("jitter", "the training augmentation, then colour jitter p 0.8 and grayscale p 0.2 (two-view KD)")(
+    _jitter)
+
+
+def _byol(builder, info: DatasetInfo, augment: bool) -> PixelAugment:
+    """BYOL / i-Mix's view of an image: RandomResizedCrop(size, scale 0.2-1), colour jitter, grayscale, flip."""
+    from torchvision.transforms import v2
+
     if info.image_size is None:
         raise ConfigError(f"dataset.views: the byol pipeline augments square images; {info.name} has samples of shape "
                           f"{info.input_shape}")
-    return ByolViews(builder.transform("test", info, False) or IDENTITY, info.image_size, info.mean, info.std)
+    ops = v2.Compose([v2.RandomResizedCrop(info.image_size, scale=(0.2, 1.0), antialias=True), *colour_jitter(),
+                      v2.RandomHorizontalFlip()])
+    return PixelAugment(builder.transform("test", info, False) or IDENTITY, ops, info.mean, info.std)
 
 
 register_pipeline("byol", "BYOL / i-Mix views: random resized crop (0.2-1), colour jitter, grayscale, flip")(_byol)

@@ -84,8 +84,9 @@ class Augment(Method):
         if not (lw2 or lw3):
             return {b.term(self.name): loss}
         prefix = b.term(self.name)
+        pool = f"{prefix}.pool"
         mixed = mix_inputs(p.mode, ctx.batch.view(b.view), self.stats, p.n_run,
-                           score=lambda pool: self._score(ctx, ctx.add_view(f"{prefix}.pool", pool)))
+                           score=lambda images: self._score(ctx, ctx.add_view(pool, images)))
         view = ctx.add_view(f"{prefix}.x", mixed.inputs)
         s_aug = ctx.features(b.student, view).logits
         if lw2:
@@ -94,7 +95,9 @@ class Augment(Method):
             ce_partner = F.cross_entropy(s_aug.float(), y[mixed.partner], reduction="none")
             loss = loss + lw2 * (mixed.lam * ce + (1 - mixed.lam) * ce_partner).mean()
         if lw3:
-            if p.teacher_target:
+            if p.teacher_target and mixed.picked is not None and p.criterion != "student_entropy":
+                target = ctx.no_grad_features(b.teacher, pool).logits[mixed.picked]  # scored already: no new forward
+            elif p.teacher_target:
                 target = ctx.features(b.teacher, view).logits
             else:
                 target = mixed.interpolate(t.float())

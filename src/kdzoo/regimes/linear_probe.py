@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from kdzoo.data.in_memory import InMemoryVectorDataset
 from kdzoo.data.loaders import make_loader
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.stream import DataStream
@@ -34,19 +34,6 @@ from kdzoo.program.bundle import Bundle
 from kdzoo.program.methods import build_methods
 from kdzoo.program.phases import main_phase
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
-
-
-class FeatureSet(Dataset):
-    """Precomputed features with their labels (`.targets`, `.info` as the trainer expects)."""
-
-    def __init__(self, features: torch.Tensor, targets: torch.Tensor, info):
-        self.features, self.targets, self.info = features, targets, info
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return self.features[i], self.targets[i]
 
 
 def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> tuple[nn.Module, str, dict]:
@@ -83,7 +70,7 @@ def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> 
 
 
 @torch.no_grad()
-def embed(model: nn.Module, stream: DataStream, device, log, name: str, progress: bool) -> FeatureSet:
+def embed(model: nn.Module, stream: DataStream, device, log, name: str, progress: bool) -> InMemoryVectorDataset:
     """Pooled features of every sample of `stream` (in order) through the frozen encoder."""
     features = FeatureModel(model, Needs(pooled=True))
     model.eval()
@@ -95,7 +82,7 @@ def embed(model: nn.Module, stream: DataStream, device, log, name: str, progress
         labels.append(batch.targets.cpu())
     features.remove_hooks()
     log(f"linear probe: {name} features computed once ({sum(len(r) for r in rows)} samples)")
-    return FeatureSet(torch.cat(rows), torch.cat(labels), getattr(stream.dataset, "info", None))
+    return InMemoryVectorDataset(torch.cat(rows), torch.cat(labels), getattr(stream.dataset, "info", None))
 
 
 @register_regime
