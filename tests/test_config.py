@@ -89,3 +89,13 @@ def test_cli_list_prints_one_name_per_line(capsys):
         assert run_cli("list", what) == 0
         names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
         assert expected in names and len(names) == len(set(names))
+
+
+def test_overrides_reach_namespaced_method_instances():
+    from kdzoo.config.load import apply_overrides
+
+    data = {"loss": {"weak.crd": 0.8}, "methods": {"weak.crd": {"nce_k": 512}, "kd": {"T": 4}}}
+    got = apply_overrides(data, ["methods.weak.crd.nce_k=64", "loss.weak.crd=0.5", "loss.peer1.kd=1",
+                                 "methods.peer1.kd.T=2", "methods.kd.T=3"])
+    assert got["methods"] == {"weak.crd": {"nce_k": 64}, "kd": {"T": 3}, "peer1.kd": {"T": 2}}
+    assert got["loss"] == {"weak.crd": 0.5, "peer1.kd": 1}

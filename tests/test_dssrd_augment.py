@@ -238,7 +238,9 @@ def test_teacher_view_with_a_teacher_cache_is_refused(tmp_path, digits_teacher, 
     assert code == 2 and "teacher_view" in capsys.readouterr().err
 
 
-DSSRD_RECIPES = sorted(p for d in ("cifar100", "fashion_mnist", "digits") for p in (CONFIGS / d / "dssrd").rglob("*.yaml"))
+DSSRD_RECIPES = sorted([*(p for d in ("cifar100", "fashion_mnist", "digits") for p in (CONFIGS / d / "dssrd").rglob("*.yaml")),
+                        *CONFIGS.glob("*/self_supervised/*.yaml"), CONFIGS / "tabular" / "covtype_byol.yaml"])
+BINDING_KEYS = ("teacher_view", "view", "teacher", "student", "detach_teacher")
 
 
 @pytest.mark.parametrize("path", DSSRD_RECIPES, ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -255,11 +257,12 @@ def test_every_dssrd_recipe_validates_its_method_parameters(path):
     REGIMES.get(cfg.regime)
     method_instances(cfg.loss)
     for name, section in flat_sections(cfg.methods).items():
+        assert name in cfg.loss, f"methods.{name} has no loss term (the run would refuse it)"
         params = from_dict(METHODS.get(name.split(".")[-1]).Params,
-                           {k: v for k, v in section.items() if k not in ("teacher_view", "view")}, name)
+                           {k: v for k, v in section.items() if k not in BINDING_KEYS}, name)
         if name == "augment":
             check_mode(params.mode, params.n_run)
             assert params.criterion in CRITERIA and len(params.weights) == 3
     if cfg.regime == "double_student":
         assert cfg.dataset.views == {"x": "jitter", "x2": "jitter"} and cfg.methods["kd"]["teacher_view"] == "x2"
-    assert len(DSSRD_RECIPES) >= 9 + 4 + 1 + 12
+    assert len(DSSRD_RECIPES) >= 9 + 4 + 1 + 12 + 9

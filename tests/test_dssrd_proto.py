@@ -145,3 +145,17 @@ def test_cli_run_logs_the_clustering_cost(tmp_path, digits_teacher):
     assert code == 0
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["proto_cluster_s"] >= 0 and last["train_proto"] > 0
+
+
+def test_projected_embedding_trains_student_and_projector(tmp_path):
+    r = build_regime(tmp_path, "resnet8", "resnet8x4", {"proto": 1.0},
+                     {"proto": {"clusters": [5], "warmup_epochs": 1, "negatives": 3, "redo": 1, "embed": "projected"}},
+                     n_train=200)
+    method = r.methods["proto"]
+    assert method.what == "projected" and method.reads_teacher_logits() is False
+    r.phases()[-1].on_epoch_start(0, EpochRuntime(r.program))
+    assert method.clusterings[0].centroids.shape[1] == 256  # the teacher's pooled width
+    terms = backward_once(r, random_batch(r))
+    assert float(terms["proto"].detach()) > 0 and method.projector.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for n, p in r.student.named_parameters() if p.dim() > 1 and not n.startswith("fc."))
+    assert all(p.grad is None for p in r.teacher.parameters())

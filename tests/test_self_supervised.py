@@ -93,7 +93,8 @@ DSSRD = CONFIGS / "digits" / "self_supervised" / "dssrd.yaml"
 def test_labels_are_never_used_in_training(tmp_path, recipe):
     weights = []
     for garbage in (False, True):
-        cfg = load_config(recipe, [*SMALL])
+        proto_now = ["methods.weak.proto.warmup_epochs=1"] if recipe == DSSRD else []  # proto acts in epoch 1
+        cfg = load_config(recipe, [*SMALL, *proto_now])
         engine = make_engine(cfg, tmp_path / f"run{int(garbage)}", quiet=True)
         if garbage:
             raw = engine.program.data["train"].dataset
@@ -110,6 +111,9 @@ def test_labels_are_never_used_in_training(tmp_path, recipe):
             chosen = source_indices(stream.dataset)
             assert seen != [int(original[j]) for j in chosen[:8]]  # the loader yields garbage
         engine.fit()
+        if recipe == DSSRD:
+            record = json.loads((tmp_path / f"run{int(garbage)}" / "metrics.jsonl").read_text().splitlines()[-1])
+            assert record["train_weak.proto"] > 0
         folder = tmp_path / f"run{int(garbage)}" / "checkpoints"
         weights.append({name: load_file(str(folder / name)) for name in ("last.safetensors", "target.last.safetensors")
                         + (("weak.last.safetensors",) if recipe == DSSRD else ())})

@@ -44,6 +44,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Sections keyed by a method instance, whose names may hold a dot ("weak.crd"): the parts of an override after
+# the section name the instance, except the last `n` (a parameter of methods.<instance>)
+INSTANCE_SECTIONS = {"loss": 0, "methods": 1}
+
+
+def instance_path(parts: list[str], data: dict[str, Any]) -> list[str]:
+    """`methods.weak.crd.nce_k` -> [methods, weak.crd, nce_k]: the instance as one key (an existing key first)."""
+    if len(parts) < 3 or parts[0] not in INSTANCE_SECTIONS:
+        return parts
+    section = data.get(parts[0]) if isinstance(data.get(parts[0]), dict) else {}
+    for stop in range(len(parts), 2, -1):  # the longest dotted name the section already holds
+        if ".".join(parts[1:stop]) in section:
+            return [parts[0], ".".join(parts[1:stop]), *parts[stop:]]
+    if parts[1] in section:  # an undotted instance the section holds (its parameter may be a mapping)
+        return parts
+    stop = len(parts) - INSTANCE_SECTIONS[parts[0]]
+    return [parts[0], ".".join(parts[1:stop]), *parts[stop:]] if stop > 2 else parts
+
+
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """`optim.lr=0.01 seed=3 loss.kd=0.9`: values are parsed as YAML scalars/lists."""
     data = copy.deepcopy(data)
@@ -56,7 +75,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from None
         node = data
-        parts = key.split(".")
+        parts = instance_path(key.split("."), data)
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:

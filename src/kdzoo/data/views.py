@@ -5,7 +5,8 @@ sample under several of them at once (two augmented views, a plain and an augmen
 
 Pipelines: `train` (the dataset's training augmentation; none with `dataset.augment: false`), `plain` (the
 training images without augmentation), `test` (the evaluation pipeline), `jitter` (train + colour jitter and
-grayscale). `register_pipeline` adds more.
+grayscale), `byol` (BYOL / i-Mix's views of an image), `tabular` (masking and noise on a feature vector).
+`register_pipeline` adds more.
 """
 from __future__ import annotations
 
@@ -79,6 +80,32 @@ def _byol(builder, info: DatasetInfo, augment: bool) -> PixelAugment:
 
 
 register_pipeline("byol", "BYOL / i-Mix views: random resized crop (0.2-1), colour jitter, grayscale, flip")(_byol)
+
+
+class FeatureCorruption:
+    """A self-supervised view of a feature vector (tabular rows): each feature is masked (set to 0, the training
+    mean of a standardised feature, "absent" for a binary one) with probability `mask`, then Gaussian noise of
+    standard deviation `noise` is added to every feature (VIME's masking, SimCLR-style noise; no column statistics
+    beyond the standardisation are needed)."""
+
+    def __init__(self, inner: Callable, mask: float = 0.2, noise: float = 0.1):
+        self.inner, self.mask, self.noise = inner, mask, noise
+
+    def __call__(self, sample):
+        x = torch.as_tensor(self.inner(sample), dtype=torch.float32)
+        kept = (torch.rand(x.shape) >= self.mask).to(x.dtype)
+        return x * kept + self.noise * torch.randn(x.shape)
+
+
+def _tabular(builder, info: DatasetInfo, augment: bool) -> FeatureCorruption:
+    if len(info.input_shape) != 1:
+        raise ConfigError(f"dataset.views: the tabular pipeline corrupts feature vectors; {info.name} has samples of "
+                          f"shape {info.input_shape} (use byol for images)")
+    return FeatureCorruption(builder.transform("test", info, False) or IDENTITY)
+
+
+register_pipeline("tabular", "feature vectors: each feature masked to 0 with p 0.2, then Gaussian noise (0.1) added")(
+    _tabular)
 
 
 def pipeline(name: str, builder, info: DatasetInfo, augment: bool) -> Callable:

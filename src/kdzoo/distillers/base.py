@@ -182,6 +182,11 @@ class Method(nn.Module):
         negatives)."""
         return self.uses_labels
 
+    def reads_teacher_logits(self) -> bool:
+        """Whether it reads the teacher's classifier outputs (refused for a self-supervised teacher, whose
+        classifier never trained)."""
+        return self.needs_teacher() and self.teacher_needs.logits
+
     def extra_reads(self) -> tuple[tuple[str, str, Needs], ...]:
         """(network, view, needs) a step reads beyond its bound student and teacher (proto's key network)."""
         return ()

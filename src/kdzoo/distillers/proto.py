@@ -1,5 +1,7 @@
 """Local prototype structure (DS-SRD's L_proto): each epoch from `warmup_epochs` on, the teacher embeds the
-training images (plain pipeline; pooled features, or logits where the student's width differs) and k-means
+training images (plain pipeline; pooled features, or logits where the student's width differs, or, where the
+logits differ too (a self-supervised teacher's projection), pooled features with the student's side mapped to
+the teacher's width by a trained Linear: `embed: projected`) and k-means
 (faiss, 20 iterations) clusters them for every K in `clusters`. Per cluster the concentration
 phi = mean distance of its members to the centroid / log(n + 10) (clusters of <= 1 member get the largest phi),
 clipped to its 10th-90th percentiles and rescaled to mean `phi_mean` (0.1); centroids are L2-normalised.
@@ -28,7 +30,7 @@ from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
 
-EMBEDS = ("auto", "pooled", "logits")
+EMBEDS = ("auto", "pooled", "logits", "projected")
 
 
 @dataclass
@@ -36,7 +38,8 @@ class ProtoParams:
     clusters: list[int] = field(default_factory=lambda: [500, 800, 1000])
     negatives: int = 100
     warmup_epochs: int = 10  # the term acts from this epoch on, counted from 1 (DS-SRD's --warmup_epoch 10)
-    embed: str = "auto"  # pooled | logits | auto (pooled where student and teacher widths match)
+    embed: str = "auto"  # pooled | logits | projected | auto (pooled where the widths match, else logits where
+    # theirs match, else projected)
     key_network: str = "teacher"
     key_view: str = "x"
     phi_mean: float = 0.1
@@ -94,6 +97,14 @@ def cluster(embedding: Tensor, k: int, params: ProtoParams, seed: int) -> Cluste
                       torch.from_numpy(assign).to(device))
 
 
+def pooled_width(shapes) -> Optional[int]:
+    return int(shapes.pooled[-1]) if shapes is not None and shapes.pooled is not None else None
+
+
+def logits_width(shapes) -> Optional[int]:
+    return int(shapes.logits[-1]) if shapes is not None and shapes.logits is not None else None
+
+
 def proto_scores(embedding: Tensor, c: Clustering, ids: Tensor) -> Tensor:
     """normalise(embedding) . centroids[ids]^T / phi[ids]."""
     return F.normalize(embedding.float(), dim=1) @ c.centroids[ids].t() / c.phi[ids]
@@ -127,6 +138,7 @@ class Proto(Method):
     teacher_needs = Needs(logits=True, pooled=True)
     needs_index = True
     epoch_passes = True
+    uses_labels = False  # the clusters come from the teacher's embedding; the key is a network's embedding
     own_recipes = True
     cache_safe = False  # the epoch pass runs the teacher over the images
     Params = ProtoParams
@@ -146,16 +158,32 @@ class Proto(Method):
                                   f"({n} images: at most {n // 10})")
         if p.negatives < 1 or p.iterations < 1 or p.redo < 1 or p.T <= 0 or p.phi_mean <= 0:
             raise ConfigError("methods.proto: negatives, iterations and redo must be >= 1; T and phi_mean > 0")
-        width_s = ctx.student_shapes.pooled[-1] if ctx.student_shapes.pooled is not None else None
-        width_t = ctx.teacher_shapes.pooled[-1] if ctx.teacher_shapes and ctx.teacher_shapes.pooled is not None \
-            else None
+        width_s, width_t = pooled_width(ctx.student_shapes), pooled_width(ctx.teacher_shapes)
+        logits_s, logits_t = logits_width(ctx.student_shapes), logits_width(ctx.teacher_shapes)
         self.what = p.embed
         if p.embed == "auto":
-            self.what = "pooled" if width_s is not None and width_s == width_t else "logits"
+            self.what = "pooled" if width_s is not None and width_s == width_t else \
+                "logits" if logits_s is not None and logits_s == logits_t else "projected"
         elif p.embed == "pooled" and width_s != width_t:
             raise ConfigError(f"methods.proto.embed: pooled features of student ({width_s}) and teacher ({width_t}) "
-                              "differ in width; use embed: logits")
+                              "differ in width; use embed: logits or projected")
+        elif p.embed == "logits" and logits_s != logits_t:
+            raise ConfigError(f"methods.proto.embed: logits of student ({logits_s}) and teacher ({logits_t}) differ in "
+                              "width; use embed: projected")
+        self.projector = None
+        if self.what == "projected":
+            if width_s is None or width_t is None:
+                raise ConfigError("methods.proto.embed: projected needs pooled features of student and teacher")
+            self.projector = torch.nn.Linear(width_s, width_t)  # the student's pooled feature in the teacher's space
         self.clusterings: Optional[list[Clustering]] = None
+
+    @property
+    def teacher_what(self) -> str:
+        """What the teacher (and the key) give: pooled features when the student's are projected to them."""
+        return "pooled" if self.what == "projected" else self.what
+
+    def reads_teacher_logits(self) -> bool:
+        return self.teacher_what == "logits"
 
     def teacher_views(self) -> tuple[str, ...]:
         """The step reads the teacher only as the key (the epoch pass runs it apart)."""
@@ -173,7 +201,7 @@ class Proto(Method):
             self.clusterings = None
             return None
         started = time.time()
-        embedding = passes.embed(self.binding.teacher, self.what)
+        embedding = passes.embed(self.binding.teacher, self.teacher_what)
         embedded = time.time()
         main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         self.clusterings = []
@@ -191,9 +219,14 @@ class Proto(Method):
 
     def step_losses(self, ctx) -> dict[str, Tensor]:
         b, p = self.binding, self.params
-        s = getattr(ctx.features(b.student, b.view), self.what)
+        student = ctx.features(b.student, b.view)
+        s = self.projector(student.pooled) if self.projector is not None else getattr(student, self.what)
         if self.clusterings is None:
             return {b.term(self.name): s.sum() * 0.0}
-        key = getattr(ctx.no_grad_features(p.key_network, p.key_view), self.what)  # a target
+        keyed = ctx.no_grad_features(p.key_network, p.key_view)
+        if self.projector is not None and p.key_network != b.teacher:  # a student-like key: in the teacher's space
+            key = self.projector(keyed.pooled).detach()
+        else:
+            key = getattr(keyed, self.teacher_what).detach()  # a target
         index = ctx.batch.index_of(b.view)
         return {b.term(self.name): proto_loss(s, key, index, self.clusterings, p.negatives, p.T)}

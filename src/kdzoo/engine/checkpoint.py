@@ -47,7 +47,8 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
 
 
 def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors."""
+    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors. A
+    self-supervised run's best was picked by a kNN monitor on test labels: its last is what `best` gives."""
     path = Path(path)
     if path.is_dir():
         from kdzoo.engine.checkpoint_store import CheckpointStore
@@ -56,6 +57,8 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
         for name in (which, "last") if which == "best" else (which,):
             candidate = store.readable_weights(name)
             if candidate is not None:
+                if name == "best" and read_meta(candidate).get("self_supervised"):
+                    return store.readable_weights("last") or candidate
                 return candidate
         raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
     if not path.is_file():

@@ -3,7 +3,7 @@
 
 ClassifierEvaluator is top-1/top-5/loss of one network on one stream; HeadsEvaluator the same for every named
 output of a network with several heads; MetricEvaluator is the hook for any other measure (linear probe, kNN):
-a function of the runtime that returns its metrics.
+a function of the runtime that returns its metrics; `knn_monitor` is the kNN one of runs without labels.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.engine.distributed import DistInfo, all_reduce_sum, broadcast_buffers
+from kdzoo.engine.distributed import DistInfo, all_gather_cat, all_reduce_sum, broadcast_buffers
 from kdzoo.engine.evaluate import evaluate
 
 
@@ -104,3 +104,32 @@ class MetricEvaluator:
 
     def __call__(self, rt: Runtime) -> dict[str, float]:
         return dict(self.fn(rt))
+
+
+KNN = 20
+
+
+def knn_monitor(network: nn.Module, k: int = KNN):
+    """test_knn_top1 of `network`'s pooled features: majority vote of the k most cosine-similar training images."""
+
+    @torch.no_grad()
+    def measure(rt) -> dict[str, float]:
+        broadcast_buffers(network, rt.dist)  # the target's BN statistics differ per process (its own shards)
+        was = network.training
+        network.eval()
+
+        def embed(stream: str) -> tuple[Tensor, Tensor]:
+            rows, labels = [], []
+            for raw in rt.loader(stream):
+                rows.append(F.normalize(network(raw[0].to(rt.device)).pooled.float(), dim=1))
+                labels.append(raw[1].to(rt.device))
+            return all_gather_cat(torch.cat(rows)), all_gather_cat(torch.cat(labels))
+
+        bank, bank_labels = embed("probe")
+        test, test_labels = embed("test")
+        network.train(was)
+        votes = bank_labels[(test @ bank.t()).topk(min(k, len(bank)), dim=1).indices]
+        predicted = torch.mode(votes, dim=1).values
+        return {"test_knn_top1": 100.0 * float((predicted == test_labels).float().mean())}
+
+    return measure

@@ -27,9 +27,9 @@ def probe_dataset(train_set, plain_set):
     return IndexedDataset(chosen)
 
 
-def attach_probe(streams: dict, methods, cfg, device) -> None:
-    """Add the probe stream when a method asks for epoch passes (a stream the caller gave is kept)."""
-    if PROBE in streams or not any(m.epoch_passes for m in methods):
+def attach_probe(streams: dict, methods, cfg, device, always: bool = False) -> None:
+    """Add the probe stream when a method asks for epoch passes, or `always` (a stream the caller gave is kept)."""
+    if PROBE in streams or not (always or any(m.epoch_passes for m in methods)):
         return
     from kdzoo.data.recipe_streams import probe_stream
 
@@ -39,7 +39,8 @@ def attach_probe(streams: dict, methods, cfg, device) -> None:
 
 class EpochPasses:
     """What a method's on_epoch_start may run: `embed(network, what)` = the network's `what` (pooled, logits)
-    for every training image, (N, D) float32 in dataset order, on the device."""
+    for every training image, (N, D) float32 in dataset order, on the device, the network in eval mode (its
+    running BN statistics; a target that trains in train mode, like BYOL's, is put back in it after)."""
 
     def __init__(self, runtime: Any, sources: Mapping[str, Callable[[Tensor], Any]], stream: str = PROBE):
         self.runtime, self.sources, self.stream = runtime, sources, stream
@@ -52,14 +53,22 @@ class EpochPasses:
     def embed(self, network: str, what: str = "pooled") -> Tensor:
         stream = self.runtime.engine.program.data[self.stream]
         source = self.sources[network]
+        modes = [(m, m.training) for m in source.modules()] if isinstance(source, torch.nn.Module) else []
+        for module, _ in modes:
+            module.train(False)
         rows, order = [], []
-        for raw in self.runtime.loader(self.stream):
-            batch = stream.batch(raw)
-            value = getattr(source(batch.inputs), what)
-            if value is None:
-                raise KeyError(f"network {network!r} gives no {what!r} features (declare them in the method's needs)")
-            rows.append(value.float().flatten(1))
-            order.append(batch.index)
+        try:
+            for raw in self.runtime.loader(self.stream):
+                batch = stream.batch(raw)
+                value = getattr(source(batch.inputs), what)
+                if value is None:
+                    raise KeyError(f"network {network!r} gives no {what!r} features (declare them in the method's "
+                                   "needs)")
+                rows.append(value.float().flatten(1))
+                order.append(batch.index)
+        finally:
+            for module, training in modes:
+                module.train(training)
         values, index = all_gather_cat(torch.cat(rows)), all_gather_cat(torch.cat(order))
         out = values.new_zeros(self.size, values.shape[1])
         out[index] = values  # shards may repeat a padding row: the same values land twice

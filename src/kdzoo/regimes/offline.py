@@ -15,7 +15,7 @@ from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
 from kdzoo.engine.controllers import controller_for
 from kdzoo.engine.distributed import barrier, wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator
+from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator, MetricEvaluator, knn_monitor
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
@@ -65,6 +65,14 @@ def _method_classes(loss: dict[str, float], methods_cfg: dict) -> list[type]:
     return [c for _, c in instances.values()]
 
 
+def refuse_teacher_logits(methods: dict[str, Method], checkpoint: str) -> None:
+    """A self-supervised teacher's classifier never trained: only its features may teach."""
+    reading = [name for name, m in methods.items() if m.reads_teacher_logits()]
+    if reading:
+        raise ConfigError(f"loss.{reading[0]}: reads the teacher's logits, but {checkpoint} is a self-supervised "
+                          "encoder with an untrained classifier; distil its features (crd, proto, fitnet, ...)")
+
+
 def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: DatasetInfo) -> Program:
     """The program on given streams (`train` and `test`, optionally `val`)."""
     cfg, device = ctx.cfg, ctx.device
@@ -97,13 +105,18 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         teacher_checkpoint=cfg.teacher.checkpoint, info=info)
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
+    if teacher_meta and teacher_meta.get("self_supervised"):
+        refuse_teacher_logits(methods, cfg.teacher.checkpoint)
     sync = lambda: barrier(ctx.dist)  # noqa: E731
     images = streams["train"].dataset  # before any grouping: what a teacher cache covers
     attach_groups(streams["train"], methods, cfg.seed, ctx.out, ctx.log, ctx.dist.is_main, sync)
     check_views(methods, streams["train"].views)
-    attach_probe(streams, methods.values(), cfg, device)
+    # no method reads labels (crd with instance negatives, proto from a self-supervised teacher): the classifier
+    # never trains, so a kNN monitor of the pooled features picks nothing; the last checkpoint is the result
+    label_free = not any(m.reads_labels() for m in methods.values())
+    attach_probe(streams, methods.values(), cfg, device, always=label_free)
 
-    needs = needs_by_network(methods.values(), {"student": Needs(logits=True)})
+    needs = needs_by_network(methods.values(), {"student": Needs(logits=True, pooled=label_free)})
     memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
     frozen: dict[str, Any] = {}
     models = {}
@@ -135,6 +148,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     evaluators = [ClassifierEvaluator(deployed, stream) for stream in ("val", "test") if stream in streams]
     at_best = [evaluators.pop()] if "val" in streams else []  # test only where val reaches a new best
     select = "val_top1" if "val" in streams else "test_top1"
+    if label_free:
+        evaluators, at_best, select = [MetricEvaluator(knn_monitor(bundle.student))], [], "test_knn_top1"
     if isinstance(student, AuxNet) and student.num_heads and info.image_size is not None:  # square images
         heads = RotatedHeads(student)  # each head's accuracy beside the backbone's (HSAKD's teacher log)
         evaluators.append(HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4))
@@ -148,6 +163,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     def deploy_meta() -> dict[str, Any]:
         arch = student.plain_arch if plain is not student else cfg.student.arch
         meta = {"arch": arch, "num_classes": info.num_classes, "in_channels": info.in_channels}
+        if label_free:
+            meta["self_supervised"] = True  # its classifier never trained: linear-eval probes the last weights
         if wrapped:
             meta["wrapper"] = {"method": wrapped[1].name, **wrapped[1].inference_meta()}
         return meta

@@ -20,7 +20,6 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.config.validate import to_dict
@@ -28,8 +27,8 @@ from kdzoo.data.recipe_streams import probe_stream, recipe_streams
 from kdzoo.distillers import SetupContext
 from kdzoo.distillers.byol import mlp_head
 from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import all_gather_cat, broadcast_buffers, wrap_ddp
-from kdzoo.engine.evaluators import MetricEvaluator
+from kdzoo.engine.distributed import wrap_ddp
+from kdzoo.engine.evaluators import MetricEvaluator, knn_monitor
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
 from kdzoo.models.features import Features
@@ -41,8 +40,6 @@ from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
-
-KNN = 20
 
 
 class Projected(nn.Module):
@@ -70,32 +67,6 @@ class NoGrad(nn.Module):
     def forward(self, x: Tensor) -> Features:
         with torch.no_grad():
             return self.net(x)
-
-
-def knn_monitor(network: nn.Module, k: int = KNN):
-    """test_knn_top1 of `network`'s pooled features: majority vote of the k most cosine-similar training images."""
-
-    @torch.no_grad()
-    def measure(rt) -> dict[str, float]:
-        broadcast_buffers(network, rt.dist)  # the target's BN statistics differ per process (its own shards)
-        was = network.training
-        network.eval()
-
-        def embed(stream: str) -> tuple[Tensor, Tensor]:
-            rows, labels = [], []
-            for raw in rt.loader(stream):
-                rows.append(F.normalize(network(raw[0].to(rt.device)).pooled.float(), dim=1))
-                labels.append(raw[1].to(rt.device))
-            return all_gather_cat(torch.cat(rows)), all_gather_cat(torch.cat(labels))
-
-        bank, bank_labels = embed("probe")
-        test, test_labels = embed("test")
-        network.train(was)
-        votes = bank_labels[(test @ bank.t()).topk(min(k, len(bank)), dim=1).indices]
-        predicted = torch.mode(votes, dim=1).values
-        return {"test_knn_top1": 100.0 * float((predicted == test_labels).float().mean())}
-
-    return measure
 
 
 @register_regime
