@@ -134,6 +134,43 @@ def write_all(root: Path = ROOT) -> list[Path]:
     written += write_hsakd(root)
     written += write_ckd(root)
     written += write_dssrd(root)
+    written += write_imagenet(root)
+    return written
+
+
+# ImageNet ResNet34 -> ResNet18 (mdistiller's configs/imagenet/r34_r18 settings; batch 256 at lr 0.1, their 512
+# at 0.2 scaled linearly): loss weights and method parameters per row.
+IMAGENET_ROWS = {
+    "kd": ({"ce": 0.5, "kd": 0.5}, {"kd": {"T": 1.0}}),
+    "dkd": ({"ce": 1.0, "dkd": 1.0}, {"dkd": {"alpha": 0.5, "beta": 0.5, "T": 1.0, "warmup": 1.0}}),
+    "reviewkd": ({"ce": 1.0, "reviewkd": 1.0}, {"reviewkd": {"warmup_epochs": 1.0}}),
+    "crd": ({"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16384}}),
+    "dist": ({"ce": 1.0, "dist": 1.0}, {"dist": {"beta": 1.0, "gamma": 1.0, "tau": 1.0}}),  # DIST's ImageNet setting
+}
+IMAGENET_DATA = {"name": "imagenet", "root": "./data/imagenet", "batch_size": 256, "num_workers": 8}
+
+
+def write_imagenet(root: Path = ROOT) -> list[Path]:
+    from kdzoo.bench.anchors import IMAGENET, IMAGENET_TEACHER
+    from kdzoo.distillers import METHODS
+
+    written = []
+    for row, (loss, methods) in IMAGENET_ROWS.items():
+        top1, source = IMAGENET[row]
+        header = _header(METHODS.get(row), row, f"ImageNet ResNet34 -> ResNet18: published top-1 {top1:.2f} ({source}; "
+                         f"teacher {IMAGENET_TEACHER}, student alone {IMAGENET['student'][0]})") + (
+            "# Teacher: kdzoo import-checkpoint --format torchvision resnet34-b627a593.pth (or the older\n"
+            "# resnet34-333f7ec4.pth) --out runs/imagenet/teachers/resnet34. Several GPUs: torchrun --nproc_per_node 8\n"
+            f"# -m kdzoo.cli distill -c configs/imagenet/{row}/resnet34-resnet18.yaml dataset.batch_size=32 (batch_size\n"
+            "# is per process: 8 x 32 = the 256 that lr 0.1 is set for).\n")
+        data = {"name": f"imagenet-{row}-resnet34-resnet18", "seed": 0, "epochs": 100, "dataset": dict(IMAGENET_DATA),
+                "student": {"arch": "tv:resnet18"}, "teacher": {"checkpoint": "runs/imagenet/teachers/resnet34"},
+                "loss": loss, "methods": methods,
+                "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
+                "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
+        path = root / "imagenet" / row / "resnet34-resnet18.yaml"
+        _dump(path, header, data)
+        written.append(path)
     return written
 
 

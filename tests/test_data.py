@@ -152,7 +152,7 @@ def cifar_row_to_chw(row: np.ndarray) -> torch.Tensor:
 
 
 def test_all_datasets_registered_and_unknown_names_rejected():
-    assert set(list_datasets()) == {"cifar10", "cifar100", "fashion_mnist", "digits", "stl10", "imagefolder", "covtype",
+    assert set(list_datasets()) == {"cifar10", "cifar100", "fashion_mnist", "digits", "stl10", "imagefolder", "imagenet", "covtype",
                                    "higgs", "speech_commands", "tinyimagenet"}
     with pytest.raises(DatasetError, match="cifar100"):
         build_dataset("cifar101", "train")

@@ -62,11 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", action="store_true", help="also each auxiliary head's accuracy (_aux models)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("import-checkpoint", help="convert a RepDistiller/mdistiller .pth teacher to kdzoo")
+    p = sub.add_parser("import-checkpoint",
+                       help="convert a RepDistiller/mdistiller .pth teacher, or torchvision's weights, to kdzoo")
     p.add_argument("path", help=".pth file holding {'model': state_dict} or a bare state_dict")
-    p.add_argument("--arch", required=True)
-    p.add_argument("--num-classes", type=int, required=True)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--format", choices=["published", "torchvision"], default="published",
+                   help="published (RepDistiller/mdistiller; default) or torchvision (e.g. resnet34-333f7ec4.pth: "
+                        "arch from the name, 1000 classes, imagenet, hash checked)")
+    p.add_argument("--arch", help="zoo arch (torchvision: tv:<name>, default from the file name)")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--dataset")
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--out", required=True, help="run folder to create")
     p.set_defaults(func=cmd_import)
@@ -76,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+    from kdzoo.data.imagenet_valprep import add_command as add_valprep
     from kdzoo.linear_eval import add_command as add_linear_eval
+
+    add_valprep(sub)
 
     add_linear_eval(sub)
     _add_bench_commands(sub)
@@ -230,8 +237,10 @@ def cmd_import(args) -> int:
     from kdzoo.engine.importer import import_checkpoint
 
     out = import_checkpoint(args.path, arch=args.arch, num_classes=args.num_classes, dataset=args.dataset,
-                            out=args.out, in_channels=args.in_channels)
-    print(f"imported {args.path} as {args.arch} -> {out}")
+                            out=args.out, in_channels=args.in_channels, fmt=args.format)
+    from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
+
+    print(f"imported {args.path} as {read_meta(resolve_checkpoint(out))['arch']} -> {out}")
     return 0
 
 

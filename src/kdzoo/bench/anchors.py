@@ -86,3 +86,10 @@ HSAKD_FEW_SHOT = {0.25: 68.50, 0.50: 72.18, 0.75: 73.26, 1.00: 73.73}
 HSAKD_ONLINE = {"wrn_40_2": 82.58, "wrn_40_1": 76.67, "resnet56": 78.16, "resnet32x4": 84.91, "vgg13": 80.44,
                 "MobileNetV2": 78.85, "ShuffleV1": 78.34, "ShuffleV2": 79.98}
 HSAKD_SOURCE = "winycg/HSAKD README"
+
+# ImageNet ResNet34 -> ResNet18 top-1 (../shared/anchors.md): row -> (top-1, source); torchvision's ResNet34
+# weights (the teacher) have 73.31, its ResNet18 69.76.
+IMAGENET = {"student": (69.76, "torchvision ResNet18 weights"), "kd": (71.37, "torchdistill; mdistiller 71.03"),
+            "dkd": (71.70, "megvii-research/mdistiller README"), "reviewkd": (71.61, "ReviewKD paper"),
+            "crd": (71.17, "CRD paper"), "dist": (72.07, "DIST paper"), "hsakd": (72.16, "winycg/HSAKD README")}
+IMAGENET_TEACHER = 73.31

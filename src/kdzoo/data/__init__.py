@@ -9,7 +9,7 @@ from kdzoo.data.splits import split_train_val, stratified_subset
 from kdzoo.data.wrappers import IndexedDataset, LabeledSubset, subset
 
 # Importing a dataset module registers it; the order here is the order `list_datasets()` reports.
-from kdzoo.data import digits, fashion_mnist, cifar, stl10, imagefolder, tabular, speech_commands  # noqa: E402,F401  isort: skip
+from kdzoo.data import digits, fashion_mnist, cifar, stl10, imagefolder, imagenet, tabular, speech_commands  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DATASETS",

@@ -1,6 +1,10 @@
-"""Convert a teacher checkpoint published by RepDistiller or mdistiller (.pth) into a kdzoo run folder."""
+"""Convert a teacher checkpoint published by RepDistiller or mdistiller (.pth), or one of torchvision's released
+weight files (`resnet34-333f7ec4.pth`: a bare state_dict; the name's hash is the file's SHA-256 prefix, checked as
+torchvision does), into a kdzoo run folder. Files are read with weights_only=True: never executed."""
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -8,7 +12,7 @@ import torch
 
 from kdzoo.data import dataset_info
 from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
-from kdzoo.errors import CheckpointError
+from kdzoo.errors import CheckpointError, KdzooError
 from kdzoo.models import create_model
 
 
@@ -34,20 +38,71 @@ def read_published_state(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def import_checkpoint(path: str | Path, arch: str, num_classes: int, dataset: str, out: str | Path,
-                      in_channels: Optional[int] = None) -> Path:
+FORMATS = ("published", "torchvision")
+TORCHVISION_NAME = re.compile(r"^(?P<arch>[a-z0-9_]+?)-(?P<hash>[a-f0-9]{8,})\.pth$")
+
+
+def torchvision_arch(path: str | Path, arch: Optional[str]) -> str:
+    """`tv:<arch>`: the one given (tv: added), else the file name's (`resnet34-333f7ec4.pth` -> tv:resnet34)."""
+    if arch:
+        return arch if arch.startswith("tv:") else f"tv:{arch}"
+    match = TORCHVISION_NAME.match(Path(path).name)
+    if not match:
+        raise CheckpointError(f"{path}: not named like torchvision's files (<arch>-<hash>.pth); give --arch")
+    return f"tv:{match.group('arch')}"
+
+
+def check_torchvision_hash(path: str | Path) -> None:
+    """torchvision names its files by the SHA-256 of their bytes: a file whose name's hash differs is corrupt."""
+    match = TORCHVISION_NAME.match(Path(path).name)
+    if not match:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group("hash")):
+        raise CheckpointError(f"{path}: its SHA-256 starts {digest.hexdigest()[:8]}, not {match.group('hash')} as "
+                              "its name says (a corrupt or truncated download)")
+
+
+def import_checkpoint(path: str | Path, arch: Optional[str], num_classes: Optional[int], dataset: Optional[str],
+                      out: str | Path, in_channels: Optional[int] = None, fmt: str = "published") -> Path:
     from kdzoo.engine.run_folder import refuse_existing_run
 
+    if fmt not in FORMATS:
+        raise CheckpointError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
+    if fmt == "torchvision":
+        arch, num_classes, dataset = torchvision_arch(path, arch), num_classes or 1000, dataset or "imagenet"
+    elif not (arch and num_classes and dataset):
+        raise CheckpointError("import-checkpoint: --arch, --num-classes and --dataset are needed (or --format "
+                              "torchvision, which reads the arch from the file name)")
     refuse_existing_run(Path(out), "import-checkpoint")
     state = read_published_state(path)
-    info = dataset_info(dataset)
-    channels = in_channels or info.in_channels
+    if fmt == "torchvision":
+        check_torchvision_hash(path)
+    channels = in_channels or _in_channels(dataset)
     model = create_model(arch, num_classes=num_classes, in_channels=channels)
-    load_state_dict_strict(model, state, str(path))
+    try:
+        load_state_dict_strict(model, state, str(path))
+    except CheckpointError as err:  # name the arch asked for, not the class (every torchvision ResNet is "ResNet")
+        raise CheckpointError(str(err).replace(f"does not fit {type(model).__name__}", f"does not fit {arch}")) \
+            from None
     meta = {"format": "kdzoo", "version": 1, "arch": arch, "num_classes": num_classes, "in_channels": channels,
             "dataset": dataset, "dataset_root": None, "image_size": None, "phase": "imported", "epoch": None,
-            "metrics": {}, "run": Path(out).name, "imported_from": str(path)}
+            "metrics": {}, "run": Path(out).name, "imported_from": str(path), "imported_format": fmt}
     folder = Path(out) / CHECKPOINT_DIR
     for name in ("best", "last"):
         save_weights(folder / f"{name}.safetensors", model.state_dict(), meta)
     return Path(out)
+
+
+def _in_channels(dataset: str) -> int:
+    from kdzoo.data import DATASETS
+
+    try:
+        return dataset_info(dataset).in_channels
+    except KdzooError:
+        if dataset in DATASETS:  # a known dataset whose info needs its files (imagenet, imagefolder): RGB
+            return 3
+        raise
