@@ -3,15 +3,22 @@
 For a teacher/student pair on CIFAR-shaped random data, interleaved over repeats, times
   (a) the student's training step alone (CE only), (b) the teacher's inference alone, (c) each method's step,
 once with kdzoo's default fast path (teacher first under inference_mode, channels_last, bf16 autocast where the
-hardware has it) and once in plain fp32 (contiguous memory, student forward first). Prints (c)/((a)+(b)) per
+hardware has it) and once in plain fp32 (contiguous memory, student forward first); with `--settings
+default,plain,compiled` also the default path under torch.compile (inductor; student, teacher and the methods in
+`--compile-methods`, KD by default: compiling every method takes minutes each). Prints (c)/((a)+(b)) per
 method, each method's ratio over KD's, and the default KD step's speed-up over the plain one as the last line.
+`--memory` adds each default-path step's peak memory in a fresh process per method: the peak resident memory
+over the warm-up and 3 steps above what the built program and its data held before them (Linux: VmHWM reset
+through /proc/self/clear_refs), so the column is what the step itself needs (activations, optimizer state, banks).
 
-    python benchmarks/step_overhead.py --repeats 20 --out benchmarks/results/step_overhead.md
+    python benchmarks/step_overhead.py --methods all --settings default,plain,compiled --memory --repeats 20 \
+        --out benchmarks/results/step_overhead.md
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +30,7 @@ from kdzoo.config import config_from_data
 from kdzoo.data import image_info
 from kdzoo.distillers import METHODS, Batch, StepInfo
 from kdzoo.engine.checkpoint import save_weights
+from kdzoo.engine.compile import compile_program
 from kdzoo.engine.device import Precision, resolve_precision
 from kdzoo.engine.distributed import DistInfo
 from kdzoo.engine.optim import build_optimizer
@@ -52,6 +60,7 @@ COST_NOTES = {
 SETTINGS = {
     "default": {"precision": "auto", "channels_last": True, "teacher_first": True},
     "plain": {"precision": "fp32", "channels_last": False, "teacher_first": False},
+    "compiled": {"precision": "auto", "channels_last": True, "teacher_first": True, "compile": True},
 }
 
 
@@ -65,8 +74,13 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--methods", default="kd", help="comma-separated, or 'all' (every method with a teacher)")
     parser.add_argument("--settings", default="default,plain")
+    parser.add_argument("--compile-methods", default="kd", help="methods timed in the compiled setting")
+    parser.add_argument("--memory", action="store_true", help="peak RSS per default-path step (a process each)")
+    parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # the child of --memory: one step's peak RSS
     parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args(argv)
+    if args.peak_of:
+        return peak_of(args)
     torch.manual_seed(0)
 
     methods = [m for m in METHODS.names() if METHODS.get(m).needs_teacher()] if args.methods == "all" \
@@ -99,13 +113,15 @@ def main(argv=None) -> int:
             engine = {"precision": precision.name, "channels_last": options["channels_last"],
                       "teacher_first": options["teacher_first"], "progress": False, "tensorboard": False}
             timers[(setting, "student")] = regime_step(args, info, targets, engine, precision, {"ce": 1.0},
-                                                       None)
+                                                       None, compiled=options.get("compile", False))
             timers[(setting, "teacher")] = teacher_inference(teacher, args, options, precision)
             for method in methods:
+                if options.get("compile") and method not in args.compile_methods.split(","):
+                    continue
                 loss = {"ce": 1.0, **{term: 1.0 for term in METHODS.get(method).term_names()}}
                 pair = (f"{args.student}_aux", aux_teacher_file) if method in aux else (args.student, teacher_file)
                 timers[(setting, method)] = regime_step(args, info, targets, engine, precision, loss, pair[1],
-                                                        student=pair[0])
+                                                        student=pair[0], compiled=options.get("compile", False))
 
         samples = {key: [] for key in timers}
         for r in range(args.warmup + args.repeats):
@@ -116,21 +132,29 @@ def main(argv=None) -> int:
                     samples[key].append(time.perf_counter() - started)
 
     med = {key: statistics.median(v) * 1000 for key, v in samples.items()}
+    peaks = {m: child_peak(args, m) for m in ["student", *methods]} if args.memory else {}
     lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
              f"({torch.get_num_threads()} threads), median of {args.repeats} interleaved repeats",
-             "", "| setting | method | step ms | ratio (c)/((a)+(b)) | ratio / KD ratio |", "|---|---|---|---|---|"]
+             "", "| setting | method | step ms | ratio (c)/((a)+(b)) | ratio / KD ratio | step peak RSS MB |",
+             "|---|---|---|---|---|---|"]
     for setting in settings:
         base = med[(setting, "student")] + med[(setting, "teacher")]
         kd_ratio = med[(setting, "kd")] / base
-        lines.append(f"| {setting} | (a) student step | {med[(setting, 'student')]:.1f} | | |")
-        lines.append(f"| {setting} | (b) teacher inference | {med[(setting, 'teacher')]:.1f} | | |")
+        peak = (lambda m: f"{peaks[m]:.0f}" if setting == "default" and m in peaks else "")  # noqa: E731
+        lines.append(f"| {setting} | (a) student step | {med[(setting, 'student')]:.1f} | | | {peak('student')} |")
+        lines.append(f"| {setting} | (b) teacher inference | {med[(setting, 'teacher')]:.1f} | | | |")
         for method in methods:
+            if (setting, method) not in med:
+                continue
             ratio = med[(setting, method)] / base
             lines.append(f"| {setting} | {method} | {med[(setting, method)]:.1f} | {ratio:.2f} | "
-                         f"{ratio / kd_ratio:.2f} |")
+                         f"{ratio / kd_ratio:.2f} | {peak(method)} |")
     if {"default", "plain"} <= set(settings):
         lines.append("")
         lines.append(f"default KD step speed-up over plain: {med[('plain', 'kd')] / med[('default', 'kd')]:.2f}x")
+    if {"default", "compiled"} <= set(settings):
+        lines.append(f"compiled KD step against the default one: {med[('default', 'kd')] / med[('compiled', 'kd')]:.2f}x"
+                     " (after compiling; the first steps pay the compile)")
     slow = [m for m in methods if m in COST_NOTES and med[("default", m)] / med[("default", "kd")] > 1.15]
     if slow and "default" in settings:
         lines += ["", "Methods over 1.15x KD's ratio (default path), and what costs the time:"]
@@ -142,7 +166,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None):
+def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False):
     """A closure running one real training step of the offline regime (the engine's own step code), on the
     batch its train stream gives (rotate4 makes it 4x the rows)."""
     data = {"student": {"arch": student or args.student}, "loss": loss, "engine": engine, "epochs": 240,
@@ -158,6 +182,8 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
                "test": DataStream(dataset, args.batch)}
     program = offline_program(BuildContext(cfg=cfg, device=device, precision=precision, dist=DistInfo()),
                               streams, info)
+    if compiled:
+        compile_program(program)
     phase = program.phases[-1]
     optimizer = build_optimizer(phase.params, cfg.optim)
     images = torch.randn(args.batch, 3, 32, 32)
@@ -182,6 +208,8 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
 def teacher_inference(model, args, options, precision):
     fmt = torch.channels_last if options["channels_last"] else torch.contiguous_format
     teacher = FrozenTeacher(model, Needs(logits=True)).to(memory_format=fmt)
+    if options.get("compile"):
+        teacher.compile()
     images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=fmt)
 
     def run():
@@ -189,6 +217,49 @@ def teacher_inference(model, args, options, precision):
             teacher(images)
 
     return run
+
+
+def child_peak(args, method: str) -> float:
+    """Peak RSS (MB) of one default-path step of `method` ("student": CE alone), in a fresh process."""
+    command = [sys.executable, __file__, "--peak-of", method, "--student", args.student, "--teacher", args.teacher,
+               "--batch", str(args.batch), "--classes", str(args.classes), "--warmup", str(args.warmup)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(done.stdout.split()[-1])
+
+
+def peak_of(args) -> int:
+    device = torch.device("cpu")
+    info = image_info("cifar100", args.classes, 3, 32, (0.5,) * 3, (0.25,) * 3)
+    targets = torch.randint(0, args.classes, (50_000,))
+    options = SETTINGS["default"]
+    precision = Precision(resolve_precision(options["precision"], device), device)
+    engine = {"precision": precision.name, "channels_last": True, "teacher_first": True, "progress": False,
+              "tensorboard": False}
+    method = args.peak_of
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_file, loss, student = None, {"ce": 1.0}, args.student
+        if method != "student":
+            cls = METHODS.get(method)
+            arch = f"{args.teacher}_aux" if cls.student_needs.heads else args.teacher
+            student = f"{args.student}_aux" if cls.student_needs.heads else args.student
+            teacher_file = Path(tmp) / f"{arch}.safetensors"
+            save_weights(teacher_file, create_model(arch, num_classes=args.classes).state_dict(),
+                         {"arch": arch, "num_classes": args.classes, "in_channels": 3, "dataset": "cifar100"})
+            loss = {"ce": 1.0, **{term: 1.0 for term in cls.term_names()}}
+        run = regime_step(args, info, targets, engine, precision, loss, teacher_file, student=student)
+        before = _status_mb("VmRSS")  # the built program and its data, before any step
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: restart the peak (VmHWM) from here
+        for _ in range(args.warmup + 3):
+            run()
+    print(f"peak_rss_mb {_status_mb('VmHWM') - before:.1f}")
+    return 0
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ class PhaseRunner:
         sums: dict[str, torch.Tensor] = {}
         running = torch.zeros((), device=e.device)
         seen, started = 0, time.time()
+        if e.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(e.device)  # the epoch's own peak
         bar = tqdm(loader, total=steps, desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
                    disable=e.quiet or not e.dist.is_main, leave=False, dynamic_ncols=True)
         for i, raw in enumerate(bar):
@@ -178,6 +180,7 @@ class PhaseRunner:
         stats["lr"] = optimizer.param_groups[0]["lr"]
         stats["epoch_time_s"] = round(elapsed, 3)
         stats["images_per_s"] = round(seen * e.dist.world_size / max(elapsed, 1e-9), 1)
+        stats.update(peak_memory(e.device))
         return stats
 
     def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
@@ -203,3 +206,16 @@ class PhaseRunner:
             parts.append(f"plateau: weights of epoch {record['reloaded_best']} reloaded")
         parts.append(f"{record['epoch_time_s']:.1f}s")
         (tqdm.write if not e.quiet else e.log)("  ".join(parts))
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """peak_rss_mb: the process's peak resident memory so far (getrusage); on a GPU also peak_cuda_mb, the
+    epoch's peak of torch.cuda.max_memory_allocated."""
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    out = {"peak_rss_mb": round(rss / (2 ** 20 if sys.platform == "darwin" else 2 ** 10), 1)}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+    return out

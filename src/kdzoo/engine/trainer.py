@@ -69,6 +69,11 @@ class Engine:
         try:
             self.program = build(self._build_context())
             self.info = self.program.info
+            if cfg.engine.compile:
+                from kdzoo.engine.compile import compile_program
+
+                compiled = compile_program(self.program, cfg.engine.compile_backend)
+                self.log(f"torch.compile ({cfg.engine.compile_backend}): {', '.join(compiled)}")
             for phase in self.program.phases:  # a stream no full batch fits fails now, before the folder is written
                 self.program.data[phase.stream].loader(self.dist)
             self._start_run(resume)
