@@ -156,3 +156,27 @@ def test_kd_recipe_runs_on_a_tiny_tree_with_an_imported_torchvision_teacher(tmp_
     assert code == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_kd"] >= 0 and 0 <= record["test_top1"] <= 100
+
+
+def test_dali_loader_falls_back_in_one_line_or_refuses_what_it_cannot_read(tmp_path, capsys):
+    write_tree(tmp_path / "data")
+    common = ["dataset.name=imagenet", f"dataset.root={tmp_path / 'data'}", "dataset.loader=dali",
+              "dataset.image_size=32", "dataset.batch_size=4", "epochs=1", "student.arch=resnet8", *FAST]
+    out = tmp_path / "ok"
+    assert run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", out, *common) == 0
+    said = capsys.readouterr()
+    lines = [line for line in (said.out + said.err).splitlines() if "dataset.loader: dali" in line]
+    assert lines == ["dataset.loader: dali is unavailable (nvidia.dali is not installed (pip install "
+                     "nvidia-dali-cuda120)); using the PyTorch loader"]
+    assert (out / "summary.json").is_file()
+    for extra, expected in ((["dataset.name=digits", "dataset.root=null"], "dali reads image files"),
+                            (["dataset.views={x: train, x2: plain}"], "dataset.views: not with loader: dali"),
+                            (["dataset.subset=4"], "dataset.subset: not with loader: dali")):
+        code = run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", tmp_path / "bad", *common, *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    from kdzoo.data.dali import check_dali_recipe
+    from kdzoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="yields no dataset indices"):  # CRD's bank
+        check_dali_recipe(load_config(None, common[:3]).dataset, needs_index=True)

@@ -45,6 +45,8 @@ class DatasetConfig:
     # stratified part of the training set held out as the `val` stream (evaluation pipeline)
     val_fraction: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
     drop_last: bool = False
+    # torch (DataLoader) or dali (NVIDIA DALI's GPU decoding for imagenet / imagefolder; data/dali.py)
+    loader: Literal["torch", "dali"] = "torch"
 
 
 @dataclass

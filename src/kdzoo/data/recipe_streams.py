@@ -69,6 +69,10 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
     }
     if val_set is not None:
         streams["val"] = DataStream(val_set, d.eval_batch_size, **stream)
+    if d.loader == "dali":
+        from kdzoo.data.dali import dali_streams
+
+        streams = dali_streams(streams, d, info, device, needs_index)
     return streams, info
 
 
