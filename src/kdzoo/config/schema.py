@@ -103,6 +103,8 @@ class EngineConfig:
     tensorboard: bool = True
     # torch intra-op threads on CPU
     threads: Optional[int] = field(default=None, metadata={"ge": 1, "hint": "null keeps torch's default"})
+    # DDP on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm); CUDA only (NCCL)
+    sync_bn: bool = False
     # torch.compile every network's forward (students, teachers; in place: checkpoints keep their keys)
     compile: bool = False
     compile_backend: str = "inductor"  # any torch.compile backend (eager / aot_eager check a setup quickly)

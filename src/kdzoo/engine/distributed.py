@@ -14,6 +14,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    sync_bn: bool = False  # engine.sync_bn: wrap_ddp turns BatchNorm into SyncBatchNorm (CUDA)
 
     @property
     def enabled(self) -> bool:
@@ -67,12 +68,23 @@ def wrap_ddp(module: nn.Module, info: DistInfo, device: torch.device) -> nn.Modu
         dist.broadcast(module.get_buffer(name).data, src=0)
     if not any(p.requires_grad for p in module.parameters()):
         return module
+    if info.sync_bn:  # in place: the same parameters and buffers, statistics over the global batch
+        convert_sync_batchnorm(module)
     if synced:
         # The documented (if underscored) way to keep named parameters/buffers out of DDP's synchronisation.
         nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, synced)
     ids = [device.index] if device.type == "cuda" else None
     # Methods may leave some adapters unused in a step (e.g. an init stage), hence find_unused_parameters.
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> None:
+    """Replace every BatchNorm child of `module` (at any depth) by a SyncBatchNorm holding its parameters and
+    buffers (torch's convert_sync_batchnorm, applied below the top so the module objects others hold stay)."""
+    for name, child in list(module.named_children()):
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+        if converted is not child:
+            setattr(module, name, converted)
 
 
 def world_size() -> int:

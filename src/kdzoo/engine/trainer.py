@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,7 +26,7 @@ from kdzoo.engine.run_dir import RunDir, environment
 from kdzoo.engine.wandb_log import check_wandb_section, open_wandb
 from kdzoo.engine.run_folder import clear_run, open_run_folder
 from kdzoo.engine.signals import stop_on_sigterm
-from kdzoo.errors import KdzooError
+from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.program import BuildContext, Phase, Program
 
 
@@ -57,6 +57,11 @@ class Engine:
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device(f"cuda:{self.dist.local_rank}")
+        if cfg.engine.sync_bn:
+            if self.device.type != "cuda":
+                raise ConfigError("engine.sync_bn: SyncBatchNorm runs on CUDA devices only (this run is on "
+                                  f"{self.device.type}); leave it false")
+            self.dist = replace(self.dist, sync_bn=True)
         self.precision = Precision(resolve_precision(cfg.engine.precision, self.device), self.device)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
