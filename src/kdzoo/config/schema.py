@@ -59,8 +59,11 @@ class ModelConfig:
     checkpoint_strict: bool = True
     freeze: list[str] = field(default_factory=list)  # module prefixes kept fixed ("" = the whole model)
     # teacher only: run it once per training image and train on its cached outputs (program/teacher_cache.py)
-    cache: bool = False
+    # replay: per epoch, the augmentation of every image and the teacher's top-k soft labels on it, recorded once
+    # and replayed by later runs without the teacher (program/teacher_replay.py); share it with cache_dir
+    cache: Union[bool, Literal["replay"]] = False
     cache_dir: Optional[str] = None  # where the cache lives; null: the run folder
+    replay_topk: int = field(default=10, metadata=POSITIVE_INT)  # soft labels kept per image and epoch
 
 
 @dataclass

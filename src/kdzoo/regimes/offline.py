@@ -28,6 +28,7 @@ from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
 from kdzoo.program.teacher_cache import CachedTeacher, cache_key, refuse_uncacheable, teacher_cache
+from kdzoo.program.teacher_replay import replay_program_parts
 from kdzoo.program.train_stream import attach_batch_transform, attach_groups, stream_needs
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
 
@@ -63,6 +64,13 @@ def _method_classes(loss: dict[str, float], methods_cfg: dict) -> list[type]:
     if namespaced:
         raise ConfigError(f"loss: {namespaced[0]} is namespaced, but the offline regime trains one student")
     return [c for _, c in instances.values()]
+
+
+def with_replay(replay_start, inner):
+    def on_epoch_start(epoch: int, runtime) -> dict[str, float]:
+        return {**replay_start(epoch), **((inner(epoch, runtime) if inner is not None else None) or {})}
+
+    return on_epoch_start
 
 
 def refuse_teacher_logits(methods: dict[str, Method], checkpoint: str) -> None:
@@ -120,10 +128,16 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
     frozen: dict[str, Any] = {}
     models = {}
+    replay_start = None
     if teacher_model is not None:
         teacher = FrozenTeacher(teacher_model, needs.get("teacher", Needs()), teacher_spec).to(
             device, memory_format=memory_format)
-        if cfg.teacher.cache:
+        if cfg.teacher.cache == "replay":
+            source, replay_start, _ = replay_program_parts(cfg, streams, methods, teacher, info, device, ctx.out,
+                                                           ctx.dist.is_main, ctx.log)
+            frozen["teacher"] = source
+            models["teacher"] = ModelSlot(teacher.model, role="cached", features=source)
+        elif cfg.teacher.cache:
             refuse_uncacheable(methods)
             d = cfg.dataset
             pipeline = json.dumps({"augment": d.augment, "image_size": d.image_size, "views": d.views})
@@ -159,6 +173,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     phases.append(main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
                              controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators, at_best=at_best,
                              select=select))
+    if replay_start is not None:  # the replayed epoch's draws and soft labels before the methods' own hooks
+        phases[-1].on_epoch_start = with_replay(replay_start, phases[-1].on_epoch_start)
 
     def deploy_meta() -> dict[str, Any]:
         arch = student.plain_arch if plain is not student else cfg.student.arch

@@ -1,0 +1,216 @@
+"""`teacher.cache: replay` (FKD-style): the first run records, per epoch, every training image's augmentation
+parameters (data/replay.py) and the teacher's top-k soft labels on that augmented image; later runs (other
+students, seeds, methods that read only the teacher's logits) replay exactly those images with the stored labels
+and never call the teacher.
+
+Storage, in `teacher.cache_dir` (default: the run folder): replay.json (the key and what is done) and per epoch
+params-<e>.safetensors (the augmentation rows) and soft-<e>.safetensors (top-k probabilities at the recording
+temperature, fp16, and their class indices, int16/int32). Per image and epoch that is 4k bytes + 4 bytes per
+parameter. The key: the teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature;
+a cache_dir holding another key is refused in one line (another teacher or pipeline), never overwritten.
+
+Replayed soft labels: the top-k probabilities, the rest of the mass spread evenly over the other classes (FKD),
+given to methods as logits T * log p (softmax at T gives back p exactly; with k = classes, at any T).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from kdzoo.distillers.base import Batch
+from kdzoo.engine.atomic import atomic_path
+from kdzoo.engine.distributed import all_gather_cat
+from kdzoo.errors import ConfigError
+from kdzoo.models.features import Features, Needs
+
+META = "replay.json"
+
+
+class ReplayCache:
+    def __init__(self, folder: Path, key: dict, is_main: bool = True):
+        self.folder, self.key, self.is_main = Path(folder), key, is_main
+        meta = self.folder / META
+        if meta.is_file():
+            found = json.loads(meta.read_text())
+            changed = [k for k in key if found.get("key", {}).get(k) != key[k]]
+            if changed:
+                raise ConfigError(f"teacher.cache: {self.folder} holds a replay of another {' and '.join(changed)}; "
+                                  "give another teacher.cache_dir (or remove that folder to record anew)")
+            self.done = set(found.get("epochs", []))
+        else:
+            self.done = set()
+            if is_main:
+                self._write_meta()
+        self._params: dict[int, Tensor] = {}
+
+    def _write_meta(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.folder / META) as tmp:
+            Path(tmp).write_text(json.dumps({"key": self.key, "epochs": sorted(self.done)}, indent=1))
+
+    def complete(self, epoch: int) -> bool:
+        return epoch in self.done
+
+    def params(self, epoch: int) -> Optional[Tensor]:
+        """The augmentation rows of `epoch`, or None (memoised per process: workers read them once an epoch)."""
+        if epoch not in self._params:
+            path = self.folder / f"params-{epoch}.safetensors"
+            if not path.is_file():
+                return None
+            self._params = {epoch: load_file(str(path))["params"]}
+        return self._params[epoch]
+
+    def write_params(self, epoch: int, table: Tensor) -> None:
+        if self.is_main:
+            with atomic_path(self.folder / f"params-{epoch}.safetensors") as tmp:
+                save_file({"params": table.contiguous()}, str(tmp))
+        self._params = {epoch: table}
+
+    def soft(self, epoch: int) -> tuple[Tensor, Tensor]:
+        data = load_file(str(self.folder / f"soft-{epoch}.safetensors"))
+        return data["values"], data["classes"]
+
+    def write_soft(self, epoch: int, values: Tensor, classes: Tensor) -> None:
+        if self.is_main:
+            with atomic_path(self.folder / f"soft-{epoch}.safetensors") as tmp:
+                save_file({"values": values.contiguous(), "classes": classes.contiguous()}, str(tmp))
+            self.done.add(epoch)
+            self._write_meta()
+        else:
+            self.done.add(epoch)
+
+    def size_mb(self) -> float:
+        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors")) / 2 ** 20
+
+
+def soft_labels(values: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+    """(n, C) probabilities: the stored top-k, the remaining mass spread evenly over the other classes."""
+    values = values.float()
+    rest = (1 - values.sum(1, keepdim=True)).clamp_min(0)
+    k = values.shape[1]
+    out = (rest / max(num_classes - k, 1)).expand(len(values), num_classes).clone() if num_classes > k else \
+        torch.zeros(len(values), num_classes, device=values.device)
+    return out.scatter_(1, classes.long(), values)
+
+
+class ReplayTeacher:
+    """The teacher's step source under `teacher.cache: replay`: per epoch it replays a complete recording (the
+    teacher is not called) or records one (live teacher; top-k of softmax(logits / T), gathered over processes,
+    written once every training image of the epoch has been seen)."""
+
+    reads_batch = True
+
+    def __init__(self, cache: ReplayCache, live, n: int, num_classes: int, topk: int, temperature: float,
+                 device: torch.device):
+        self.cache, self.live, self.n, self.classes = cache, live, n, num_classes
+        self.k, self.T, self.device = min(topk, num_classes), temperature, device
+        self.calls = 0  # teacher forwards (what a replayed epoch must keep at zero)
+        self.mode, self.epoch = "replay", -1
+
+    def start_epoch(self, epoch: int) -> str:
+        self.epoch = epoch
+        if self.cache.complete(epoch):
+            values, classes = self.cache.soft(epoch)
+            self.table = soft_labels(values.to(self.device), classes.to(self.device), self.classes)
+            self.mode = "replay"
+        else:
+            if self.live is None:
+                raise ConfigError(f"teacher.cache: replay has no recording of epoch {epoch + 1} and no teacher to "
+                                  "record it with")
+            index_dtype = torch.int16 if self.classes <= 32767 else torch.int32
+            self.values = torch.zeros(self.n, self.k, dtype=torch.float16, device=self.device)
+            self.indices = torch.zeros(self.n, self.k, dtype=index_dtype, device=self.device)
+            self.seen = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+            self.mode = "record"
+        return self.mode
+
+    def from_batch(self, batch: Batch, view: str) -> Features:
+        index = batch.index_of(view)
+        if self.mode == "replay":
+            return Features(logits=self.T * self.table[index].clamp_min(1e-8).log())
+        self.calls += 1
+        features = self.live(batch.view(view))
+        if self.mode == "done":  # the epoch's recording is written (a padded last shard repeats images)
+            return features
+        top = torch.softmax(features.logits.float() / self.T, dim=1).topk(self.k, dim=1)
+        rows = all_gather_cat(index)
+        self.values[rows] = all_gather_cat(top.values).to(torch.float16)
+        self.indices[rows] = all_gather_cat(top.indices).to(self.indices.dtype)
+        self.seen[rows] = True
+        if bool(self.seen.all()):
+            self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
+            self.mode = "done"  # the rest of the epoch (a padded shard) reads the live teacher as before
+        return features
+
+    def __call__(self, x: Tensor) -> Features:  # a shape probe or a pass without a batch: the live teacher
+        if self.live is None:
+            raise ConfigError("teacher.cache: replay holds soft labels per image and epoch, not a teacher to run")
+        return self.live(x)
+
+
+def replay_temperature(methods) -> float:
+    """The temperature the soft labels are stored at: the logit methods' (T or tau), which must agree."""
+    temps = {float(getattr(m.params, a)) for m in methods.values() if m.needs_teacher()
+             for a in ("T", "tau") if hasattr(m.params, a)}
+    if len(temps) > 1:
+        raise ConfigError(f"teacher.cache: replay stores soft labels at one temperature; the methods use "
+                          f"{', '.join(map(str, sorted(temps)))}")
+    return temps.pop() if temps else 1.0
+
+
+def refuse_unreplayable(methods, views) -> None:
+    for name, m in methods.items():
+        if m.needs_teacher() and (any(v for f, v in vars(m.teacher_needs).items() if f != "logits")
+                                  or not m.cache_safe):
+            raise ConfigError(f"teacher.cache: replay holds the teacher's soft labels; method {name} needs more of "
+                              "the teacher (features or a live network); use teacher.cache: false")
+    if tuple(views) != ("x",):
+        raise ConfigError("dataset.views: teacher.cache: replay records one augmented view per image and epoch")
+
+
+def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_main: bool, log=print):
+    """Put the replay in place: the training stream's images become replayed ones; returns the teacher's step
+    source and the epoch hook (params of the epoch drawn or read, the clock set, replay or record)."""
+    import hashlib
+
+    from kdzoo.data.registry import _builder, build_dataset
+    from kdzoo.data.replay import EpochClock, ReplayAugment, ReplayDataset
+    from kdzoo.data.views import IDENTITY
+    from kdzoo.data.wrappers import IndexedDataset, source_indices
+    from kdzoo.program.teacher_cache import cache_key
+
+    d, stream = cfg.dataset, streams["train"]
+    refuse_unreplayable(methods, stream.views)
+    augment = ReplayAugment(_builder(d.name).transform("train", info, d.augment))
+    inner = stream.dataset.dataset if isinstance(stream.dataset, IndexedDataset) else stream.dataset
+    positions = source_indices(inner)
+    temperature, k = replay_temperature(methods), min(cfg.teacher.replay_topk, info.num_classes)
+    base = cache_key(cfg.teacher.checkpoint, inner, 0, Needs(logits=True), d.name)
+    key = {"teacher": base["teacher"], "images": base["images"],
+           "pipeline": f"{d.name}@{info.image_size}: {augment.describe()}", "topk": str(k), "T": str(temperature)}
+    cache = ReplayCache(Path(cfg.teacher.cache_dir or out), key, is_main)
+    clock = EpochClock()
+    raw = build_dataset(d.name, "train", transform=IDENTITY, root=d.root, download=d.download,
+                        image_size=d.image_size)
+    stream.dataset = IndexedDataset(ReplayDataset(raw, positions.tolist() if positions is not None else None, augment,
+                                                  cache.params, clock))
+    n = len(stream.dataset)
+    source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device)
+    seed = int(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8], 16)
+
+    def on_epoch_start(epoch: int) -> dict[str, float]:
+        if cache.params(epoch) is None:  # a new epoch: its draws, the same on every process
+            cache.write_params(epoch, augment.sample(n, torch.Generator().manual_seed(seed + epoch)))
+        clock.set(epoch)
+        mode = source.start_epoch(epoch)
+        if epoch == 0 and is_main:
+            log(f"teacher.cache: replay {'replays' if mode == 'replay' else 'records'} {cache.folder} "
+                f"(top-{k} at T {temperature}, {cache.size_mb():.1f} MB so far)")
+        return {"teacher_replayed": 1.0 if mode == "replay" else 0.0, "replay_cache_mb": round(cache.size_mb(), 2)}
+
+    return source, on_epoch_start, cache
