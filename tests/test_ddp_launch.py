@@ -1,5 +1,6 @@
-"""DDP for kd, crd and mutual under torchrun with 2 gloo processes: every rank ends with the same weights and the
-same method state (CRD's banks: gathered updates in rank order; the peers of mutual learning), and a two-node
+"""DDP for kd, crd, mutual, the double student and the cached / replayed teacher under torchrun with 2 gloo
+processes: every rank ends with the same weights and the same method state (CRD's banks: gathered updates in rank
+order; the peers of mutual learning; the EMA teacher; proto's clusters), and a two-node
 launch (--nnodes 2 --nproc_per_node 1, --node_rank, one rendezvous endpoint) equals the one-node launch
 (--nnodes 1 --nproc_per_node 2) within float tolerance."""
 from __future__ import annotations
@@ -46,6 +47,10 @@ RECIPES = {
     "kd": (CONFIGS / "digits" / "kd.yaml", []),
     "crd": (CONFIGS / "digits" / "crd.yaml", ["methods.crd.nce_k=64"]),
     "mutual": (CONFIGS / "digits" / "mutual" / "dml.yaml", []),
+    # the double student (EMA teacher, proto's k-means broadcast from rank 0, CRD), the cached and the replayed teacher
+    "double_student": (CONFIGS / "digits" / "dssrd" / "dssrd.yaml", ["methods.crd.nce_k=64"]),
+    "kd_cached": (CONFIGS / "digits" / "kd.yaml", ["teacher.cache=true"]),
+    "kd_replay": (CONFIGS / "digits" / "kd.yaml", ["teacher.cache=replay"]),
 }
 
 

@@ -146,3 +146,14 @@ def test_self_supervised_tabular_run_and_probe(tmp_path, capsys):
                    "--out", tmp_path / "probe", *FAST) == 0
     code = run_cli("pretrain", "-c", SS / "byol.yaml", "--out", tmp_path / "img", "dataset.views.x=tabular", *FAST)
     assert code == 2 and "corrupts feature vectors" in capsys.readouterr().err
+
+
+def test_proto_auto_projects_for_a_self_supervised_teacher_of_another_width(tmp_path):
+    run = tmp_path / "wide"
+    assert run_cli("pretrain", "-c", SS / "byol.yaml", "--out", run, *SMALL, "student.arch=resnet8x4") == 0
+    teacher = f"teacher.checkpoint={run / 'checkpoints' / 'target.last.safetensors'}"
+    engine = make_engine(load_config(SS / "offline_crd.yaml", [*SMALL, teacher, "methods.proto.clusters=[5,10]"]),
+                         tmp_path / "r", quiet=True)
+    proto = engine.program.trainable.methods["proto"]
+    assert proto.what == "projected" and not proto.reads_teacher_logits()  # its logits never trained: not those
+    engine.lock.release()

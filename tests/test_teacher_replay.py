@@ -114,3 +114,12 @@ def test_methods_needing_more_than_soft_labels_are_refused(tmp_path, digits_teac
     code = run_cli("distill", "-c", KD, "--out", tmp_path / "v", f"teacher.checkpoint={digits_teacher}", *SMALL,
                    "dataset.views={x: train, x2: train}", "methods.kd.teacher_view=x2")
     assert code == 2 and "teacher_view" in capsys.readouterr().err
+
+
+def test_drop_last_and_batch_transforms_are_refused(tmp_path, digits_teacher, capsys):
+    for extra, expected in ((["dataset.drop_last=true"], "dataset.drop_last"),
+                            (["dataset.batch_transform=rotate4"], "batch transforms")):
+        code = run_cli("distill", "-c", KD, "--out", tmp_path / "r", f"teacher.checkpoint={digits_teacher}", *SMALL,
+                       *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

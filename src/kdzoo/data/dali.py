@@ -6,7 +6,9 @@
 the PyTorch loader).
 
 What DALI cannot give is refused in one line (exit 2) on every machine, whether DALI is there or not: datasets
-held in memory, named views, subsets and held-out splits, and methods that need dataset indices (CRD's bank).
+held in memory, TinyImageNet's pad-crop pipeline, `augment: false`, named views, subsets and held-out splits,
+and methods that need dataset indices (CRD's bank). Training drops each shard's partial batch and runs the
+smallest shard's number of steps on every process.
 Where the recipe fits but DALI is not installed or there is no GPU, the run says why in one line and uses the
 PyTorch loader (the default).
 """
@@ -27,6 +29,9 @@ CENTER_CROP_RATIO = 0.875
 
 def check_dali_recipe(d, needs_index: bool) -> None:
     """The recipe parts DALI's pipeline cannot serve: ConfigError naming the key."""
+    if not d.augment:
+        raise ConfigError("dataset.augment: false is not with loader: dali (its training pipeline always crops and "
+                          "flips); use loader: torch")
     if d.name not in FILE_DATASETS:
         raise ConfigError(f"dataset.loader: dali reads image files ({', '.join(FILE_DATASETS)}); {d.name} is read "
                           "by the PyTorch loader (loader: torch)")
@@ -82,18 +87,23 @@ class DaliLoader:
                                  num_threads=stream.threads, device_id=stream.device.index or 0,
                                  seed=stream.seed + shard)
         pipe.build()
-        drop = stream.train and stream.drop_last
-        policy = LastBatchPolicy.DROP if drop else LastBatchPolicy.PARTIAL
+        # Training drops each shard's partial batch and stops at the smallest shard's count, so every process runs
+        # the same number of steps (DDP would hang on an extra one); evaluation pads the last batch and strips
+        # the padding, every image counted once.
+        policy = LastBatchPolicy.DROP if stream.train else LastBatchPolicy.PARTIAL
         self.iterator = DALIClassificationIterator(pipe, reader_name="reader", last_batch_policy=policy,
-                                                   auto_reset=True)
-        per_shard = math.ceil(len(samples) / shards)
-        self.steps = per_shard // stream.batch_size if drop else math.ceil(per_shard / stream.batch_size)
+                                                   last_batch_padded=not stream.train, auto_reset=True)
+        smallest, largest = len(samples) // shards, math.ceil(len(samples) / shards)
+        self.steps = smallest // stream.batch_size if stream.train else math.ceil(largest / stream.batch_size)
 
     def __len__(self) -> int:
         return self.steps
 
     def __iter__(self):
-        for out in self.iterator:
+        for step, out in enumerate(self.iterator):
+            if step >= self.steps:  # a larger shard's extra batch: the iterator resets for the next epoch
+                self.iterator.reset()
+                break
             yield out[0]["data"], out[0]["label"].squeeze(-1).long()
 
 
@@ -105,7 +115,7 @@ def imagenet_pipeline(*, files, labels, train: bool, size: int, mean, std, shard
     @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed)
     def pipeline():
         jpegs, label = fn.readers.file(files=files, labels=labels, random_shuffle=train, shard_id=shard_id,
-                                       num_shards=num_shards, pad_last_batch=not train, name="reader")
+                                       num_shards=num_shards, pad_last_batch=True, name="reader")
         if train:
             images = fn.decoders.image_random_crop(jpegs, device="mixed", output_type=types.RGB,
                                                    random_area=[0.08, 1.0], random_aspect_ratio=[3 / 4, 4 / 3])
@@ -125,6 +135,9 @@ def imagenet_pipeline(*, files, labels, train: bool, size: int, mean, std, shard
 def dali_streams(streams: dict, d, info, device: torch.device, needs_index: bool, log=print) -> dict:
     """`streams` with train and test read by DALI where the recipe asks for it and DALI can run."""
     check_dali_recipe(d, needs_index)
+    if info.name != "imagenet" and info.name != "imagefolder":  # TinyImageNet's layout: a pad-crop pipeline
+        raise ConfigError(f"dataset.loader: dali runs the ImageNet pipeline; {info.name} trains with pad-crop "
+                          "(use loader: torch)")
     why = dali_unavailable(device)
     if why is not None:
         log(f"dataset.loader: dali is unavailable ({why}); using the PyTorch loader")

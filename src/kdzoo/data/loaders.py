@@ -119,7 +119,7 @@ def make_loader(
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Make epoch `epoch`'s order a function of (seed, epoch) only; call before iterating each epoch."""
-    sampler = loader.sampler
+    sampler = getattr(loader, "sampler", None)  # a DALI loader has none: it reshuffles itself
     if hasattr(sampler, "set_epoch"):  # DistributedSampler shuffles with seed + epoch itself
         sampler.set_epoch(epoch)
     if isinstance(loader, SeededDataLoader) and loader.epoch_seeded:

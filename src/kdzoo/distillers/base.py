@@ -89,6 +89,7 @@ class SetupContext:
     device: torch.device
     teacher_checkpoint: Optional[str] = None  # where the teacher came from (for error messages)
     info: Optional[Any] = None  # the DatasetInfo of the training data (normalisation, input shape)
+    teacher_logits_trained: bool = True  # False: a self-supervised teacher, whose classifier never trained
 
 
 @dataclass

@@ -39,7 +39,7 @@ class ProtoParams:
     negatives: int = 100
     warmup_epochs: int = 10  # the term acts from this epoch on, counted from 1 (DS-SRD's --warmup_epoch 10)
     embed: str = "auto"  # pooled | logits | projected | auto (pooled where the widths match, else logits where
-    # theirs match, else projected)
+    # theirs match and the teacher's classifier trained, else projected)
     key_network: str = "teacher"
     key_view: str = "x"
     phi_mean: float = 0.1
@@ -162,8 +162,9 @@ class Proto(Method):
         logits_s, logits_t = logits_width(ctx.student_shapes), logits_width(ctx.teacher_shapes)
         self.what = p.embed
         if p.embed == "auto":
+            logits_ok = logits_s is not None and logits_s == logits_t and ctx.teacher_logits_trained
             self.what = "pooled" if width_s is not None and width_s == width_t else \
-                "logits" if logits_s is not None and logits_s == logits_t else "projected"
+                "logits" if logits_ok else "projected"
         elif p.embed == "pooled" and width_s != width_t:
             raise ConfigError(f"methods.proto.embed: pooled features of student ({width_s}) and teacher ({width_t}) "
                               "differ in width; use embed: logits or projected")

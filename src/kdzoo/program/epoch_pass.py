@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.data.wrappers import IndexedDataset, source_indices, subset
-from kdzoo.engine.distributed import all_gather_cat
+from kdzoo.engine.distributed import all_gather_cat, broadcast_buffers
 
 PROBE = "probe"
 
@@ -53,6 +53,8 @@ class EpochPasses:
     def embed(self, network: str, what: str = "pooled") -> Tensor:
         stream = self.runtime.engine.program.data[self.stream]
         source = self.sources[network]
+        if isinstance(source, torch.nn.Module):  # BN statistics a network keeps per process (BYOL's target)
+            broadcast_buffers(source, self.runtime.engine.dist)
         modes = [(m, m.training) for m in source.modules()] if isinstance(source, torch.nn.Module) else []
         for module, _ in modes:
             module.train(False)

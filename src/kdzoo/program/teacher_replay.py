@@ -6,11 +6,12 @@ and never call the teacher.
 Storage, in `teacher.cache_dir` (default: the run folder): replay.json (the key and what is done) and per epoch
 params-<e>.safetensors (the augmentation rows) and soft-<e>.safetensors (top-k probabilities at the recording
 temperature, fp16, and their class indices, int16/int32). Per image and epoch that is 4k bytes + 4 bytes per
-parameter. The key: the teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature;
+parameter, on disk and, for the epoch being replayed, in memory (rows are expanded per batch). The key: the teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature;
 a cache_dir holding another key is refused in one line (another teacher or pipeline), never overwritten.
 
 Replayed soft labels: the top-k probabilities, the rest of the mass spread evenly over the other classes (FKD),
-given to methods as logits T * log p (softmax at T gives back p exactly; with k = classes, at any T).
+given to methods as logits T * log p (softmax at T gives back p exactly; with k = classes, at any T). The
+recording run trains on the same reconstruction, so every run of a cache sees the same teacher signal.
 """
 from __future__ import annotations
 
@@ -50,7 +51,10 @@ class ReplayCache:
 
     def _write_meta(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.folder / META) as tmp:
+        meta = self.folder / META
+        if meta.is_file():  # another run sharing the folder may have finished epochs meanwhile: keep them
+            self.done |= set(json.loads(meta.read_text()).get("epochs", []))
+        with atomic_path(meta) as tmp:
             Path(tmp).write_text(json.dumps({"key": self.key, "epochs": sorted(self.done)}, indent=1))
 
     def complete(self, epoch: int) -> bool:
@@ -115,8 +119,8 @@ class ReplayTeacher:
     def start_epoch(self, epoch: int) -> str:
         self.epoch = epoch
         if self.cache.complete(epoch):
-            values, classes = self.cache.soft(epoch)
-            self.table = soft_labels(values.to(self.device), classes.to(self.device), self.classes)
+            values, classes = self.cache.soft(epoch)  # k per image on the device; rows are expanded per batch
+            self.stored = (values.to(self.device), classes.to(self.device))
             self.mode = "replay"
         else:
             if self.live is None:
@@ -132,25 +136,47 @@ class ReplayTeacher:
     def from_batch(self, batch: Batch, view: str) -> Features:
         index = batch.index_of(view)
         if self.mode == "replay":
-            return Features(logits=self.T * self.table[index].clamp_min(1e-8).log())
+            values, classes = self.stored
+            return self.as_features(values[index], classes[index])
         self.calls += 1
         features = self.live(batch.view(view))
-        if self.mode == "done":  # the epoch's recording is written (a padded last shard repeats images)
-            return features
         top = torch.softmax(features.logits.float() / self.T, dim=1).topk(self.k, dim=1)
-        rows = all_gather_cat(index)
-        self.values[rows] = all_gather_cat(top.values).to(torch.float16)
-        self.indices[rows] = all_gather_cat(top.indices).to(self.indices.dtype)
-        self.seen[rows] = True
-        if bool(self.seen.all()):
-            self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
-            self.mode = "done"  # the rest of the epoch (a padded shard) reads the live teacher as before
-        return features
+        values, classes = top.values.to(torch.float16), top.indices.to(self.indices.dtype)
+        if self.mode == "record":
+            rows = all_gather_cat(index)
+            self.values[rows] = all_gather_cat(values)
+            self.indices[rows] = all_gather_cat(classes)
+            self.seen[rows] = True
+            if bool(self.seen.all()):
+                self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
+                self.mode = "done"  # the rest of the epoch (a padded shard repeats images) records nothing
+        return self.as_features(values, classes)  # what a replay will give: the recording trains on it too
+
+    def as_features(self, values: Tensor, classes: Tensor) -> Features:
+        return Features(logits=self.T * soft_labels(values, classes, self.classes).clamp_min(1e-8).log())
 
     def __call__(self, x: Tensor) -> Features:  # a shape probe or a pass without a batch: the live teacher
         if self.live is None:
             raise ConfigError("teacher.cache: replay holds soft labels per image and epoch, not a teacher to run")
         return self.live(x)
+
+
+class EpochTable:
+    """An epoch's augmentation rows for the dataset (in any process or DataLoader worker): the recorded ones, or,
+    before rank 0 has written them, the same deterministic draw."""
+
+    def __init__(self, cache: ReplayCache, augment, n: int, seed: int):
+        self.cache, self.augment, self.n, self.seed = cache, augment, n, seed
+
+    def draw(self, epoch: int) -> Tensor:
+        return self.augment.sample(self.n, torch.Generator().manual_seed(self.seed + epoch))
+
+    def __call__(self, epoch: int) -> Tensor:
+        found = self.cache.params(epoch)
+        if found is None:
+            found = self.draw(epoch)
+            self.cache._params = {epoch: found}
+        return found
 
 
 def replay_temperature(methods) -> float:
@@ -186,26 +212,34 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
 
     d, stream = cfg.dataset, streams["train"]
     refuse_unreplayable(methods, stream.views)
+    if stream.drop_last:
+        raise ConfigError("teacher.cache: replay records every image of an epoch; with dataset.drop_last (or a "
+                          "method that needs full batches) some are never seen: use teacher.cache: false")
+    if stream.transform is not None or stream.sampler_fn is not None:
+        raise ConfigError("teacher.cache: replay records one image per dataset index; batch transforms (rotate4) "
+                          "and grouped batches change that: use teacher.cache: false")
     augment = ReplayAugment(_builder(d.name).transform("train", info, d.augment))
     inner = stream.dataset.dataset if isinstance(stream.dataset, IndexedDataset) else stream.dataset
     positions = source_indices(inner)
     temperature, k = replay_temperature(methods), min(cfg.teacher.replay_topk, info.num_classes)
     base = cache_key(cfg.teacher.checkpoint, inner, 0, Needs(logits=True), d.name)
     key = {"teacher": base["teacher"], "images": base["images"],
-           "pipeline": f"{d.name}@{info.image_size}: {augment.describe()}", "topk": str(k), "T": str(temperature)}
+           "pipeline": f"{d.name}@{info.image_size} {Path(d.root).resolve() if d.root else '-'}: "
+                       f"{augment.describe()}", "topk": str(k), "T": str(temperature)}
     cache = ReplayCache(Path(cfg.teacher.cache_dir or out), key, is_main)
     clock = EpochClock()
     raw = build_dataset(d.name, "train", transform=IDENTITY, root=d.root, download=d.download,
                         image_size=d.image_size)
-    stream.dataset = IndexedDataset(ReplayDataset(raw, positions.tolist() if positions is not None else None, augment,
-                                                  cache.params, clock))
-    n = len(stream.dataset)
-    source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device)
     seed = int(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8], 16)
+    n = len(positions) if positions is not None else len(raw)
+    table = EpochTable(cache, augment, n, seed)
+    stream.dataset = IndexedDataset(ReplayDataset(raw, positions.tolist() if positions is not None else None, augment,
+                                                  table, clock))
+    source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device)
 
     def on_epoch_start(epoch: int) -> dict[str, float]:
-        if cache.params(epoch) is None:  # a new epoch: its draws, the same on every process
-            cache.write_params(epoch, augment.sample(n, torch.Generator().manual_seed(seed + epoch)))
+        if cache.params(epoch) is None:  # a new epoch: its draws (every process and worker draws the same)
+            cache.write_params(epoch, table.draw(epoch))
         clock.set(epoch)
         mode = source.start_epoch(epoch)
         if epoch == 0 and is_main:

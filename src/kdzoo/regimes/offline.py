@@ -78,7 +78,8 @@ def refuse_teacher_logits(methods: dict[str, Method], checkpoint: str) -> None:
     reading = [name for name, m in methods.items() if m.reads_teacher_logits()]
     if reading:
         raise ConfigError(f"loss.{reading[0]}: reads the teacher's logits, but {checkpoint} is a self-supervised "
-                          "encoder with an untrained classifier; distil its features (crd, proto, fitnet, ...)")
+                          "encoder with an untrained classifier; distil its features (crd, fitnet, proto with embed pooled or "
+                         "projected, ...)")
 
 
 def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: DatasetInfo) -> Program:
@@ -110,7 +111,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         teacher_shapes=probe_shapes(teacher_model, teacher_spec, example) if teacher_model else None,
         num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
         batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
-        teacher_checkpoint=cfg.teacher.checkpoint, info=info)
+        teacher_checkpoint=cfg.teacher.checkpoint, info=info,
+        teacher_logits_trained=not (teacher_meta or {}).get("self_supervised", False))
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
     if teacher_meta and teacher_meta.get("self_supervised"):
