@@ -180,3 +180,21 @@ def test_dali_loader_falls_back_in_one_line_or_refuses_what_it_cannot_read(tmp_p
 
     with pytest.raises(ConfigError, match="yields no dataset indices"):  # CRD's bank
         check_dali_recipe(load_config(None, common[:3]).dataset, needs_index=True)
+
+
+def test_hsakd_option_1_teacher_starts_from_imported_torchvision_weights(tmp_path):
+    write_tree(tmp_path / "data")
+    path, model = torchvision_file(tmp_path / "w", "resnet34", 2)
+    backbone = tmp_path / "resnet34"
+    assert run_cli("import-checkpoint", "--format", "torchvision", str(path), "--num-classes", "2",
+                   "--out", str(backbone)) == 0
+    out = tmp_path / "opt1"
+    code = run_cli("train", "-c", CONFIGS / "imagenet" / "hsakd" / "teacher-resnet34_opt1.yaml", "--out", out,
+                   f"dataset.root={tmp_path / 'data'}", f"student.checkpoint={backbone}", "epochs=1",
+                   "dataset.batch_size=4", "dataset.num_workers=0", "dataset.image_size=64", *FAST)
+    assert code == 0
+    from safetensors.torch import load_file
+
+    saved = load_file(str(resolve_checkpoint(out, "last")))
+    conv = [k for k in saved if k.endswith("conv1.weight")][0]
+    assert torch.equal(saved[conv], model.state_dict()["conv1.weight"])  # the frozen backbone is torchvision's
