@@ -13,7 +13,6 @@ channels_last, bf16 autocast where the CPU has it), the same loss weights; and, 
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import regime_step  # noqa: E402  (the benchmark helper next to this file)
+from step_overhead import pair_parser, regime_step, write_report  # noqa: E402  (the benchmark helper next to this file)
 
 from kdzoo.data import image_info  # noqa: E402
 from kdzoo.engine.checkpoint import save_weights  # noqa: E402
@@ -61,14 +60,7 @@ def torchdistill_step(teacher, student, args):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--teacher", default="resnet32x4")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out")
+    parser = pair_parser(__doc__.splitlines()[0])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     device = torch.device("cpu")
@@ -105,10 +97,7 @@ def main(argv=None) -> int:
     lines += ["", f"kdzoo's default KD step is {peer / ours:.2f}x faster than torchdistill's. A replayed-teacher KD step "
                   f"(teacher.cache: replay) runs no teacher: its floor is the student step alone, {peer / alone:.2f}x "
                   "faster than torchdistill's KD step (the kd_replay leaderboard row has the measured epochs)."]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+    write_report(args.out, "\n".join(lines))
     return 0
 
 

@@ -65,19 +65,12 @@ SETTINGS = {
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="resnet8x4")
-    parser.add_argument("--teacher", default="resnet32x4")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser = pair_parser(__doc__.splitlines()[0])
     parser.add_argument("--methods", default="kd", help="comma-separated, or 'all' (every method with a teacher)")
     parser.add_argument("--settings", default="default,plain")
     parser.add_argument("--compile-methods", default="kd", help="methods timed in the compiled setting")
     parser.add_argument("--memory", action="store_true", help="peak RSS per default-path step (a process each)")
     parser.add_argument("--peak-of", help=argparse.SUPPRESS)  # the child of --memory: one step's peak RSS
-    parser.add_argument("--out", help="also write the markdown table here")
     args = parser.parse_args(argv)
     if args.peak_of:
         return peak_of(args)
@@ -159,11 +152,27 @@ def main(argv=None) -> int:
     if slow and "default" in settings:
         lines += ["", "Methods over 1.15x KD's ratio (default path), and what costs the time:"]
         lines += [f"- {m}: {COST_NOTES[m]}" for m in slow]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+    write_report(args.out, "\n".join(lines))
     return 0
+
+
+def pair_parser(description: str, repeats: int = 20) -> argparse.ArgumentParser:
+    """The arguments every step benchmark of a teacher -> student pair takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", help="also write the markdown table here")
+    return parser
+
+
+def write_report(out, text: str) -> None:
+    print(text)
+    if out:
+        Path(out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
 
 
 def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False):

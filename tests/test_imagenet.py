@@ -143,16 +143,24 @@ def test_imagenet_recipes_cite_their_published_number(row):
     assert yaml.safe_load(text)["teacher"]["checkpoint"] == "runs/imagenet/teachers/resnet34"
 
 
-def test_kd_recipe_runs_on_a_tiny_tree_with_an_imported_torchvision_teacher(tmp_path):
+def imported_resnet34(tmp_path):
+    """A tiny ImageNet tree and a 2-class torchvision ResNet34 imported from its released-format file."""
     write_tree(tmp_path / "data")
-    path, _ = torchvision_file(tmp_path / "w", "resnet34", 2)
-    teacher = tmp_path / "teacher"
+    path, model = torchvision_file(tmp_path / "w", "resnet34", 2)
+    run = tmp_path / "resnet34"
     assert run_cli("import-checkpoint", "--format", "torchvision", str(path), "--num-classes", "2",
-                   "--out", str(teacher)) == 0
+                   "--out", str(run)) == 0
+    return run, model
+
+
+TINY = ["epochs=1", "dataset.batch_size=4", "dataset.num_workers=0", "dataset.image_size=64", *FAST]
+
+
+def test_kd_recipe_runs_on_a_tiny_tree_with_an_imported_torchvision_teacher(tmp_path):
+    teacher, _ = imported_resnet34(tmp_path)
     out = tmp_path / "kd"
     code = run_cli("distill", "-c", CONFIGS / "imagenet" / "kd" / "resnet34-resnet18.yaml", "--out", out,
-                   f"dataset.root={tmp_path / 'data'}", f"teacher.checkpoint={teacher}", "epochs=1",
-                   "dataset.batch_size=4", "dataset.num_workers=0", "dataset.image_size=64", *FAST)
+                   f"dataset.root={tmp_path / 'data'}", f"teacher.checkpoint={teacher}", *TINY)
     assert code == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_kd"] >= 0 and 0 <= record["test_top1"] <= 100
@@ -183,15 +191,10 @@ def test_dali_loader_falls_back_in_one_line_or_refuses_what_it_cannot_read(tmp_p
 
 
 def test_hsakd_option_1_teacher_starts_from_imported_torchvision_weights(tmp_path):
-    write_tree(tmp_path / "data")
-    path, model = torchvision_file(tmp_path / "w", "resnet34", 2)
-    backbone = tmp_path / "resnet34"
-    assert run_cli("import-checkpoint", "--format", "torchvision", str(path), "--num-classes", "2",
-                   "--out", str(backbone)) == 0
+    backbone, model = imported_resnet34(tmp_path)
     out = tmp_path / "opt1"
     code = run_cli("train", "-c", CONFIGS / "imagenet" / "hsakd" / "teacher-resnet34_opt1.yaml", "--out", out,
-                   f"dataset.root={tmp_path / 'data'}", f"student.checkpoint={backbone}", "epochs=1",
-                   "dataset.batch_size=4", "dataset.num_workers=0", "dataset.image_size=64", *FAST)
+                   f"dataset.root={tmp_path / 'data'}", f"student.checkpoint={backbone}", *TINY)
     assert code == 0
     from safetensors.torch import load_file
 
