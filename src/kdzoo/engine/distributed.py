@@ -141,6 +141,17 @@ def broadcast_buffers(module: nn.Module, info: DistInfo) -> None:
             dist.broadcast(buffer.data, src=0)
 
 
+def broadcast_unsynced_buffers(module: nn.Module, info: DistInfo) -> None:
+    """Rank 0's buffers (BN statistics moved on each rank's own batches since DDP's last broadcast) to every rank,
+    except the ones the module keeps equal itself (memory banks): at every checkpoint all ranks hold one state."""
+    if not info.enabled:
+        return
+    skip = set(synced_buffer_names(module))
+    for name, buffer in module.named_buffers():
+        if name not in skip:
+            dist.broadcast(buffer.data, src=0)
+
+
 def gather_objects(obj, info: DistInfo) -> list:
     """`obj` of every rank, in rank order (a one-item list without DDP)."""
     if not info.enabled:

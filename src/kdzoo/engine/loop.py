@@ -12,7 +12,7 @@ from tqdm import tqdm
 from kdzoo.data.loaders import set_loader_epoch
 from kdzoo.distillers.base import StepInfo
 from kdzoo.engine.controllers import Controller, constant
-from kdzoo.engine.distributed import DistInfo
+from kdzoo.engine.distributed import DistInfo, broadcast_unsynced_buffers
 from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.rng import set_rng_state
 from kdzoo.engine.step import train_step
@@ -111,6 +111,7 @@ class PhaseRunner:
                     self.program.load_state_dict(self.best_state)
                     record["reloaded_best"] = progress.best_epoch
                 stop = decision.stop
+            broadcast_unsynced_buffers(self.program.trainable, e.dist)  # every rank ends the epoch as rank 0
             progress.phase, progress.epoch, progress.stopped = index, epoch + 1, stop
             e.run.log(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
             e._save(phase, epoch, metrics, improved, optimizer, controller, scaler, self.best_state)

@@ -16,7 +16,7 @@ from kdzoo.data.info import DatasetInfo
 from kdzoo.data.stream import DataStream
 from kdzoo.distillers.base import Batch, StepInfo
 from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
+from kdzoo.engine.distributed import DistInfo, world_size
 from kdzoo.errors import ConfigError
 from kdzoo.models.ema import ema_update
 
@@ -146,10 +146,16 @@ class Program:
                 slot.module.train(mode and slot.train_mode)
 
     def after_optimizer_step(self) -> None:
-        """EMA slots follow their sources."""
+        """EMA slots follow their sources. Under DDP a source's BN statistics moved on each process's own batch
+        since DDP's broadcast at the forward: rank 0's are handed out first, so every rank's EMA (and source)
+        agrees with what rank 0 saves."""
         for slot in self.models.values():
             if slot.role == "ema":
-                ema_update(slot.module, self.models[slot.ema_of].module, slot.ema_decay, slot.ema_buffers)
+                source = self.models[slot.ema_of].module
+                if slot.ema_buffers != "keep" and world_size() > 1:
+                    for buffer in source.buffers():
+                        torch.distributed.broadcast(buffer.data, src=0)
+                ema_update(slot.module, source, slot.ema_decay, slot.ema_buffers)
 
     def state_dict(self) -> dict[str, Any]:
         state = {"bundle": self.trainable.state_dict()}

@@ -142,10 +142,10 @@ class ReplayTeacher:
         features = self.live(batch.view(view))
         top = torch.softmax(features.logits.float() / self.T, dim=1).topk(self.k, dim=1)
         values, classes = top.values.to(torch.float16), top.indices.to(self.indices.dtype)
-        if self.mode == "record":
+        if self.mode == "record":  # gathered as float32 / int64 (gloo has no fp16 or int16 all_gather)
             rows = all_gather_cat(index)
-            self.values[rows] = all_gather_cat(values)
-            self.indices[rows] = all_gather_cat(classes)
+            self.values[rows] = all_gather_cat(top.values).to(torch.float16)
+            self.indices[rows] = all_gather_cat(top.indices).to(self.indices.dtype)
             self.seen[rows] = True
             if bool(self.seen.all()):
                 self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
