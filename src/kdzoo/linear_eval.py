@@ -43,15 +43,12 @@ def add_command(sub) -> None:
 
 def encoder_file(checkpoint: str, network: str) -> Path:
     """The checkpoint file of `network` in a run folder (student: the run's deployed model), or the file given."""
-    from kdzoo.engine.checkpoint import resolve_checkpoint
-
-    from kdzoo.engine.checkpoint import read_meta
+    from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
 
     path = Path(checkpoint)
-    # a self-supervised run's "best" was picked by a kNN monitor on test labels: probe its last weights
-    which = "last" if path.is_dir() and read_meta(resolve_checkpoint(checkpoint, "last")).get("self_supervised") \
-        else "best"
-    if path.is_dir() and network != "student":
+    if path.is_dir() and network != "student":  # (the student's file: resolve_checkpoint picks last for SS runs)
+        # a self-supervised run's "best" was picked by a kNN monitor on test labels: probe its last weights
+        which = "last" if read_meta(resolve_checkpoint(checkpoint, "last")).get("self_supervised") else "best"
         file = path / "checkpoints" / f"{network}.{which}.safetensors"
         if not file.is_file():
             found = sorted({p.name.split(".")[0] for p in (path / "checkpoints").glob("*.best.safetensors")
@@ -59,7 +56,7 @@ def encoder_file(checkpoint: str, network: str) -> Path:
             raise KdzooError(f"--network {network}: {path} saved no {network} network "
                              f"(it has: student{''.join(', ' + n for n in found)})")
         return file
-    return resolve_checkpoint(checkpoint, which)
+    return resolve_checkpoint(checkpoint, "best")
 
 
 def probe_recipe(file: Path, args) -> dict:

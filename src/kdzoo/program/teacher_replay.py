@@ -141,7 +141,6 @@ class ReplayTeacher:
         self.calls += 1
         features = self.live(batch.view(view))
         top = torch.softmax(features.logits.float() / self.T, dim=1).topk(self.k, dim=1)
-        values, classes = top.values.to(torch.float16), top.indices.to(self.indices.dtype)
         if self.mode == "record":  # gathered as float32 / int64 (gloo has no fp16 or int16 all_gather)
             rows = all_gather_cat(index)
             self.values[rows] = all_gather_cat(top.values).to(torch.float16)
@@ -150,7 +149,7 @@ class ReplayTeacher:
             if bool(self.seen.all()):
                 self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
                 self.mode = "done"  # the rest of the epoch (a padded shard repeats images) records nothing
-        return self.as_features(values, classes)  # what a replay will give: the recording trains on it too
+        return self.as_features(top.values.half(), top.indices)  # what a replay gives: the recording trains on it
 
     def as_features(self, values: Tensor, classes: Tensor) -> Features:
         return Features(logits=self.T * soft_labels(values, classes, self.classes).clamp_min(1e-8).log())
@@ -247,4 +246,4 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
                 f"(top-{k} at T {temperature}, {cache.size_mb():.1f} MB so far)")
         return {"teacher_replayed": 1.0 if mode == "replay" else 0.0, "replay_cache_mb": round(cache.size_mb(), 2)}
 
-    return source, on_epoch_start, cache
+    return source, on_epoch_start

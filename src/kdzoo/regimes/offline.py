@@ -78,8 +78,8 @@ def refuse_teacher_logits(methods: dict[str, Method], checkpoint: str) -> None:
     reading = [name for name, m in methods.items() if m.reads_teacher_logits()]
     if reading:
         raise ConfigError(f"loss.{reading[0]}: reads the teacher's logits, but {checkpoint} is a self-supervised "
-                          "encoder with an untrained classifier; distil its features (crd, fitnet, proto with embed pooled or "
-                         "projected, ...)")
+                          "encoder with an untrained classifier; distil its features (crd, fitnet, proto with embed "
+                          "pooled or projected, ...)")
 
 
 def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: DatasetInfo) -> Program:
@@ -105,6 +105,7 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
 
     sample = streams["test"].sample_input()
     example = torch.stack([sample, sample])
+    ss_teacher = bool((teacher_meta or {}).get("self_supervised"))  # its classifier never trained
     setup = SetupContext(
         student=student, teacher=teacher_model,
         student_shapes=probe_shapes(student, student_spec, example),
@@ -112,10 +113,10 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
         batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
         teacher_checkpoint=cfg.teacher.checkpoint, info=info,
-        teacher_logits_trained=not (teacher_meta or {}).get("self_supervised", False))
+        teacher_logits_trained=not ss_teacher)
     networks = ("student", "teacher") if teacher_model is not None else ("student",)
     methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, networks)
-    if teacher_meta and teacher_meta.get("self_supervised"):
+    if ss_teacher:
         refuse_teacher_logits(methods, cfg.teacher.checkpoint)
     sync = lambda: barrier(ctx.dist)  # noqa: E731
     images = streams["train"].dataset  # before any grouping: what a teacher cache covers
@@ -135,7 +136,7 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         teacher = FrozenTeacher(teacher_model, needs.get("teacher", Needs()), teacher_spec).to(
             device, memory_format=memory_format)
         if cfg.teacher.cache == "replay":
-            source, replay_start, _ = replay_program_parts(cfg, streams, methods, teacher, info, device, ctx.out,
+            source, replay_start = replay_program_parts(cfg, streams, methods, teacher, info, device, ctx.out,
                                                            ctx.dist.is_main, ctx.log)
             frozen["teacher"] = source
             models["teacher"] = ModelSlot(teacher.model, role="cached", features=source)
