@@ -317,6 +317,34 @@ def test_rows_naming_one_teacher_with_other_overrides_are_refused(tmp_path):
     bench = Bench(load_bench_config(path))
     with pytest.raises(KdzooError, match="other teacher_overrides"):
         bench.teachers()
-    assert [label for label, _, _ in bench.teachers(only={"r1"})] == ["teacher", "hsakd/teacher"]  # --only r1
+    assert [label for label, _, _ in bench.teachers(only={"r1"})] == ["hsakd/teacher"]  # --only r1
     same = Bench(load_bench_config(path, ["rows=[{name: a, recipe: kd, teacher: teacher}]"]))
     assert same.teacher_dir(same.cfg.rows[0]) == same.teacher_dir() and len(same.teachers()) == 1
+
+
+def test_only_rows_that_need_the_bench_teacher_train_it(tmp_path):
+    """`--only` trains the bench teacher just for rows that distil from it or whose own teacher starts from it
+    (an option-1 HSAKD teacher), not for a from-scratch teacher's row or a row without a teacher."""
+    from kdzoo.bench.config import load_bench_config
+
+    out = tmp_path / "b"
+    rows = [{"name": "scratch", "recipe": "hsakd/student", "teacher": "hsakd/teacher"},
+            {"name": "opt1", "recipe": "hsakd/student", "teacher": "hsakd/teacher_opt1",
+             "teacher_overrides": {"model.checkpoint": str(out / "teacher" / "checkpoints" / "best.safetensors")}},
+            {"name": "mutual", "recipe": "mutual/dml", "teacher": "none"},
+            {"name": "kd", "recipe": "kd"}]
+    path = tmp_path / "bench.yaml"
+    path.write_text(yaml.safe_dump({"name": "x", "out": str(out), "recipes_dir": str(CONFIGS / "digits"),
+                                    "teacher": "teacher", "baseline": "student", "rows": rows,
+                                    "students": ["resnet8"], "seeds": [0]}))
+    bench = Bench(load_bench_config(path))
+
+    def labels(only):
+        return [label for label, _, _ in bench.teachers(only=only)]
+
+    assert labels({"scratch"}) == ["hsakd/teacher"]
+    assert labels({"mutual"}) == []
+    assert labels({"opt1"}) == ["teacher", "hsakd/teacher_opt1"]
+    assert labels({"kd"}) == ["teacher"]
+    assert labels({"scratch", "kd"}) == ["teacher", "hsakd/teacher"]
+    assert labels(None) == ["teacher", "hsakd/teacher", "hsakd/teacher_opt1"]

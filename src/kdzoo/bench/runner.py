@@ -80,6 +80,8 @@ class Bench:
         """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own (of the rows in
         `only`, when given), once each."""
         out = [("teacher", self.teacher_dir(), [self.cfg.teacher, *dotted(self.cfg.teacher_overrides)])]
+        if only and not self._needs_bench_teacher(only):
+            out = []  # e.g. `--only hsakd`: its teacher trains from scratch, the bench teacher's hours are not needed
         for row in self.cfg.rows:
             if row.teacher in (None, NO_TEACHER) or (only and row.name not in only):
                 continue
@@ -92,6 +94,20 @@ class Bench:
             if not same:
                 out.append(entry)
         return out
+
+    def _needs_bench_teacher(self, only: set[str]) -> bool:
+        """Whether a row in `only` distils from the bench teacher, or has its own teacher start from it."""
+        bench_teacher = self.teacher_dir().resolve()
+        for row in self.cfg.rows:
+            if row.name not in only or row.teacher == NO_TEACHER:
+                continue
+            if self.teacher_dir(row) == self.teacher_dir():
+                return True
+            cfg = load_config(self.recipe_path(row.teacher), dotted(row.teacher_overrides))
+            starts = [cfg.student.checkpoint, cfg.teacher.checkpoint]
+            if any(s and _inside((self.root / s).resolve(), bench_teacher) for s in starts):
+                return True
+        return False
 
     def cells(self) -> list[Cell]:
         rows = [RowConfig(name=BASELINE, recipe=self.cfg.baseline)] + list(self.cfg.rows)
@@ -269,6 +285,11 @@ class Bench:
     def teacher_summary(self) -> dict[str, Any]:
         path = self.teacher_dir() / "summary.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or a file under it (a checkpoint named by run folder or by file)."""
+    return path == folder or folder in path.parents
 
 
 def _comparable(cfg: Config) -> dict[str, Any]:
