@@ -107,20 +107,18 @@ class EpochClock:
 
 
 class ReplayDataset(Dataset):
-    """raw[positions[i]] under `augment` with row i of `table(epoch)`: (image, label) like the dataset it stands
-    for; `table(epoch)` -> (len, width) in this dataset's order (read from the replay cache per process)."""
+    """images[i] under `augment` with row i of `table(epoch)`: (image, label) like the dataset it stands for;
+    `images` is the un-augmented training set (a subset of it, in the run's order); `table(epoch)` -> (len, width)
+    in that order (read from the replay cache per process)."""
 
-    def __init__(self, raw: Dataset, positions: Optional[list[int]], augment: ReplayAugment,
-                 table: Callable[[int], Tensor], clock: EpochClock):
-        self.raw, self.augment, self.table, self.clock = raw, augment, table, clock
-        self.positions = list(positions) if positions is not None else list(range(len(raw)))
-        targets = torch.as_tensor(raw.targets)
-        self.targets = targets[self.positions]
-        self.info = getattr(raw, "info", None)
+    def __init__(self, images: Dataset, augment: ReplayAugment, table: Callable[[int], Tensor], clock: EpochClock):
+        self.images, self.augment, self.table, self.clock = images, augment, table, clock
+        self.targets = torch.as_tensor(images.targets)
+        self.info = getattr(images, "info", None)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.images)
 
     def __getitem__(self, i: int):
-        image, label = self.raw[self.positions[i]]
+        image, label = self.images[i]
         return self.augment.apply(image, self.table(self.clock.get())[i]), label

@@ -16,7 +16,7 @@ from kdzoo.data.info import DatasetInfo
 from kdzoo.data.stream import DataStream
 from kdzoo.distillers.base import Batch, StepInfo
 from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo, world_size
+from kdzoo.engine.distributed import DistInfo, broadcast_buffers, world_size
 from kdzoo.errors import ConfigError
 from kdzoo.models.ema import ema_update
 
@@ -152,9 +152,8 @@ class Program:
         for slot in self.models.values():
             if slot.role == "ema":
                 source = self.models[slot.ema_of].module
-                if slot.ema_buffers != "keep" and world_size() > 1:
-                    for buffer in source.buffers():
-                        torch.distributed.broadcast(buffer.data, src=0)
+                if slot.ema_buffers != "keep":
+                    broadcast_buffers(source, DistInfo(world_size=world_size()))
                 ema_update(slot.module, source, slot.ema_decay, slot.ema_buffers)
 
     def state_dict(self) -> dict[str, Any]:

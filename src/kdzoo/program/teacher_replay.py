@@ -73,6 +73,10 @@ class ReplayCache:
         if self.is_main:
             with atomic_path(self.folder / f"params-{epoch}.safetensors") as tmp:
                 save_file({"params": table.contiguous()}, str(tmp))
+        self.remember(epoch, table)
+
+    def remember(self, epoch: int, table: Tensor) -> None:
+        """Hold `epoch`'s rows in this process without writing them (a worker's draw before rank 0 wrote)."""
         self._params = {epoch: table}
 
     def soft(self, epoch: int) -> tuple[Tensor, Tensor]:
@@ -174,7 +178,7 @@ class EpochTable:
         found = self.cache.params(epoch)
         if found is None:
             found = self.draw(epoch)
-            self.cache._params = {epoch: found}
+            self.cache.remember(epoch, found)
         return found
 
 
@@ -206,7 +210,7 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
     from kdzoo.data.registry import _builder, build_dataset
     from kdzoo.data.replay import EpochClock, ReplayAugment, ReplayDataset
     from kdzoo.data.views import IDENTITY
-    from kdzoo.data.wrappers import IndexedDataset, source_indices
+    from kdzoo.data.wrappers import IndexedDataset, source_indices, subset
     from kdzoo.program.teacher_cache import cache_key
 
     d, stream = cfg.dataset, streams["train"]
@@ -232,8 +236,8 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
     seed = int(hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8], 16)
     n = len(positions) if positions is not None else len(raw)
     table = EpochTable(cache, augment, n, seed)
-    stream.dataset = IndexedDataset(ReplayDataset(raw, positions.tolist() if positions is not None else None, augment,
-                                                  table, clock))
+    images = subset(raw, positions) if positions is not None else raw
+    stream.dataset = IndexedDataset(ReplayDataset(images, augment, table, clock))
     source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device)
 
     def on_epoch_start(epoch: int) -> dict[str, float]:
