@@ -300,8 +300,8 @@ def test_rows_with_their_own_teacher_an_aux_student_or_no_teacher(tmp_path):
     saved = yaml.safe_load((out / "teachers" / "hsakd" / "teacher_opt1" / "config.yaml").read_text())
     assert saved["student"]["checkpoint"] == str(out / "teacher") and saved["student"]["freeze"] == ["backbone"]
     board = (out / "leaderboard.md").read_text()
-    assert "- Teacher of hsakd: resnet8x4_aux (hsakd/teacher)" in board
-    assert "- Teacher of hsakd_opt1: resnet8x4_aux (hsakd/teacher_opt1)" in board
+    assert "- Teacher of hsakd: resnet8x4_aux (hsakd/teacher, 1 epoch)" in board
+    assert "- Teacher of hsakd_opt1: resnet8x4_aux (hsakd/teacher_opt1, 1 epoch)" in board
 
 
 def test_rows_naming_one_teacher_with_other_overrides_are_refused(tmp_path):

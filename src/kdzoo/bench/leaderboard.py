@@ -70,6 +70,8 @@ def _row_teachers(bench) -> list[str]:
             lines.append(f"- Teacher of {rows}: {label}, not trained yet (its rows are not run).")
             continue
         result = summary.get("result") or {}
+        epochs = _epochs(folder)
+        label = f"{label}, {epochs} epoch{'' if epochs == '1' else 's'}"
         if result:  # selected on another metric (an HSAKD teacher on its best head): the backbone at that epoch
             heads = {k: v for k, v in (summary.get("best_metrics") or {}).items() if k.endswith("_top1") and "head" in k}
             lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
@@ -79,6 +81,15 @@ def _row_teachers(bench) -> list[str]:
         lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
                      f"{_num(summary.get('best_top1'))} (best) / {_num(summary.get('last_top1'))} (last).")
     return lines
+
+
+def _epochs(folder) -> str:
+    """The epochs a teacher was trained for (its run's config), or '?'."""
+    try:
+        import yaml
+        return str(yaml.safe_load((folder / "config.yaml").read_text())["epochs"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return "?"
 
 
 def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
