@@ -348,3 +348,22 @@ def test_only_rows_that_need_the_bench_teacher_train_it(tmp_path):
     assert labels({"kd"}) == ["teacher"]
     assert labels({"scratch", "kd"}) == ["teacher", "hsakd/teacher"]
     assert labels(None) == ["teacher", "hsakd/teacher", "hsakd/teacher_opt1"]
+
+
+def test_a_row_timed_on_another_machine_gets_no_time_ratio():
+    """Merged rows keep their accuracy, but their epoch time is not divided by another machine's baseline."""
+    from kdzoo.bench.leaderboard import _other_machines, format_leaderboard, leaderboard_rows
+
+    def run(row, seed, seconds, hardware=None):
+        return {"row": row, "student": "resnet8", "seed": seed, "best_top1": 80.0 + seed, "last_top1": 80.0,
+                "epoch_time_s": seconds, "hardware": hardware}
+
+    results = [run("student", 0, 2.0), run("student", 1, 2.0), run("kd", 0, 4.0), run("kd", 1, 5.0),
+               run("hsakd", 0, 30.0, "Intel(R) Xeon(R) Processor"), run("hsakd", 1, 30.0, "Intel(R) Xeon(R) Processor")]
+    rows = leaderboard_rows(results)
+    text = format_leaderboard(rows)
+    assert "| kd | 2 | 80.50 ± 0.71 | 80.00 ± 0.00 | +0.00 | 2.25x |" in text
+    assert "| hsakd | 2 | 80.50 ± 0.71 | 80.00 ± 0.00 | +0.00 |  |" in text
+    assert _other_machines(rows) == ["- Rows timed on another machine than the baseline (time/epoch left blank): "
+                                     "hsakd (Intel(R) Xeon(R) Processor)."]
+    assert _other_machines(leaderboard_rows(results[:4])) == []

@@ -32,13 +32,17 @@ def leaderboard_rows(results: list[dict[str, Any]], baseline: str = "student") -
         times = [r["epoch_time_s"] for r in runs if r.get("epoch_time_s")]
         by_student[student].append({"row": row, "n": len(runs), "best": best, "last": last,
                                     "epoch_time_s": statistics.mean(times) if times else None,
-                                    "seeds": sorted(r["seed"] for r in runs)})
+                                    "seeds": sorted(r["seed"] for r in runs),
+                                    "hardware": sorted({str(r.get("hardware") or "") for r in runs})})
     for student, rows in by_student.items():
         base = next((r for r in rows if r["row"] == baseline), None)
         for r in rows:
             r["gain"] = r["best"][0] - base["best"][0] if base else None
+            # a time ratio only against a baseline timed on the same machine (rows merged from another are blank)
+            same_machine = base is not None and r["hardware"] == base["hardware"]
+            r["other_machine"] = base is not None and not same_machine
             r["rel_time"] = (r["epoch_time_s"] / base["epoch_time_s"]
-                             if base and base["epoch_time_s"] and r["epoch_time_s"] else None)
+                             if same_machine and base["epoch_time_s"] and r["epoch_time_s"] else None)
         rows.sort(key=lambda r: (r["row"] != baseline, -r["best"][0]))
     return dict(by_student)
 
@@ -114,11 +118,21 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
         f"mean ± sample std over seeds. Gain is the mean best top-1 minus the student baseline's.",
         f"- Hardware: {env.get('processor') or platform.machine()}, {env.get('cpu_count')} CPU cores, "
         f"torch {env.get('torch')}, precision {_precision(results)}.",
+        *_other_machines(by_student),
         "",
     ]
     text = "\n".join(head) + "\n" + format_leaderboard(by_student) + format_failures(bench)
     (bench.out / "leaderboard.md").write_text(text)
     return text
+
+
+def _other_machines(by_student: dict[str, list[dict]]) -> list[str]:
+    """A line naming the rows timed on another machine than their baseline (their time ratio is left blank)."""
+    rows = {f"{r['row']} ({', '.join(h or 'unnamed CPU' for h in r['hardware'])})"
+            for rows in by_student.values() for r in rows if r["other_machine"]}
+    if not rows:
+        return []
+    return [f"- Rows timed on another machine than the baseline (time/epoch left blank): {'; '.join(sorted(rows))}."]
 
 
 def format_failures(bench) -> str:

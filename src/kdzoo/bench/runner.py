@@ -275,6 +275,7 @@ class Bench:
                 "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
                 "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],
                 "precision": summary.get("precision"),
+                "hardware": _read_env(folder).get("cpu_model"),
                 "epoch_time_s": statistics.mean(e["epoch_time_s"] for e in main) if main else None,
                 "run_dir": str(folder.relative_to(self.out)),
                 "config": to_dict(load_config(folder / "config.yaml")),
@@ -285,6 +286,11 @@ class Bench:
     def teacher_summary(self) -> dict[str, Any]:
         path = self.teacher_dir() / "summary.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_env(folder: Path) -> dict[str, Any]:
+    path = folder / "env.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _inside(path: Path, folder: Path) -> bool:

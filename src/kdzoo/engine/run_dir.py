@@ -30,6 +30,7 @@ def environment() -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "host": socket.gethostname(),
@@ -38,6 +39,17 @@ def environment() -> dict[str, Any]:
         "argv": sys.argv,
     }
     return env
+
+
+def cpu_model() -> Optional[str]:
+    """The CPU's model name (Linux: /proc/cpuinfo), e.g. to keep time ratios to runs on one machine."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def git_commit() -> Optional[str]:
