@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,10 +25,14 @@ BUDGET = ["epochs=10", "dataset.subset=3000", "dataset.subset_seed=0", "engine.e
           "engine.progress=false", "engine.tensorboard=false"]
 
 
-def kdzoo(*args: str) -> None:
-    command = [str(Path(sys.executable).with_name("kdzoo")), *args]
-    print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
+def kdzoo(command: str, recipe: str, run: Path, *overrides: str) -> None:
+    """`kdzoo COMMAND -c RECIPE --out RUN ...`, unless RUN finished; a run killed before its end starts again."""
+    if (run / "summary.json").is_file():
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    args = [command, "-c", recipe, "--out", str(run), "--quiet", *overrides]
+    print("$ kdzoo", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "kdzoo.cli", *args], check=True, cwd=ROOT)
 
 
 def epoch_times(run: Path) -> list[float]:
@@ -43,30 +48,24 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / args.work
     teacher, cache = work / "teacher", work / "replay_cache"
-    if not (teacher / "summary.json").is_file():
-        kdzoo("train", "-c", "configs/fashion_mnist/teacher.yaml", "--out", str(teacher), "--quiet",
-              "epochs=3", "dataset.subset=3000", "engine.tensorboard=false")
+    kdzoo("train", "configs/fashion_mnist/teacher.yaml", teacher, "epochs=3", "dataset.subset=3000",
+          "engine.tensorboard=false")
     replay = [f"teacher.checkpoint={teacher}", "teacher.cache=replay", f"teacher.cache_dir={cache}"]
-    record = work / "record"
-    if not (record / "summary.json").is_file():
-        kdzoo("distill", "-c", "configs/fashion_mnist/kd.yaml", "--out", str(record), "--quiet", *BUDGET, *replay)
+    kdzoo("distill", "configs/fashion_mnist/kd.yaml", work / "record", *BUDGET, *replay)
     rows = []
     for seed in range(args.seeds):
         runs = {"student": work / f"student-seed{seed}", "kd_replay": work / f"kd_replay-seed{seed}"}
-        for name, run in runs.items():  # alternating: each pair shares the machine's state
-            if not (run / "summary.json").is_file():
-                recipe = "student" if name == "student" else "kd"
-                extra = [] if name == "student" else replay
-                kdzoo("distill" if extra else "train", "-c", f"configs/fashion_mnist/{recipe}.yaml", "--out", str(run),
-                      "--quiet", *BUDGET, f"seed={seed}", *extra)
+        # alternating: each pair shares the machine's state
+        kdzoo("train", "configs/fashion_mnist/student.yaml", runs["student"], *BUDGET, f"seed={seed}")
+        kdzoo("distill", "configs/fashion_mnist/kd.yaml", runs["kd_replay"], *BUDGET, f"seed={seed}", *replay)
         rows.append({name: statistics.mean(epoch_times(run)) for name, run in runs.items()})
     student = statistics.mean(r["student"] for r in rows)
     replayed = statistics.mean(r["kd_replay"] for r in rows)
     lines = [
-        "Command: `python benchmarks/replay_epoch.py" + (f" --out {args.out}`" if args.out else "`"),
+        "Command: `python benchmarks/replay_epoch.py " + " ".join(sys.argv[1:]) + "`",
         "",
-        f"resnet8 on 3,000 Fashion-MNIST images, 10 epochs, batch 64, one run at a time; {os.cpu_count()} CPU "
-        f"threads of {_cpu()}; {time.strftime('%Y-%m-%d')}. Mean epoch time (evaluation excluded) per run.",
+        f"resnet8 on 3,000 Fashion-MNIST images, 10 epochs, batch 64, one run at a time; {os.cpu_count()} cores "
+        f"of {_cpu()}; {time.strftime('%Y-%m-%d')}. Mean epoch time (evaluation excluded) per run.",
         "",
         "| seed | student epoch s | KD from the replay cache, epoch s | ratio |",
         "|---|---|---|---|",
@@ -84,7 +83,7 @@ def main() -> None:
 def _cpu() -> str:
     from kdzoo.engine.run_dir import cpu_model
 
-    return cpu_model() or "an unnamed CPU"
+    return cpu_model()
 
 
 if __name__ == "__main__":

@@ -348,6 +348,10 @@ def test_only_rows_that_need_the_bench_teacher_train_it(tmp_path):
     assert labels({"kd"}) == ["teacher"]
     assert labels({"scratch", "kd"}) == ["teacher", "hsakd/teacher"]
     assert labels(None) == ["teacher", "hsakd/teacher", "hsakd/teacher_opt1"]
+    from kdzoo.bench.leaderboard import write_leaderboard
+
+    text = write_leaderboard(bench, [])  # e.g. after `--only scratch`: no bench teacher in the folder
+    assert "- Teacher: not trained in this folder" in text and "None CPU cores" not in text
 
 
 def test_a_row_timed_on_another_machine_gets_no_time_ratio():
@@ -358,12 +362,16 @@ def test_a_row_timed_on_another_machine_gets_no_time_ratio():
         return {"row": row, "student": "resnet8", "seed": seed, "best_top1": 80.0 + seed, "last_top1": 80.0,
                 "epoch_time_s": seconds, "hardware": hardware}
 
-    results = [run("student", 0, 2.0), run("student", 1, 2.0), run("kd", 0, 4.0), run("kd", 1, 5.0),
-               run("hsakd", 0, 30.0, "Intel(R) Xeon(R) Processor"), run("hsakd", 1, 30.0, "Intel(R) Xeon(R) Processor")]
+    amd, intel = "AMD EPYC 9R14", "Intel(R) Xeon(R) Processor"
+    results = [run("student", 0, 2.0, amd), run("student", 1, 2.0, amd), run("kd", 0, 4.0, amd),
+               run("kd", 1, 5.0, amd), run("hsakd", 0, 30.0, intel), run("hsakd", 1, 30.0, intel)]
     rows = leaderboard_rows(results)
     text = format_leaderboard(rows)
     assert "| kd | 2 | 80.50 ± 0.71 | 80.00 ± 0.00 | +0.00 | 2.25x |" in text
     assert "| hsakd | 2 | 80.50 ± 0.71 | 80.00 ± 0.00 | +0.00 |  |" in text
     assert _other_machines(rows) == ["- Rows timed on another machine than the baseline (time/epoch left blank): "
-                                     "hsakd (Intel(R) Xeon(R) Processor)."]
+                                     f"hsakd ({intel})."]
     assert _other_machines(leaderboard_rows(results[:4])) == []
+    for r in results[:4]:  # runs from before machines were recorded are taken to be the baseline's machine
+        r["hardware"] = None
+    assert "| hsakd | 2 | 80.50 ± 0.71 | 80.00 ± 0.00 | +0.00 | 15.00x |" in format_leaderboard(leaderboard_rows(results))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -12,6 +11,7 @@ import torch
 
 from kdzoo.config import load_config
 from kdzoo.engine.device import cpu_has_bf16, resolve_device, resolve_precision
+from kdzoo.engine.run_dir import cpu_model
 from kdzoo.engine.run_folder import RunLock, clear_run, holds_run
 from kdzoo.regimes import make_engine
 from kdzoo.errors import KdzooError
@@ -23,16 +23,6 @@ def recipes_dir() -> Path:
         if (base / "configs" / "demo" / "kd.yaml").is_file():
             return base / "configs" / "demo"
     raise KdzooError("kdzoo demo needs the repository's configs/demo recipes; run it from a kdzoo checkout")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware_line(cfg) -> str:

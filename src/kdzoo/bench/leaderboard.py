@@ -38,11 +38,13 @@ def leaderboard_rows(results: list[dict[str, Any]], baseline: str = "student") -
         base = next((r for r in rows if r["row"] == baseline), None)
         for r in rows:
             r["gain"] = r["best"][0] - base["best"][0] if base else None
-            # a time ratio only against a baseline timed on the same machine (rows merged from another are blank)
-            same_machine = base is not None and r["hardware"] == base["hardware"]
-            r["other_machine"] = base is not None and not same_machine
+            # a time ratio only against a baseline timed on the same machine (rows merged from another are blank);
+            # runs that did not record their machine ("") are taken to be the baseline's
+            known = base is not None and "" not in r["hardware"] + base["hardware"]
+            r["other_machine"] = known and r["hardware"] != base["hardware"]
             r["rel_time"] = (r["epoch_time_s"] / base["epoch_time_s"]
-                             if same_machine and base["epoch_time_s"] and r["epoch_time_s"] else None)
+                             if base and not r["other_machine"] and base["epoch_time_s"] and r["epoch_time_s"]
+                             else None)
         rows.sort(key=lambda r: (r["row"] != baseline, -r["best"][0]))
     return dict(by_student)
 
@@ -89,17 +91,18 @@ def _row_teachers(bench) -> list[str]:
 
 def _epochs(folder) -> str:
     """The epochs a teacher was trained for (its run's config), or '?'."""
+    import yaml
+
     try:
-        import yaml
         return str(yaml.safe_load((folder / "config.yaml").read_text())["epochs"])
-    except (OSError, KeyError, TypeError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError):
         return "?"
 
 
 def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     cfg = bench.cfg
     teacher = bench.teacher_summary()
-    env = _read_json(bench.teacher_dir() / "env.json")
+    env = _read_json(bench.teacher_dir() / "env.json") or _first_run_env(bench, results)
     by_student = leaderboard_rows(results)
     total = sum(r["wall_time_s"] for r in results)
     head = [f"# Leaderboard: {cfg.name}", ""]
@@ -109,7 +112,8 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
         head += [f"- Command: `{bench.command}`"]
     head += [
         f"- Teacher: {teacher.get('student', '?')} — test top-1 {_num(teacher.get('best_top1'))} (best) / "
-        f"{_num(teacher.get('last_top1'))} (last), trained once on the full training set.",
+        f"{_num(teacher.get('last_top1'))} (last), trained once on the full training set." if teacher else
+        "- Teacher: not trained in this folder (the rows run needed none of it).",
         *_row_teachers(bench),
         f"- Budget per student run: {', '.join(f'{k}={v}' for k, v in cfg.overrides.items())}.",
         f"- Students: {', '.join(cfg.students)}; seeds: {', '.join(map(str, cfg.seeds))}; "
@@ -124,6 +128,17 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     text = "\n".join(head) + "\n" + format_leaderboard(by_student) + format_failures(bench)
     (bench.out / "leaderboard.md").write_text(text)
     return text
+
+
+def _first_run_env(bench, results: list[dict[str, Any]]) -> dict:
+    """The environment of the first result's run (the bench teacher was not trained here), or this process's."""
+    for r in results:
+        env = _read_json(bench.out / r["run_dir"] / "env.json") if r.get("run_dir") else {}
+        if env:
+            return env
+    from kdzoo.engine.run_dir import environment
+
+    return environment()
 
 
 def _other_machines(by_student: dict[str, list[dict]]) -> list[str]:

@@ -275,7 +275,7 @@ class Bench:
                 "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
                 "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],
                 "precision": summary.get("precision"),
-                "hardware": _read_env(folder).get("cpu_model"),
+                "hardware": _machine(_read_env(folder)),
                 "epoch_time_s": statistics.mean(e["epoch_time_s"] for e in main) if main else None,
                 "run_dir": str(folder.relative_to(self.out)),
                 "config": to_dict(load_config(folder / "config.yaml")),
@@ -291,6 +291,11 @@ class Bench:
 def _read_env(folder: Path) -> dict[str, Any]:
     path = folder / "env.json"
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _machine(env: dict[str, Any]) -> Optional[str]:
+    """What a run's times depend on: its GPU when it ran on one, else its CPU model (None: not recorded)."""
+    return env.get("cuda") if str(env.get("device", "")).startswith("cuda") else env.get("cpu_model")
 
 
 def _inside(path: Path, folder: Path) -> bool:

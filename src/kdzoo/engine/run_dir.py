@@ -41,7 +41,7 @@ def environment() -> dict[str, Any]:
     return env
 
 
-def cpu_model() -> Optional[str]:
+def cpu_model() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), e.g. to keep time ratios to runs on one machine."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -49,7 +49,7 @@ def cpu_model() -> Optional[str]:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return platform.processor() or platform.machine()
 
 
 def git_commit() -> Optional[str]:
