@@ -350,6 +350,7 @@ def test_only_rows_that_need_the_bench_teacher_train_it(tmp_path):
     assert labels(None) == ["teacher", "hsakd/teacher", "hsakd/teacher_opt1"]
     from kdzoo.bench.leaderboard import write_leaderboard
 
+    out.mkdir()
     text = write_leaderboard(bench, [])  # e.g. after `--only scratch`: no bench teacher in the folder
     assert "- Teacher: not trained in this folder" in text and "None CPU cores" not in text
 
