@@ -1,6 +1,6 @@
 """Step overhead of distillation: a method's training step against (student step alone + teacher inference).
 
-For a teacher/student pair on CIFAR-shaped random data, interleaved over repeats, times
+For a teacher/student pair on CIFAR-shaped random data, interleaved over repeats (one setting after another), times
   (a) the student's training step alone (CE only), (b) the teacher's inference alone, (c) each method's step,
 once with kdzoo's default fast path (teacher first under inference_mode, channels_last, bf16 autocast where the
 hardware has it) and once in plain fp32 (contiguous memory, student forward first); with `--settings
@@ -17,6 +17,7 @@ through /proc/self/clear_refs), so the column is what the step itself needs (act
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import subprocess
 import sys
@@ -99,8 +100,9 @@ def main(argv=None) -> int:
         # methods on rotation heads (hsakd) run on the pair's _aux models and 4x rotated batches
         aux = [m for m in methods if METHODS.get(m).student_needs.heads]
         aux_teacher_file = saved_teacher(f"{args.teacher}_aux") if aux else None
-        timers, skipped = {}, {}
-        for setting in settings:
+        med, skipped = {}, {}
+        for setting in settings:  # one setting's programs at a time: all 31 methods x 3 settings held at once
+            timers = {}           # took over 24 GB (banks of 50k rows each)
             options = SETTINGS[setting]
             precision = Precision(resolve_precision(options["precision"], device), device)
             engine = {"precision": precision.name, "channels_last": options["channels_last"],
@@ -121,16 +123,11 @@ def main(argv=None) -> int:
                     skipped[method] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
                     continue
                 timers[(setting, method)] = step
+            med.update(sample(timers, args))
+            timers.clear()  # the programs, their banks and optimizers go before the next setting is built
+            step = None
+            gc.collect()
 
-        samples = {key: [] for key in timers}
-        for r in range(args.warmup + args.repeats):
-            for key, fn in timers.items():  # interleaved: drifts in machine speed hit every entry alike
-                started = time.perf_counter()
-                fn()
-                if r >= args.warmup:
-                    samples[key].append(time.perf_counter() - started)
-
-    med = {key: statistics.median(v) * 1000 for key, v in samples.items()}
     methods = [m for m in methods if m not in skipped]
     peaks = {m: child_peak(args, m) for m in ["student", *methods]} if args.memory else {}
     lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
@@ -184,6 +181,18 @@ def write_report(out, text: str) -> None:
     print(text)
     if out:
         Path(out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+
+
+def sample(timers: dict, args) -> dict:
+    """Median ms of each timer over `args.repeats`, interleaved: drifts in machine speed hit every entry alike."""
+    samples = {key: [] for key in timers}
+    for r in range(args.warmup + args.repeats):
+        for key, fn in timers.items():
+            started = time.perf_counter()
+            fn()
+            if r >= args.warmup:
+                samples[key].append(time.perf_counter() - started)
+    return {key: statistics.median(v) * 1000 for key, v in samples.items()}
 
 
 def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False):
