@@ -70,7 +70,7 @@ def _row_teachers(bench) -> list[str]:
     """A line per teacher that rows have of their own (e.g. HSAKD's _aux teachers)."""
     lines = []
     for label, folder, _ in bench.teachers()[1:]:
-        summary = _read_json(folder / "summary.json")
+        summary = read_json(folder / "summary.json")
         rows = ", ".join(r.name for r in bench.cfg.rows if r.teacher == label)
         if not summary:
             lines.append(f"- Teacher of {rows}: {label}, not trained yet (its rows are not run).")
@@ -102,7 +102,7 @@ def _epochs(folder) -> str:
 def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
     cfg = bench.cfg
     teacher = bench.teacher_summary()
-    env = _read_json(bench.teacher_dir() / "env.json") or _first_run_env(bench, results)
+    env = read_json(bench.teacher_dir() / "env.json") or _first_run_env(bench, results)
     by_student = leaderboard_rows(results)
     total = sum(r["wall_time_s"] for r in results)
     head = [f"# Leaderboard: {cfg.name}", ""]
@@ -133,7 +133,7 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
 def _first_run_env(bench, results: list[dict[str, Any]]) -> dict:
     """The environment of the first result's run (the bench teacher was not trained here), or this process's."""
     for r in results:
-        env = _read_json(bench.out / r["run_dir"] / "env.json") if r.get("run_dir") else {}
+        env = read_json(bench.out / r["run_dir"] / "env.json") if r.get("run_dir") else {}
         if env:
             return env
     from kdzoo.engine.run_dir import environment
@@ -166,7 +166,7 @@ def _precision(results: list[dict]) -> str:
     return "/".join(values) or "?"
 
 
-def _read_json(path) -> dict:
+def read_json(path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

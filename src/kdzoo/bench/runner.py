@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from kdzoo.bench.config import BenchConfig, RowConfig, dotted
-from kdzoo.bench.leaderboard import write_leaderboard
+from kdzoo.bench.leaderboard import read_json, write_leaderboard
 from kdzoo.bench.progress import EpochProgress, duration
 from kdzoo.config import Config, load_config, to_dict
 from kdzoo.engine.resume_rules import ResumeMismatch, differences
@@ -275,7 +275,7 @@ class Bench:
                 "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
                 "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],
                 "precision": summary.get("precision"),
-                "hardware": _machine(_read_env(folder)),
+                "hardware": _machine(read_json(folder / "env.json")),
                 "epoch_time_s": statistics.mean(e["epoch_time_s"] for e in main) if main else None,
                 "run_dir": str(folder.relative_to(self.out)),
                 "config": to_dict(load_config(folder / "config.yaml")),
@@ -284,13 +284,7 @@ class Bench:
         return results
 
     def teacher_summary(self) -> dict[str, Any]:
-        path = self.teacher_dir() / "summary.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _read_env(folder: Path) -> dict[str, Any]:
-    path = folder / "env.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+        return read_json(self.teacher_dir() / "summary.json")
 
 
 def _machine(env: dict[str, Any]) -> Optional[str]:
