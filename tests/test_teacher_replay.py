@@ -83,7 +83,9 @@ def test_replay_reproduces_the_recorded_images_and_never_calls_the_teacher(tmp_p
     assert second.program.models["teacher"].features.calls == 0 and not forwards  # the teacher never ran
     assert replayed.keys() == recorded.keys() and len(recorded) == 2 * 200
     assert all(torch.equal(replayed[k], recorded[k]) for k in recorded)
-    assert recorded[(0, 0)].shape == replayed[(1, 0)].shape and not torch.equal(recorded[(0, 3)], recorded[(1, 3)])
+    # the two epochs augment differently: a single image may draw the same crop and flip twice, most do not
+    changed = [not torch.equal(recorded[(0, i)], recorded[(1, i)]) for (epoch, i) in recorded if epoch == 0]
+    assert recorded[(0, 0)].shape == replayed[(1, 0)].shape and sum(changed) > len(changed) / 2
     lines = [json.loads(line) for line in (tmp_path / "replay" / "metrics.jsonl").read_text().splitlines()]
     assert [r["teacher_replayed"] for r in lines] == [1.0, 1.0]
     third = tmp_path / "longer"  # one epoch more than recorded: that one is recorded with the live teacher
