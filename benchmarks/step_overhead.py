@@ -35,6 +35,7 @@ from kdzoo.engine.compile import compile_program
 from kdzoo.engine.device import Precision, resolve_precision
 from kdzoo.engine.distributed import DistInfo
 from kdzoo.engine.optim import build_optimizer
+from kdzoo.engine.run_dir import cpu_model
 from kdzoo.engine.step import train_step
 from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
@@ -54,6 +55,9 @@ COST_NOTES = {
     "nst": "the per-sample C x C Gram products (student, teacher and cross) of each stage's spatially "
            "normalised maps, kept in fp32 for precision.",
     "ft": "the paraphraser/translator convs on the last stage map and the fp32 factor normalisation.",
+    "augment": "a second student and teacher forward on the augmented copy x_aug (the teacher's fresh target), "
+               "and with cutmix_pick (the default mode) a no-grad scoring pass of the student over the pool of "
+               "n_run x B mixed images it picks x_aug from.",
     "hsakd": "the 4x rotated batch (4x) through student and teacher, and the _aux heads, copies of the later "
              "stages that cost about as much again as each backbone (benchmarks/results/hsakd_cost.md).",
 }
@@ -131,7 +135,7 @@ def main(argv=None) -> int:
     methods = [m for m in methods if m not in skipped]
     peaks = {m: child_peak(args, m) for m in ["student", *methods]} if args.memory else {}
     lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
-             f"({torch.get_num_threads()} threads), median of {args.repeats} interleaved repeats",
+             f"({torch.get_num_threads()} threads of {cpu_model()}), median of {args.repeats} interleaved repeats",
              "", "| setting | method | step ms | ratio (c)/((a)+(b)) | ratio / KD ratio | step peak RSS MB |",
              "|---|---|---|---|---|---|"]
     for setting in settings:
@@ -195,13 +199,14 @@ def sample(timers: dict, args) -> dict:
     return {key: statistics.median(v) * 1000 for key, v in samples.items()}
 
 
-def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False):
+def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False,
+                teacher_options=None):
     """A closure running one real training step of the offline regime (the engine's own step code), on the
-    batch its train stream gives (rotate4 makes it 4x the rows)."""
+    batch its train stream gives (rotate4 makes it 4x the rows); `teacher_options`: more of the teacher section."""
     data = {"student": {"arch": student or args.student}, "loss": loss, "engine": engine, "epochs": 240,
             "dataset": {"name": "cifar100", "batch_size": args.batch}}
     if teacher_file is not None:
-        data["teacher"] = {"checkpoint": str(teacher_file)}
+        data["teacher"] = {"checkpoint": str(teacher_file), **(teacher_options or {})}
     cfg = config_from_data(data)
     device = torch.device("cpu")
     images = torch.zeros(len(targets), 3, 32, 32)
