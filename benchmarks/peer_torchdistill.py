@@ -17,6 +17,7 @@ import statistics
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -121,8 +122,9 @@ def main(argv=None) -> int:
     med = {name: statistics.median(v) * 1000 for name, v in samples.items()}
     peer, ours, replayed, alone = med.values()
     lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
-             f"({torch.get_num_threads()} threads of {cpu_model()}, kdzoo precision {precision.name}), median of {args.repeats} "
-             "interleaved repeats", "", "| step | ms | torchdistill / this |", "|---|---|---|"]
+             f"({torch.get_num_threads()} threads of {cpu_model()}, kdzoo precision {precision.name}), median of "
+             f"{args.repeats} interleaved repeats; torch {torch.__version__}, torchdistill {version('torchdistill')}, "
+             f"{time.strftime('%Y-%m-%d')}", "", "| step | ms | torchdistill / this |", "|---|---|---|"]
     lines += [f"| {name} | {ms:.1f} | {peer / ms:.2f}x |" for name, ms in med.items()]
     lines += ["", f"kdzoo's default KD step is {peer / ours:.2f}x faster than torchdistill's; KD from the replay "
                   f"cache (no teacher forward) {peer / replayed:.2f}x, {replayed / alone:.2f}x the student step alone "

@@ -135,7 +135,8 @@ def main(argv=None) -> int:
     methods = [m for m in methods if m not in skipped]
     peaks = {m: child_peak(args, m) for m in ["student", *methods]} if args.memory else {}
     lines = [f"pair {args.teacher} -> {args.student}, batch {args.batch}, {args.classes} classes, CPU "
-             f"({torch.get_num_threads()} threads of {cpu_model()}), median of {args.repeats} interleaved repeats",
+             f"({torch.get_num_threads()} threads of {cpu_model()}), median of {args.repeats} interleaved repeats, "
+             f"{time.strftime('%Y-%m-%d')}",
              "", "| setting | method | step ms | ratio (c)/((a)+(b)) | ratio / KD ratio | step peak RSS MB |",
              "|---|---|---|---|---|---|"]
     for setting in settings:

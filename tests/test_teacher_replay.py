@@ -83,9 +83,10 @@ def test_replay_reproduces_the_recorded_images_and_never_calls_the_teacher(tmp_p
     assert second.program.models["teacher"].features.calls == 0 and not forwards  # the teacher never ran
     assert replayed.keys() == recorded.keys() and len(recorded) == 2 * 200
     assert all(torch.equal(replayed[k], recorded[k]) for k in recorded)
-    # the two epochs augment differently: a single image may draw the same crop and flip twice, most do not
+    # the two epochs augment differently: digits' 1-pixel pad-crop has 9 boxes, so about 1 image in 9 draws the
+    # same one twice (which images follows the draw seed, hence the teacher's hash: it differs between CPUs)
     changed = [not torch.equal(recorded[(0, i)], recorded[(1, i)]) for (epoch, i) in recorded if epoch == 0]
-    assert recorded[(0, 0)].shape == replayed[(1, 0)].shape and sum(changed) > len(changed) / 2
+    assert recorded[(0, 0)].shape == replayed[(1, 0)].shape and sum(changed) > 0.75 * len(changed)
     lines = [json.loads(line) for line in (tmp_path / "replay" / "metrics.jsonl").read_text().splitlines()]
     assert [r["teacher_replayed"] for r in lines] == [1.0, 1.0]
     third = tmp_path / "longer"  # one epoch more than recorded: that one is recorded with the live teacher
