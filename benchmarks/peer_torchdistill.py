@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_overhead import pair_parser, regime_step, write_report  # noqa: E402  (the benchmark helper next to this file)
+from step_overhead import (  # noqa: E402  (the benchmark helper next to this file)
+    SETTINGS, engine_section, pair_parser, random_teacher, regime_step, write_report)
 
 from kdzoo.data import image_info  # noqa: E402
-from kdzoo.engine.checkpoint import save_weights  # noqa: E402
 from kdzoo.engine.device import Precision, resolve_precision  # noqa: E402
 from kdzoo.engine.run_dir import cpu_model  # noqa: E402
 from kdzoo.models import create_model  # noqa: E402
@@ -96,12 +96,9 @@ def main(argv=None) -> int:
     info = image_info("cifar100", args.classes, 3, 32, (0.5,) * 3, (0.25,) * 3)
     targets = torch.randint(0, args.classes, (50_000,))
     precision = Precision(resolve_precision("auto", device), device)
-    engine = {"precision": precision.name, "channels_last": True, "teacher_first": True, "progress": False,
-              "tensorboard": False}
+    engine = engine_section(SETTINGS["default"], precision)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_file = Path(tmp) / "teacher.safetensors"
-        save_weights(teacher_file, create_model(args.teacher, num_classes=args.classes).state_dict(),
-                     {"arch": args.teacher, "num_classes": args.classes, "in_channels": 3, "dataset": "cifar100"})
+        teacher_file = random_teacher(Path(tmp), args.teacher, args.classes)
         timers = {
             "torchdistill KD (DistillationBox, defaults)": torchdistill_step(
                 create_model(args.teacher, num_classes=args.classes), create_model(args.student, num_classes=args.classes),

@@ -73,8 +73,8 @@ def main() -> None:
         "",
         "| seed | student epoch s | KD from the replay cache, epoch s | ratio |",
         "|---|---|---|---|",
-        *[f"| {k} | {statistics.median(r['student']):.2f} | {statistics.median(r['kd_replay']):.2f} | "
-          f"{statistics.median(r['kd_replay']) / statistics.median(r['student']):.2f}x |" for k, r in enumerate(rows)],
+        *[f"| {k} | {m['student']:.2f} | {m['kd_replay']:.2f} | {m['kd_replay'] / m['student']:.2f}x |"
+          for k, m in enumerate({name: statistics.median(t) for name, t in r.items()} for r in rows)],
         f"| all (median) | {student:.2f} | {replayed:.2f} | {replayed / student:.2f}x |",
         "",
         f"Means over the same epochs: {mean['student']:.2f} s and {mean['kd_replay']:.2f} s, "

@@ -92,25 +92,17 @@ def main(argv=None) -> int:
     targets = torch.randint(0, args.classes, (n_train,))
 
     with tempfile.TemporaryDirectory() as tmp:
-        def saved_teacher(arch: str) -> Path:
-            path = Path(tmp) / f"{arch}.safetensors"
-            model = create_model(arch, num_classes=args.classes)
-            save_weights(path, model.state_dict(), {"arch": arch, "num_classes": args.classes, "in_channels": 3,
-                                                    "dataset": "cifar100"})
-            return path
-
-        teacher_file = saved_teacher(args.teacher)
+        teacher_file = random_teacher(Path(tmp), args.teacher, args.classes)
         teacher = create_model(args.teacher, num_classes=args.classes)
         # methods on rotation heads (hsakd) run on the pair's _aux models and 4x rotated batches
         aux = [m for m in methods if METHODS.get(m).student_needs.heads]
-        aux_teacher_file = saved_teacher(f"{args.teacher}_aux") if aux else None
+        aux_teacher_file = random_teacher(Path(tmp), f"{args.teacher}_aux", args.classes) if aux else None
         med, skipped = {}, {}
         for setting in settings:  # one setting's programs at a time: all 31 methods x 3 settings held at once
             timers = {}           # took over 24 GB (banks of 50k rows each)
             options = SETTINGS[setting]
             precision = Precision(resolve_precision(options["precision"], device), device)
-            engine = {"precision": precision.name, "channels_last": options["channels_last"],
-                      "teacher_first": options["teacher_first"], "progress": False, "tensorboard": False}
+            engine = engine_section(options, precision)
             timers[(setting, "student")] = regime_step(args, info, targets, engine, precision, {"ce": 1.0},
                                                        None, compiled=options.get("compile", False))
             timers[(setting, "teacher")] = teacher_inference(teacher, args, options, precision)
@@ -186,6 +178,20 @@ def write_report(out, text: str) -> None:
     print(text)
     if out:
         Path(out).write_text(f"Command: `python {' '.join(sys.argv)}`\n\n{text}\n")
+
+
+def random_teacher(folder: Path, arch: str, classes: int) -> Path:
+    """A freshly initialised CIFAR-shaped teacher saved as a checkpoint (its weights do not change a step's cost)."""
+    path = folder / f"{arch}.safetensors"
+    save_weights(path, create_model(arch, num_classes=classes).state_dict(),
+                 {"arch": arch, "num_classes": classes, "in_channels": 3, "dataset": "cifar100"})
+    return path
+
+
+def engine_section(options: dict, precision: Precision) -> dict:
+    """The recipe's engine section for one of SETTINGS (no progress bars or TensorBoard in a timing harness)."""
+    return {"precision": precision.name, "channels_last": options["channels_last"],
+            "teacher_first": options["teacher_first"], "progress": False, "tensorboard": False}
 
 
 def sample(timers: dict, args) -> dict:
@@ -268,8 +274,7 @@ def peak_of(args) -> int:
     targets = torch.randint(0, args.classes, (50_000,))
     options = SETTINGS["default"]
     precision = Precision(resolve_precision(options["precision"], device), device)
-    engine = {"precision": precision.name, "channels_last": True, "teacher_first": True, "progress": False,
-              "tensorboard": False}
+    engine = engine_section(options, precision)
     method = args.peak_of
     with tempfile.TemporaryDirectory() as tmp:
         teacher_file, loss, student = None, {"ce": 1.0}, args.student
@@ -277,9 +282,7 @@ def peak_of(args) -> int:
             cls = METHODS.get(method)
             arch = f"{args.teacher}_aux" if cls.student_needs.heads else args.teacher
             student = f"{args.student}_aux" if cls.student_needs.heads else args.student
-            teacher_file = Path(tmp) / f"{arch}.safetensors"
-            save_weights(teacher_file, create_model(arch, num_classes=args.classes).state_dict(),
-                         {"arch": arch, "num_classes": args.classes, "in_channels": 3, "dataset": "cifar100"})
+            teacher_file = random_teacher(Path(tmp), arch, args.classes)
             loss = {"ce": 1.0, **{term: 1.0 for term in cls.term_names()}}
         run = regime_step(args, info, targets, engine, precision, loss, teacher_file, student=student)
         before = _status_mb("VmRSS")  # the built program and its data, before any step
