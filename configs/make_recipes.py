@@ -179,8 +179,17 @@ HSAKD_SGD = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4, "nesterov": Tr
 HSAKD_SCHEDULE = {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}
 
 
+# HSAKD's MobileNetV2 (models/mobilenetv2.py) has a stride-1 stem, unlike RepDistiller's mobile_half that
+# `MobileNetV2` is: HSAKD's recipes train `MobileNetV2_hsakd`; every other HSAKD arch is the zoo's.
+HSAKD_ZOO = {"MobileNetV2": "MobileNetV2_hsakd"}
+
+
+def hsakd_arch(arch: str) -> str:
+    return HSAKD_ZOO.get(arch, arch)
+
+
 def _has_aux(arch: str) -> bool:
-    return f"{arch}_aux" in list_models()
+    return f"{hsakd_arch(arch)}_aux" in list_models()
 
 
 def write_hsakd(root: Path = ROOT) -> list[Path]:
@@ -190,13 +199,13 @@ def write_hsakd(root: Path = ROOT) -> list[Path]:
     out = root / "cifar100" / "hsakd"
     pairs = [p for p in HSAKD if _has_aux(p[0]) and _has_aux(p[1])]
     for teacher in sorted({t for t, _ in HSAKD if _has_aux(t)}):
-        base = {"seed": 0, "dataset": dict(CIFAR_DATA), "model": {"arch": f"{teacher}_aux"},
+        base = {"seed": 0, "dataset": dict(CIFAR_DATA), "model": {"arch": f"{hsakd_arch(teacher)}_aux"},
                 "loss": {"ce": 1.0, "aux_ce": 1.0}, "optim": dict(HSAKD_SGD)}
         option2 = {"name": f"cifar100-hsakd-teacher-{teacher}", "epochs": 240, **base,
                    "schedule": dict(HSAKD_SCHEDULE)}
         option1 = {"name": f"cifar100-hsakd-teacher-{teacher}-opt1", "epochs": 100, **base,
                    "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
-        option1["model"] = {"arch": f"{teacher}_aux", "checkpoint": f"runs/cifar100/teachers/{teacher}",
+        option1["model"] = {"arch": f"{hsakd_arch(teacher)}_aux", "checkpoint": f"runs/cifar100/teachers/{teacher}",
                             "freeze": ["backbone"]}
         for data, suffix, note in (
                 (option2, "", "option (2), Teacher*: backbone and heads jointly from scratch"),
@@ -210,14 +219,16 @@ def write_hsakd(root: Path = ROOT) -> list[Path]:
     for teacher, student in pairs:
         for suffix, index, label in (("", 1, "HSAKD*, teacher option (2)"), ("_opt1", 0, "HSAKD, teacher option (1)")):
             data = {"name": f"cifar100-hsakd-{teacher}-{student}{suffix}", "seed": 0, "epochs": 240,
-                    "dataset": dict(CIFAR_DATA), "student": {"arch": f"{student}_aux"},
+                    "dataset": dict(CIFAR_DATA), "student": {"arch": f"{hsakd_arch(student)}_aux"},
                     "teacher": {"checkpoint": f"runs/cifar100/hsakd/teachers/{teacher}{suffix}"},
                     "loss": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}, "methods": {"hsakd": {"T": 3.0}},
                     "optim": {**HSAKD_SGD, "lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05},
                     "schedule": dict(HSAKD_SCHEDULE)}
             path = out / f"{teacher}-{student}{suffix}.yaml"
+            layout = (f"\n# {hsakd_arch(student)}: HSAKD's MobileNetV2 layout (stride-1 stem), not RepDistiller's "
+                      "mobile_half." if student in HSAKD_ZOO else "")
             _dump(path, f"# HSAKD student, {label}: published top-1 {HSAKD[(teacher, student)][index]:.2f} "
-                        f"({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
+                        f"({HSAKD_SOURCE}).{layout}\n# Written by configs/make_recipes.py.\n", data)
             written.append(path)
     if ("resnet56", "resnet20") in pairs:
         for fraction, top1 in HSAKD_FEW_SHOT.items():
@@ -236,14 +247,14 @@ def write_hsakd(root: Path = ROOT) -> list[Path]:
         if not _has_aux(arch):
             continue
         data = {"name": f"cifar100-mutual-hsakd-{arch}", "seed": 0, "epochs": 240, "regime": "mutual",
-                "dataset": dict(CIFAR_DATA), "peers": [{"arch": f"{arch}_aux"}, {"arch": f"{arch}_aux"}],
+                "dataset": dict(CIFAR_DATA), "peers": [{"arch": f"{hsakd_arch(arch)}_aux"} for _ in range(2)],
                 "loss": {"ce": 1.0, "aux_ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0},
                 "methods": {"hsakd": {"T": 3.0}},
                 "optim": {**HSAKD_SGD, "lr": 0.01 if arch in SMALL_LR_STUDENTS else 0.05},
                 "schedule": dict(HSAKD_SCHEDULE)}
         path = root / "cifar100" / "mutual" / f"hsakd-{arch}.yaml"
-        _dump(path, f"# Online mutual HSAKD (HSSAKD), two {arch}_aux peers from scratch: published top-1 of one "
-                    f"network {top1:.2f} ({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
+        _dump(path, f"# Online mutual HSAKD (HSSAKD), two {hsakd_arch(arch)}_aux peers from scratch: published top-1 "
+                    f"of one network {top1:.2f} ({HSAKD_SOURCE}).\n# Written by configs/make_recipes.py.\n", data)
         written.append(path)
     return written
 

@@ -16,7 +16,7 @@ from kdzoo.engine.device import Precision
 from kdzoo.engine.distributed import DistInfo
 from kdzoo.models import create_model, list_models
 from kdzoo.models.aux import AUX_ARCHS, class_logits
-from kdzoo.models.features import Features
+from kdzoo.models.features import FeatureModel, Features, Needs
 from kdzoo.program import BuildContext
 from kdzoo.regimes import make_engine
 from kdzoo.regimes.mutual import Mutual, peer_terms
@@ -143,7 +143,7 @@ def counts(arch: str, classes: int = 100) -> tuple[int, int]:
         heads = (st(64 * e, 128, 1, 2) + st(128 * e, 256, 2, 2) + st(256 * e, 512, 3, 2)
                  + st(128 * e, 256, 2, 2) + st(256 * e, 512, 3, 2) + st(256 * e, 512, 3, 2) + st(512 * e, 512, 3, 1))
         return backbone, heads + 4 * fc(512 * e, 4 * classes)
-    if arch == "MobileNetV2":
+    if arch in ("MobileNetV2", "MobileNetV2_hsakd"):  # the two layouts differ in strides only
         outs = [o for _, o, _ in MNV2]
         group = lambda g, i: mnv2_group(i, MNV2[g][1], MNV2[g][0], MNV2[g][2])  # noqa: E731
         last = 160 * 1280 + bn(1280)  # the 1x1 conv to 1280 channels
@@ -176,7 +176,7 @@ def counts(arch: str, classes: int = 100) -> tuple[int, int]:
 # Totals HSAKD's own models give (winycg/HSAKD models/, 100 classes), computed once beside ours.
 HSAKD_TOTALS = {"resnet8x4": 4790836, "resnet32x4": 26340916, "resnet56": 3067684, "resnet20": 1041316,
                 "wrn_40_2": 8024484, "wrn_16_2": 2631588, "wrn_40_1": 2054212, "vgg13": 46511844, "vgg8": 20799012,
-                "MobileNetV2": 5484332, "ResNet50": 100681956,
+                "MobileNetV2": 5484332, "MobileNetV2_hsakd": 5484332, "ResNet50": 100681956,
                 "ShuffleV1": 4067998, "ShuffleV2": 5875516}
 
 
@@ -200,6 +200,25 @@ def test_aux_models_match_the_layer_sizes_and_keep_the_plain_backbone(arch):
     assert logits.shape == (2, 100) and [h.shape for h in joint] == [(2, 400)] * heads
     assert torch.equal(model(x), logits)  # forward is the backbone's
     assert f"{arch}_aux" in list_models()
+
+
+@pytest.mark.parametrize("arch, sides", [("MobileNetV2", [16, 16, 8, 4, 2]), ("MobileNetV2_hsakd", [32, 32, 16, 8, 4])])
+def test_the_two_mobilenetv2_layouts_run_their_stages_at_their_resolutions(arch, sides):
+    """RepDistiller's mobile_half has a stride-2 stem, HSAKD's mobilenetV2 a stride-1 one: equal parameters,
+    stages (stem, block groups 1, 2, 4, 6: 16, 12, 16, 48, 160 channels) at different resolutions."""
+    model = create_model(arch, num_classes=100)
+    feats = FeatureModel(model, Needs(stages=True))(torch.randn(1, 3, 32, 32)).stages
+    assert [tuple(f.shape[1:]) for f in feats] == [(c, s, s) for c, s in zip([16, 12, 16, 48, 160], sides)]
+
+
+def test_hsakd_recipes_train_hsakds_mobilenetv2_and_repdistillers_keep_mobile_half():
+    hsakd = [*(CONFIGS / "cifar100" / "hsakd").glob("*MobileNetV2*.yaml"),
+             CONFIGS / "cifar100" / "mutual" / "hsakd-MobileNetV2.yaml"]
+    assert len(hsakd) == 5
+    for path in hsakd:
+        assert "MobileNetV2_hsakd_aux" in path.read_text() and "arch: MobileNetV2_aux" not in path.read_text()
+    for path in (CONFIGS / "cifar100" / "kd").glob("*MobileNetV2.yaml"):
+        assert "student: {arch: MobileNetV2}" in path.read_text()
 
 
 def test_class_logits_sum_the_rotations_of_each_class():

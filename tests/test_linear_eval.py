@@ -15,7 +15,7 @@ from kdzoo.engine.checkpoint import save_weights
 from kdzoo.linear_eval import encoder_file, probe_recipe
 from kdzoo.models import create_model
 from kdzoo.regimes import make_engine
-from tests.conftest import FAST, run_cli
+from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import teacher_file
 from tests.test_data import write_stl10, write_tiny_imagenet_tree
 
@@ -121,3 +121,55 @@ def test_channel_mismatch_is_refused(tmp_path, capsys):
     code = run_cli("linear-eval", "--checkpoint", gray, "--dataset", "stl10", "--data-root", tmp_path / "data",
                    "--epochs", "1", "--out", tmp_path / "r", *FAST)
     assert code == 2 and "1-channel" in capsys.readouterr().err
+
+
+def _cifar_student(tmp_path, arch: str):
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=100, in_channels=3)
+    file = tmp_path / f"{arch}.safetensors"
+    save_weights(file, model.state_dict(), {"arch": arch, "num_classes": 100, "in_channels": 3,
+                                            "dataset": "cifar100", "input_shape": [3, 32, 32]})
+    return file, model.state_dict()
+
+
+def test_an_aux_student_transfers_as_its_backbone(tmp_path):
+    """HSAKD's eval_rep.py: a CIFAR-100 `_aux` student probed on STL-10 (10 classes) through its backbone; the
+    rotation heads (4 x 100 wide) are dropped, the deployed probe is the plain arch."""
+    write_stl10(tmp_path / "data", n_train=6, n_test=4)
+    file, state = _cifar_student(tmp_path, "resnet8_aux")
+    out = tmp_path / "stl"
+    assert run_cli("linear-eval", "--checkpoint", file, "--dataset", "stl10", "--data-root", tmp_path / "data",
+                   "--protocol", "hsakd", "--epochs", "1", "--batch-size", "4", "--out", out, *FAST) == 0
+    probed = load_file(str(out / "checkpoints" / "last.safetensors"))
+    backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+    assert probed.keys() == backbone.keys() and probed["fc.weight"].shape == (10, 64)
+    assert all(torch.equal(backbone[k], probed[k]) for k in backbone if not k.startswith("fc."))
+    assert json.loads((out / "model.json").read_text())["encoder"] == "resnet8"
+
+
+@pytest.mark.parametrize("recipe, writer", [("stl10", "stl10"), ("tinyimagenet", "tiny")])
+def test_the_shipped_transfer_recipes_probe_an_aux_student(tmp_path, recipe, writer):
+    if writer == "stl10":
+        write_stl10(tmp_path / "data", n_train=6, n_test=4)
+        root = tmp_path / "data"
+    else:
+        write_tiny_imagenet_tree(tmp_path / "tiny")
+        root = tmp_path / "tiny"
+    file, _ = _cifar_student(tmp_path, "wrn_16_2_aux")
+    out = tmp_path / "probe"
+    assert run_cli("train", "-c", CONFIGS / "cifar100" / "linear_eval" / f"{recipe}.yaml", "--out", out,
+                   f"student.checkpoint={file}", f"dataset.root={root}", "dataset.download=false", "epochs=1",
+                   "dataset.batch_size=4", *FAST) == 0
+    assert "test_top1" in json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_an_encoder_that_does_not_fit_names_the_tensor(tmp_path, capsys):
+    file = teacher_file(tmp_path, "resnet8", num_classes=10, in_channels=1)
+    state = load_file(str(file))
+    state["layer2.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    del state["layer3.0.bn1.running_mean"]
+    save_weights(file, state, {"arch": "resnet8", "num_classes": 10, "in_channels": 1, "dataset": "digits"})
+    code = run_cli("linear-eval", "--checkpoint", file, "--epochs", "1", "--out", tmp_path / "r", *FAST)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "layer2.0.conv1.weight: (3, 3, 3, 3) in the checkpoint" in err and "layer3.0.bn1.running_mean" in err

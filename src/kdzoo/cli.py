@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("import-checkpoint",
-                       help="convert a RepDistiller/mdistiller .pth teacher, or torchvision's weights, to kdzoo")
-    p.add_argument("path", help=".pth file holding {'model': state_dict} or a bare state_dict")
+                       help="convert a RepDistiller/mdistiller/HSAKD .pth(.tar), or torchvision's weights, to kdzoo")
+    p.add_argument("path", help=".pth file holding {'model'|'net'|'state_dict': state_dict} or a bare state_dict")
     p.add_argument("--format", choices=["published", "torchvision"], default="published",
                    help="published (RepDistiller/mdistiller; default) or torchvision (e.g. resnet34-333f7ec4.pth: "
                         "arch from the name, 1000 classes, imagenet, hash checked)")
-    p.add_argument("--arch", help="zoo arch (torchvision: tv:<name>, default from the file name)")
+    p.add_argument("--arch", help="zoo arch, or HSAKD's name (mobilenetV2_aux, vgg13_bn_aux, resnet34_imagenet_aux); "
+                                  "torchvision: tv:<name>, default from the file name")
+    p.add_argument("--peer", type=int, help="which network of an HSAKD online-KD file (net1, net2): 1 or 2")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--dataset")
     p.add_argument("--in-channels", type=int, default=None)
@@ -237,7 +239,7 @@ def cmd_import(args) -> int:
     from kdzoo.engine.importer import import_checkpoint
 
     out = import_checkpoint(args.path, arch=args.arch, num_classes=args.num_classes, dataset=args.dataset,
-                            out=args.out, in_channels=args.in_channels, fmt=args.format)
+                            out=args.out, in_channels=args.in_channels, fmt=args.format, peer=args.peer)
     from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
 
     print(f"imported {args.path} as {read_meta(resolve_checkpoint(out))['arch']} -> {out}")

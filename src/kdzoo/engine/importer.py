@@ -1,6 +1,7 @@
-"""Convert a teacher checkpoint published by RepDistiller or mdistiller (.pth), or one of torchvision's released
-weight files (`resnet34-333f7ec4.pth`: a bare state_dict; the name's hash is the file's SHA-256 prefix, checked as
-torchvision does), into a kdzoo run folder. Files are read with weights_only=True: never executed."""
+"""Convert a checkpoint published by RepDistiller or mdistiller (.pth), HSAKD (`<arch>.pth.tar`, its heads renamed
+to kdzoo's `_aux` layout: import_hsakd.py), or one of torchvision's released weight files
+(`resnet34-333f7ec4.pth`: a bare state_dict; the name's hash is the file's SHA-256 prefix, checked as torchvision
+does), into a kdzoo run folder. Files are read with weights_only=True: never executed."""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +13,7 @@ import torch
 
 from kdzoo.data import dataset_info
 from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
+from kdzoo.engine.import_hsakd import hsakd_to_kdzoo, is_hsakd, kdzoo_arch, pick_peer
 from kdzoo.errors import CheckpointError, KdzooError
 from kdzoo.models import create_model
 
@@ -19,8 +21,12 @@ from kdzoo.models import create_model
 def read_published_state(path: str | Path) -> dict[str, torch.Tensor]:
     """The state_dict inside a .pth, loaded with weights_only=True (never executes code)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory; give the .pth file to import")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means we will not use this file
@@ -67,7 +73,8 @@ def check_torchvision_hash(path: str | Path) -> None:
 
 
 def import_checkpoint(path: str | Path, arch: Optional[str], num_classes: Optional[int], dataset: Optional[str],
-                      out: str | Path, in_channels: Optional[int] = None, fmt: str = "published") -> Path:
+                      out: str | Path, in_channels: Optional[int] = None, fmt: str = "published",
+                      peer: Optional[int] = None) -> Path:
     from kdzoo.engine.run_folder import refuse_existing_run
 
     if fmt not in FORMATS:
@@ -78,11 +85,14 @@ def import_checkpoint(path: str | Path, arch: Optional[str], num_classes: Option
         raise CheckpointError("import-checkpoint: --arch, --num-classes and --dataset are needed (or --format "
                               "torchvision, which reads the arch from the file name)")
     refuse_existing_run(Path(out), "import-checkpoint")
-    state = read_published_state(path)
+    state = pick_peer(read_published_state(path), peer, str(path))
     if fmt == "torchvision":
         check_torchvision_hash(path)
+    arch = kdzoo_arch(arch)
     channels = in_channels or _in_channels(dataset)
     model = create_model(arch, num_classes=num_classes, in_channels=channels)
+    if is_hsakd(state):
+        state = hsakd_to_kdzoo(state, model.state_dict(), str(path))
     try:
         load_state_dict_strict(model, state, str(path))
     except CheckpointError as err:  # name the arch asked for, not the class (every torchvision ResNet is "ResNet")

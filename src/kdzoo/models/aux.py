@@ -27,7 +27,7 @@ AUX_BUILDERS: dict[type, Callable[[nn.Module, str, int], AuxNet]] = {
     CifarResNet: resnet_aux, WideResNet: wrn_aux, VGG: vgg_aux, MobileNetV2: mobilenetv2_aux, ResNetV2: resnetv2_aux}
 AUX_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4",
              "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-             "MobileNetV2", "ResNet18", "ResNet34", "ResNet50", "ShuffleV1", "ShuffleV2",
+             "MobileNetV2", "MobileNetV2_hsakd", "ResNet18", "ResNet34", "ResNet50", "ShuffleV1", "ShuffleV2",
              "ShuffleV2_1_5")
 
 

@@ -1,7 +1,12 @@
-"""CIFAR MobileNetV2 (expansion 6, width 0.5), as in HobbitLong/RepDistiller models/mobilenetv2.py (`mobile_half`).
+"""CIFAR MobileNetV2 (expansion 6, width 0.5) in its two published layouts, which have the same parameters:
+- `MobileNetV2`: HobbitLong/RepDistiller models/mobilenetv2.py (`mobile_half`), the name the KD papers' tables
+  use and what RepDistiller-style recipes train: a stride-2 stem, so the stages run at 16x16 ... 2x2 on 32x32
+  inputs; the classifier is `classifier.0`.
+- `MobileNetV2_hsakd`: winycg/HSAKD models/mobilenetv2.py (`mobilenetV2`), what HSAKD's recipes train: a
+  stride-1 stem (stages at 32x32 ... 4x4, four times the compute) and a bare `classifier` Linear.
 
-Registered as `MobileNetV2`, the name the KD papers' tables use. Module names and shapes follow the original
-exactly, so published checkpoints load with `strict=True`. Changes that leave the state_dict alone:
+Module names and shapes follow each original exactly, so published checkpoints load with `strict=True`. Changes
+that leave the state_dict alone:
 - the final `AvgPool2d(2, ceil_mode=True)` (2x2 final map on 32x32 inputs) is an adaptive pool to 1x1: the
   same on 32x32 inputs, and it works for 8x8 inputs whose final map is 1x1;
 - `in_channels` sets the first conv's input channels.
@@ -49,7 +54,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, expansion: int = 6, num_classes: int = 100, width_mult: float = 0.5, in_channels: int = 3):
+    def __init__(self, expansion: int = 6, num_classes: int = 100, width_mult: float = 0.5, in_channels: int = 3,
+                 stem_stride: int = 2, bare_classifier: bool = False):
         super().__init__()
         # expansion t, output channels c, repeats n, first stride s: one entry per block group
         settings = [
@@ -62,7 +68,7 @@ class MobileNetV2(nn.Module):
             [expansion, 320, 1, 1],
         ]
         channels = int(32 * width_mult)
-        self.conv1 = conv_bn(in_channels, channels, 2)
+        self.conv1 = conv_bn(in_channels, channels, stem_stride)
         self.blocks = nn.ModuleList()
         for t, c, n, s in settings:
             out_channels = int(c * width_mult)
@@ -73,7 +79,8 @@ class MobileNetV2(nn.Module):
             self.blocks.append(nn.Sequential(*group))
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = conv_1x1_bn(channels, self.last_channel)
-        self.classifier = nn.Sequential(nn.Linear(self.last_channel, num_classes))
+        linear = nn.Linear(self.last_channel, num_classes)
+        self.classifier = linear if bare_classifier else nn.Sequential(linear)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
         for m in self.modules():
@@ -97,9 +104,17 @@ class MobileNetV2(nn.Module):
         return self.classifier(out.flatten(1))
 
     def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec(stages=("conv1", "blocks.1", "blocks.2", "blocks.4", "blocks.6"), head="classifier.0")
+        head = "classifier" if isinstance(self.classifier, nn.Linear) else "classifier.0"
+        return FeatureSpec(stages=("conv1", "blocks.1", "blocks.2", "blocks.4", "blocks.6"), head=head)
 
 
 @register_model("MobileNetV2", "MobileNetV2 for CIFAR, width 0.5 (RepDistiller's mobile_half)")
 def mobilenetv2(num_classes: int, in_channels: int = 3) -> MobileNetV2:
     return MobileNetV2(expansion=6, num_classes=num_classes, width_mult=0.5, in_channels=in_channels)
+
+
+@register_model("MobileNetV2_hsakd", "MobileNetV2 for CIFAR, width 0.5, HSAKD's layout (stride-1 stem: stages at 32x32 "
+                "... 4x4)")
+def mobilenetv2_hsakd(num_classes: int, in_channels: int = 3) -> MobileNetV2:
+    return MobileNetV2(expansion=6, num_classes=num_classes, width_mult=0.5, in_channels=in_channels, stem_stride=1,
+                       bare_classifier=True)

@@ -1,12 +1,13 @@
 """Linear evaluation of a trained encoder (i-Mix's protocol; HSAKD's transfer probes): the network of
-`student.checkpoint` (any run's student or teacher artifact, an `_aux` model's backbone features, a `_trans`
-model's CNN) is frozen whole, BatchNorm statistics included, and a new linear classifier on its pooled feature
+`student.checkpoint` (any run's student or teacher artifact; an `_aux` model's backbone, its rotation heads
+dropped, as HSAKD's eval_rep.py probes it; a `_trans` model's CNN) is frozen whole, BatchNorm statistics included, and a new linear classifier on its pooled feature
 (weights N(0, 0.01), bias 0) trains on the recipe's dataset, resized to the encoder's input size.
 
 With `dataset.augment: false` nothing about the encoder changes between epochs, so its features are computed
 once, before training, and the classifier trains on them (seconds on a CPU); otherwise every step runs the frozen
 encoder on freshly augmented images. Deployed: the encoder with the new classifier as its head, an ordinary
-checkpoint of the encoder's arch for the probe dataset's classes (`kdzoo eval` reads it).
+checkpoint of the encoder's arch (the plain arch of an `_aux` model) for the probe dataset's classes (`kdzoo eval`
+reads it).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regi
 
 
 def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> tuple[nn.Module, str, dict]:
-    """The checkpoint's network for `num_classes` classes: every tensor but the head's loaded, the head new."""
+    """The checkpoint's network for `num_classes` classes: every tensor but the head's loaded, the head new. An
+    `_aux` network is probed as its backbone, the plain arch, without the rotation heads (HSAKD's eval_rep.py)."""
     file = resolve_checkpoint(checkpoint, "best")
     state, meta = load_weights(file)
     arch = meta.get("arch")
@@ -46,27 +48,45 @@ def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> 
     if meta.get("in_channels", 3) != in_channels:
         raise ConfigError(f"dataset: the encoder of {file} takes {meta.get('in_channels', 3)}-channel images, the "
                           f"probe dataset has {in_channels}")
+    probed_arch, state = backbone_of(arch, state)
     try:
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        model = create_model(probed_arch, num_classes=num_classes, in_channels=in_channels)
         head = feature_spec(model).head
     except KdzooError as err:
         raise ConfigError(f"student.checkpoint: {file}: no encoder with a pooled feature to probe ({err})") from None
-    own = model.state_dict()
-    body = {k: v for k, v in state.items() if not k.startswith(head + ".")}
-    missing = [k for k in own if not k.startswith(head + ".") and k not in body]
-    if missing or any(own[k].shape != v.shape for k, v in body.items() if k in own):
-        raise ConfigError(f"student.checkpoint: {file} does not hold a whole {arch} encoder "
-                          f"(missing or reshaped: {(missing or list(body))[0]})")
-    model.load_state_dict(body, strict=False)
+    check_encoder(model.state_dict(), state, head, f"student.checkpoint: {file} does not hold a whole "
+                                                   f"{probed_arch} encoder")
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(head + ".")}, strict=False)
     linear = model.get_submodule(head)
     if not isinstance(linear, nn.Linear):
-        raise ConfigError(f"student.checkpoint: {arch}'s classifier {head!r} is not a linear layer")
+        raise ConfigError(f"student.checkpoint: {probed_arch}'s classifier {head!r} is not a linear layer")
     nn.init.normal_(linear.weight, 0.0, 0.01)
     nn.init.zeros_(linear.bias)
     freeze(model, body_names(model, head))
-    log(f"linear probe: {arch} from {file} frozen ({count_params(model) - count_params(linear)} parameters), "
-        f"a new {linear.in_features} -> {num_classes} classifier")
-    return model, head, {"arch": arch, "file": str(file)}
+    dropped = f" ({arch}'s backbone; its rotation heads dropped)" if probed_arch != arch else ""
+    log(f"linear probe: {probed_arch} from {file}{dropped} frozen ({count_params(model) - count_params(linear)} "
+        f"parameters), a new {linear.in_features} -> {num_classes} classifier")
+    return model, head, {"arch": arch, "probed_arch": probed_arch, "file": str(file)}
+
+
+def backbone_of(arch: str, state: dict) -> tuple[str, dict]:
+    """The arch and tensors to probe: an `_aux` network's backbone (the plain arch, under `backbone.`), else the
+    network itself."""
+    if not arch.endswith("_aux"):
+        return arch, state
+    return arch[:-len("_aux")], {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def check_encoder(own: dict, state: dict, head: str, what: str) -> None:
+    """Every tensor outside the head present with its shape; the error names the tensors that do not fit."""
+    body = [k for k in own if not k.startswith(head + ".")]
+    missing = [k for k in body if k not in state]
+    reshaped = [k for k in body if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or reshaped:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(reshaped)} of another shape (e.g. {reshaped[0]}: {tuple(state[reshaped[0]].shape)} in the "
+                  f"checkpoint, {tuple(own[reshaped[0]].shape)} in the encoder)"] if reshaped else []
+        raise ConfigError(f"{what}: {'; '.join(parts)}")
 
 
 @torch.no_grad()
@@ -131,11 +151,11 @@ class LinearProbe(Regime):
         phase.params = list(linear.parameters())  # the classifier alone trains
 
         def meta() -> dict[str, Any]:
-            return {"arch": origin["arch"], "num_classes": info.num_classes, "in_channels": info.in_channels,
+            return {"arch": origin["probed_arch"], "num_classes": info.num_classes, "in_channels": info.in_channels,
                     "probe_of": origin["file"]}
 
         def describe() -> dict[str, Any]:
-            return {"encoder": origin["arch"], "encoder_checkpoint": origin["file"], "features_cached": cached,
+            return {"encoder": origin["probed_arch"], "encoder_checkpoint": origin["file"], "features_cached": cached,
                     "encoder_params": count_params(model) - count_params(linear),
                     "classifier_params": count_params(linear)}
 
