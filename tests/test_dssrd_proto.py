@@ -159,3 +159,77 @@ def test_projected_embedding_trains_student_and_projector(tmp_path):
     assert float(terms["proto"].detach()) > 0 and method.projector.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for n, p in r.student.named_parameters() if p.dim() > 1 and not n.startswith("fc."))
     assert all(p.grad is None for p in r.teacher.parameters())
+
+
+def test_phi_comes_from_euclidean_not_squared_distances():
+    """Two clusters: A = (0,0), (2,0) (distances 1, 1 to its centroid), B = (10,0), (10,6) (3, 3). Raw phi
+    1/log 12 and 3/log 12, clipped to their 10th/90th percentiles (1.2 and 2.8 over log 12), mean 0.1: 0.06 and
+    0.14 (squared distances would give 0.036 and 0.164)."""
+    from kdzoo.distillers.proto import cluster
+
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [10.0, 0.0], [10.0, 6.0]])
+    c = cluster(x, 2, ProtoParams(redo=1), seed=0)
+    assert c.assign[0] == c.assign[1] != c.assign[2] == c.assign[3]
+    assert float(c.phi[c.assign[0]]) == pytest.approx(0.06) and float(c.phi[c.assign[2]]) == pytest.approx(0.14)
+
+
+def test_original_negatives_never_draw_the_largest_assigned_id():
+    from kdzoo.distillers.proto import sample_negatives
+
+    c = Clustering(torch.eye(10), torch.ones(10), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 7, 7]), top_id=7)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        drawn = set(sample_negatives(c, torch.tensor([0]), 9, original=True).tolist())
+        assert drawn == {1, 2, 3, 4, 5, 6}  # range(7) without the batch's 0: never 7, nor the unused 8, 9
+    assert set(sample_negatives(c, torch.tensor([0]), 9).tolist()) == set(range(1, 10))
+
+
+def test_halve_rows_over_halves_only_the_large_teacher_rows(tmp_path, monkeypatch):
+    from kdzoo.distillers import proto
+    from kdzoo.program.epoch_pass import EpochPasses
+
+    r = _regime(tmp_path, halve_rows_over=1e9)  # the threshold is set below, from the embedding itself
+    seen = []
+    real = proto.cluster
+    monkeypatch.setattr(proto, "cluster", lambda emb, *a, **k: seen.append(emb) or real(emb, *a, **k))
+    embedding = EpochPasses(EpochRuntime(r.program), {"teacher": r.teacher}).embed("teacher", "pooled")
+    norms = embedding.norm(dim=1)
+    r.methods["proto"].params.halve_rows_over = float(norms.median())
+    r.phases()[-1].on_epoch_start(1, EpochRuntime(r.program))
+    large = norms > norms.median()
+    assert 0 < int(large.sum()) < len(norms)
+    assert torch.allclose(seen[0][large], embedding[large] / 2) and torch.allclose(seen[0][~large], embedding[~large])
+
+
+def _two_view_proto_grads(teacher, key_grad: bool):
+    """proto's gradient on the student's first conv in DS-SRD's digits recipe (key: the student's view x2)."""
+    from kdzoo.config import load_config
+    from kdzoo.engine.distributed import DistInfo
+    from tests.method_harness import step_info
+    from tests.test_dssrd_double import RECIPE, _program
+
+    torch.manual_seed(0)
+    program = _program(teacher, f"methods.proto.key_grad={str(key_grad).lower()}")
+    assert load_config(RECIPE).methods["proto"]["key_view"] == "x2"
+    phase = program.phases[-1]
+    phase.on_epoch_start(0, EpochRuntime(program))
+    program.train(True)
+    batch = program.data["train"].batch(next(iter(program.data["train"].loader(DistInfo()))))
+    torch.manual_seed(0)  # the same negatives in both runs
+    proto = phase.step(batch, step_info())["proto"]
+    proto.backward()
+    return float(proto.detach()), program.models["student"].module.conv1.weight.grad.clone()
+
+
+def test_key_grad_sends_the_gradient_through_the_students_key_view(digits_teacher):
+    """DS-SRD's supervised script does not detach its key (the student's second view): the same loss value,
+    another gradient; by default the key is a target."""
+    loss, detached = _two_view_proto_grads(digits_teacher, key_grad=False)
+    loss_live, live = _two_view_proto_grads(digits_teacher, key_grad=True)
+    assert loss == pytest.approx(loss_live, rel=1e-5) and loss > 0
+    assert not torch.allclose(detached, live)
+
+
+def test_key_grad_needs_the_student_as_key(tmp_path):
+    with pytest.raises(ConfigError, match="key_grad"):
+        _regime(tmp_path, key_grad=True)  # the key is the frozen teacher's

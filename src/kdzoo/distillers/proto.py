@@ -12,6 +12,12 @@ proto = mean over clusterings of KD_T(student scores, key scores), T 4. The key 
 same image (`key_network: teacher`, DS-SRD's augmentation script) or another network's on another view, e.g.
 the student's second view (`key_network: student, key_view: x2`, its supervised script) or a mean student; it
 is a target (detached). K larger than the training set / 10 is refused.
+
+Three behaviours of DS-SRD's code (Supervised DS-SRD: train_student_pcl.py, helper/loops.py) are options, off by
+default (docs/deviations.md): `halve_rows_over: 1.5` halves the teacher-embedding rows whose norm exceeds 1.5
+before k-means (a leftover of PCL's multi-GPU gathering); `key_grad: true` sends the gradient through a student
+key (its KL target is not detached); `original_negatives: true` draws negatives from ids below the largest
+assigned id (`range(im2cluster.max())`), so that cluster is never a negative.
 """
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ class ProtoParams:
     iterations: int = 20
     redo: int = 5  # k-means restarts, the best kept (DS-SRD: nredo 5)
     T: float = 4.0
+    halve_rows_over: float = 0.0  # DS-SRD: 1.5 (rows of the teacher embedding over this norm halved); 0 = off
+    key_grad: bool = False  # DS-SRD's supervised script: true (the student key is not detached)
+    original_negatives: bool = False  # DS-SRD: true (negatives from range(max assigned id))
 
 
 @dataclass
@@ -53,6 +62,7 @@ class Clustering:
     centroids: Tensor  # (K, D), L2-normalised
     phi: Tensor  # (K,)
     assign: Tensor  # (N,) cluster of every training image
+    top_id: int = -1  # the largest assigned id (set once the clustering is final)
 
 
 def concentration(distances: np.ndarray, assign: np.ndarray, k: int, mean: float) -> np.ndarray:
@@ -110,21 +120,24 @@ def proto_scores(embedding: Tensor, c: Clustering, ids: Tensor) -> Tensor:
     return F.normalize(embedding.float(), dim=1) @ c.centroids[ids].t() / c.phi[ids]
 
 
-def sample_negatives(c: Clustering, positives: Tensor, count: int) -> Tensor:
-    """`count` clusters (at most all of them) that no row of the batch belongs to, uniformly without replacement."""
+def sample_negatives(c: Clustering, positives: Tensor, count: int, original: bool = False) -> Tensor:
+    """`count` clusters (at most all of them) that no row of the batch belongs to, uniformly without replacement;
+    `original`: only ids below the largest assigned one, as DS-SRD's range(im2cluster.max())."""
     free = torch.ones(c.centroids.shape[0], dtype=torch.bool)
     free[positives.cpu()] = False
+    if original:
+        free[c.top_id:] = False
     candidates = free.nonzero().flatten()
     pick = torch.randperm(len(candidates))[:count]
     return candidates[pick].to(positives.device)
 
 
 def proto_loss(student: Tensor, key: Tensor, index: Tensor, clusterings: list[Clustering], negatives: int,
-               temperature: float) -> Tensor:
+               temperature: float, original_negatives: bool = False) -> Tensor:
     total = 0.0
     for c in clusterings:
         positives = c.assign[index]
-        ids = torch.cat([positives, sample_negatives(c, positives, negatives)])
+        ids = torch.cat([positives, sample_negatives(c, positives, negatives, original_negatives)])
         total = total + kd_loss(proto_scores(student, c, ids), proto_scores(key, c, ids), temperature)
     return total / len(clusterings)
 
@@ -156,8 +169,9 @@ class Proto(Method):
             if k < 2 or k > n // 10:
                 raise ConfigError(f"methods.proto.clusters: K={k} needs 2 <= K <= training images / 10 "
                                   f"({n} images: at most {n // 10})")
-        if p.negatives < 1 or p.iterations < 1 or p.redo < 1 or p.T <= 0 or p.phi_mean <= 0:
-            raise ConfigError("methods.proto: negatives, iterations and redo must be >= 1; T and phi_mean > 0")
+        if p.negatives < 1 or p.iterations < 1 or p.redo < 1 or p.T <= 0 or p.phi_mean <= 0 or p.halve_rows_over < 0:
+            raise ConfigError("methods.proto: negatives, iterations and redo must be >= 1; T and phi_mean > 0; "
+                              "halve_rows_over >= 0")
         width_s, width_t = pooled_width(ctx.student_shapes), pooled_width(ctx.teacher_shapes)
         logits_s, logits_t = logits_width(ctx.student_shapes), logits_width(ctx.teacher_shapes)
         self.what = p.embed
@@ -177,6 +191,12 @@ class Proto(Method):
                 raise ConfigError("methods.proto.embed: projected needs pooled features of student and teacher")
             self.projector = torch.nn.Linear(width_s, width_t)  # the student's pooled feature in the teacher's space
         self.clusterings: Optional[list[Clustering]] = None
+
+    def bind(self, binding) -> "Proto":
+        if self.params.key_grad and self.params.key_network != binding.student:
+            raise ConfigError(f"methods.proto.key_grad: the key is {self.params.key_network}'s, which this term does "
+                              f"not train; a gradient through the key needs key_network: {binding.student}")
+        return super().bind(binding)
 
     @property
     def teacher_what(self) -> str:
@@ -203,6 +223,9 @@ class Proto(Method):
             return None
         started = time.time()
         embedding = passes.embed(self.binding.teacher, self.teacher_what)
+        if self.params.halve_rows_over > 0:  # DS-SRD's (PCL's) step, as an option
+            embedding = torch.where(embedding.norm(dim=1, keepdim=True) > self.params.halve_rows_over,
+                                    embedding / 2, embedding)
         embedded = time.time()
         main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
         self.clusterings = []
@@ -215,6 +238,7 @@ class Proto(Method):
             if torch.distributed.is_initialized():
                 for tensor in (c.centroids, c.phi, c.assign):
                     torch.distributed.broadcast(tensor, src=0)
+            c.top_id = int(c.assign.max())
             self.clusterings.append(c)
         return {"proto_embed_s": round(embedded - started, 3), "proto_cluster_s": round(time.time() - embedded, 3)}
 
@@ -224,10 +248,13 @@ class Proto(Method):
         s = self.projector(student.pooled) if self.projector is not None else getattr(student, self.what)
         if self.clusterings is None:
             return {b.term(self.name): s.sum() * 0.0}
-        keyed = ctx.no_grad_features(p.key_network, p.key_view)
+        keyed = ctx.features(p.key_network, p.key_view) if p.key_grad else \
+            ctx.no_grad_features(p.key_network, p.key_view)
         if self.projector is not None and p.key_network != b.teacher:  # a student-like key: in the teacher's space
-            key = self.projector(keyed.pooled).detach()
+            key = self.projector(keyed.pooled)
         else:
-            key = getattr(keyed, self.teacher_what).detach()  # a target
+            key = getattr(keyed, self.teacher_what)
+        key = key if p.key_grad else key.detach()  # a target, unless the original's gradient is asked for
         index = ctx.batch.index_of(b.view)
-        return {b.term(self.name): proto_loss(s, key, index, self.clusterings, p.negatives, p.T)}
+        return {b.term(self.name): proto_loss(s, key, index, self.clusterings, p.negatives, p.T,
+                                              p.original_negatives)}
