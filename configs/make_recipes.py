@@ -135,6 +135,7 @@ def write_all(root: Path = ROOT) -> list[Path]:
     written += write_ckd(root)
     written += write_dssrd(root)
     written += write_imagenet(root)
+    written += write_imagenet_distillers(root)
     return written
 
 
@@ -169,6 +170,46 @@ def write_imagenet(root: Path = ROOT) -> list[Path]:
                 "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
                 "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
         path = root / "imagenet" / row / "resnet34-resnet18.yaml"
+        _dump(path, header, data)
+        written.append(path)
+    return written
+
+
+# giakoumoglou/distillers imagenet/scripts: teachers from scratch (run_vanilla.sh) and SimKD/RRD/DCD students of
+# their ResNet50 teacher (run_distill.sh): 120 epochs, batch 256, lr 0.1 x0.1 at 30/60/90, weight decay 1e-4.
+DISTILLERS_IMAGENET = {"epochs": 120, "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
+                       "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
+DISTILLERS_SOURCE = "giakoumoglou/distillers imagenet/scripts"
+
+
+def write_imagenet_distillers(root: Path = ROOT) -> list[Path]:
+    """ImageNet teachers trained from scratch and the SimKD/RRD/DCD ResNet50 -> ResNet18 students, with\n    distillers' settings (their -c/-d/-b flags are the ce/kd/method weights of each method's recipe_loss)."""
+    from kdzoo.distillers import METHODS
+
+    written = []
+    for arch in ("resnet18", "resnet34", "resnet50"):
+        data = {"name": f"imagenet-teacher-{arch}", "seed": 0, "epochs": DISTILLERS_IMAGENET["epochs"],
+                "dataset": dict(IMAGENET_DATA), "model": {"arch": f"tv:{arch}"}, "loss": {"ce": 1.0},
+                "optim": dict(DISTILLERS_IMAGENET["optim"]), "schedule": dict(DISTILLERS_IMAGENET["schedule"])}
+        path = root / "imagenet" / "teachers" / f"{arch}.yaml"
+        _dump(path, f"# ImageNet teacher tv:{arch} from scratch ({DISTILLERS_SOURCE}/run_vanilla.sh: train_teacher.py "
+                    "--epochs 120 --learning_rate 0.1\n# --lr_decay_epochs 30,60,90 --weight_decay 1e-4 --batch_size "
+                    f"256).\n#   kdzoo train -c configs/imagenet/teachers/{arch}.yaml --out runs/imagenet/teachers/"
+                    f"{arch}\n# Several GPUs: torchrun --nproc_per_node 8 -m kdzoo.cli train ... dataset.batch_size=32 "
+                    "(per process).\n# Written by configs/make_recipes.py.\n", data)
+        written.append(path)
+    for row in ("simkd", "rrd", "dcd"):
+        cls = METHODS.get(row)
+        data = {"name": f"imagenet-{row}-resnet50-resnet18", "seed": 0, "epochs": DISTILLERS_IMAGENET["epochs"],
+                "dataset": dict(IMAGENET_DATA), "student": {"arch": "tv:resnet18"},
+                "teacher": {"checkpoint": "runs/imagenet/teachers/resnet50"}, "loss": dict(cls.recipe_loss),
+                "optim": dict(DISTILLERS_IMAGENET["optim"]), "schedule": dict(DISTILLERS_IMAGENET["schedule"])}
+        header = _header(cls, row, f"ImageNet ResNet50 -> ResNet18 as {DISTILLERS_SOURCE}/run_distill.sh (no published "
+                                   "ImageNet top-1 in our anchors)") + (
+            "# Teacher: configs/imagenet/teachers/resnet50.yaml, or kdzoo import-checkpoint --format torchvision\n"
+            "# resnet50-0676ba61.pth --out runs/imagenet/teachers/resnet50. Several GPUs: torchrun --nproc_per_node 8\n"
+            f"# -m kdzoo.cli distill -c configs/imagenet/{row}/resnet50-resnet18.yaml dataset.batch_size=32.\n")
+        path = root / "imagenet" / row / "resnet50-resnet18.yaml"
         _dump(path, header, data)
         written.append(path)
     return written

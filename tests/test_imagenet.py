@@ -201,3 +201,61 @@ def test_hsakd_option_1_teacher_starts_from_imported_torchvision_weights(tmp_pat
     saved = load_file(str(resolve_checkpoint(out, "last")))
     conv = [k for k in saved if k.endswith("conv1.weight")][0]
     assert torch.equal(saved[conv], model.state_dict()["conv1.weight"])  # the frozen backbone is torchvision's
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_teacher_from_scratch_recipes_use_distillers_settings(arch):
+    """giakoumoglou/distillers run_vanilla.sh: 120 epochs, lr 0.1 x0.1 at 30/60/90, weight decay 1e-4, batch 256."""
+    cfg = load_config(CONFIGS / "imagenet" / "teachers" / f"{arch}.yaml")
+    assert (cfg.student.arch, cfg.epochs, cfg.optim.lr, cfg.optim.weight_decay, cfg.dataset.batch_size) == \
+        (f"tv:{arch}", 120, 0.1, 1.0e-4, 256)
+    assert cfg.schedule.milestones == [30, 60, 90] and cfg.teacher.checkpoint is None and set(cfg.loss) == {"ce"}
+
+
+def test_the_resnet18_teacher_recipe_trains_on_a_tiny_tree(tmp_path):
+    write_tree(tmp_path / "data")
+    out = tmp_path / "teacher"
+    assert run_cli("train", "-c", CONFIGS / "imagenet" / "teachers" / "resnet18.yaml", "--out", out,
+                   f"dataset.root={tmp_path / 'data'}", *TINY) == 0
+    assert read_meta(resolve_checkpoint(out))["arch"] == "tv:resnet18"
+
+
+@pytest.fixture(scope="module")
+def imported_resnet50(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("r50")
+    write_tree(tmp / "data")
+    path, _ = torchvision_file(tmp / "w", "resnet50", 2)
+    run = tmp / "resnet50"
+    assert run_cli("import-checkpoint", "--format", "torchvision", str(path), "--num-classes", "2",
+                   "--out", str(run)) == 0
+    return tmp / "data", run
+
+
+@pytest.mark.parametrize("row, loss", [("simkd", {"simkd": 1.0}), ("rrd", {"ce": 1.0, "rrd": 1.0}),
+                                       ("dcd", {"ce": 1.0, "dcd": 1.0})])
+def test_distillers_imagenet_students_run_from_a_resnet50_teacher(tmp_path, imported_resnet50, row, loss):
+    """run_distill.sh: ResNet50 -> ResNet18, `-c 0 -d 0 -b 1` for SimKD, 120 epochs."""
+    path = CONFIGS / "imagenet" / row / "resnet50-resnet18.yaml"
+    cfg = load_config(path)
+    assert cfg.loss == loss and cfg.epochs == 120 and cfg.student.arch == "tv:resnet18"
+    data, teacher = imported_resnet50
+    out = tmp_path / row
+    assert run_cli("distill", "-c", path, "--out", out, f"dataset.root={data}", f"teacher.checkpoint={teacher}",
+                   *TINY) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record[f"train_{row}"] >= 0
+
+
+def test_hsakd_option_2_teacher_trains_jointly_and_imagenet_hsakd_has_no_nesterov(tmp_path):
+    """HSAKD's ImageNet scripts use plain SGD (train_teacher_imagenet.py, train_student_imagenet.py,
+    train_online_kd_imagenet.py), unlike its CIFAR ones."""
+    for path in [*(CONFIGS / "imagenet" / "hsakd").glob("*.yaml"), CONFIGS / "imagenet" / "mutual" / "hsakd-resnet18.yaml"]:
+        assert load_config(path).optim.nesterov is False, path
+    recipe = CONFIGS / "imagenet" / "hsakd" / "teacher-resnet34.yaml"
+    cfg = load_config(recipe)
+    assert cfg.student.checkpoint is None and not cfg.student.freeze and "opt1" not in cfg.name
+    write_tree(tmp_path / "data")
+    out = tmp_path / "opt2"
+    assert run_cli("train", "-c", recipe, "--out", out, f"dataset.root={tmp_path / 'data'}", *TINY) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["train_aux_ce"] > 0 and read_meta(resolve_checkpoint(out))["arch"] == "tv:resnet34_aux"
