@@ -75,6 +75,7 @@ def replayed_kd_step(args, info, targets, engine, precision, teacher_file, folde
         k = min(cfg.teacher.replay_topk, classes)
         top = torch.rand(n, classes).softmax(1).topk(k, dim=1)
         cache = ReplayCache(folder, {"bench": "random soft labels"})
+        cache.write_params(0, torch.zeros(n, 0))  # a complete epoch holds its (here empty) augmentation rows
         cache.write_soft(0, top.values.half(), top.indices.to(torch.int16))
         source = ReplayTeacher(cache, None, n, classes, k, replay_temperature(methods), device)
         source.start_epoch(0)

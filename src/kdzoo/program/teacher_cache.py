@@ -3,6 +3,7 @@ image, on one random training augmentation, and its logits (and pooled features 
 stored in the run folder (or `teacher.cache_dir`). The file is keyed by the teacher checkpoint's hash, the
 training images and the seed: a resumed or repeated run reuses it, a changed teacher or subset recomputes it
 (saying so in one line). During training the teacher is never called: its slot reads the cache by dataset index.
+The file carries a SHA-256 of its tensors: a truncated, altered or unchecksummed file is recomputed (one log line).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -21,12 +22,44 @@ from tqdm import tqdm
 from kdzoo.data.wrappers import source_indices
 from kdzoo.distillers.base import Batch
 from kdzoo.engine.atomic import atomic_path
-from kdzoo.engine.checkpoint import resolve_checkpoint
-from kdzoo.errors import ConfigError
+from kdzoo.engine.checkpoint import CHECKSUM_KEY, resolve_checkpoint, tensors_checksum
+from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Features, Needs
 
 CACHE_FILE = "teacher_cache.safetensors"
 CACHEABLE = ("logits", "pooled")
+
+
+class DamagedStore(KdzooError):
+    """A stored file of teacher outputs that cannot be trusted; the message names it and why."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path} is damaged ({why})")
+        self.path = path
+
+
+def write_checked(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    """Atomically, with the tensors' SHA-256 in the header (read_checked verifies it)."""
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**metadata, CHECKSUM_KEY: tensors_checksum(tensors)})
+
+
+def read_checked(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a file from write_checked; DamagedStore if missing, unreadable or altered."""
+    if not path.is_file():
+        raise DamagedStore(path, "missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, ValueError, SafetensorError) as err:  # truncated or a broken header
+        raise DamagedStore(path, f"unreadable: {(str(err).splitlines() or [type(err).__name__])[0]}") from None
+    if CHECKSUM_KEY not in metadata:
+        raise DamagedStore(path, "no checksum")
+    if tensors_checksum(tensors) != metadata[CHECKSUM_KEY]:
+        raise DamagedStore(path, "its tensors do not match their checksum")
+    return tensors, metadata
 
 
 class CachedTeacher:
@@ -85,7 +118,11 @@ def teacher_cache(teacher: Callable[[Tensor], Features], images: Dataset, key: d
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(folder) / (f"teacher_cache-{digest}.safetensors" if shared else CACHE_FILE)
     if is_main:
-        found = read_cache(path)
+        try:
+            found = read_cache(path)
+        except DamagedStore as err:
+            log(f"teacher cache: {err}; recomputing it")
+            found = None
         if found is not None and found[1] == key:
             log(f"teacher cache: reusing {path} ({len(next(iter(found[0].values())))} images)")
         else:
@@ -95,12 +132,13 @@ def teacher_cache(teacher: Callable[[Tensor], Features], images: Dataset, key: d
                     "recomputing it")
             log(f"teacher cache: the teacher runs once over the {len(images)} training images -> {path}")
             outputs = compute_outputs(teacher, images, fields, seed, batch_size, device, progress)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as tmp:
-                save_file({k: v.contiguous() for k, v in outputs.items()}, str(tmp),
-                          metadata={"key": json.dumps(key)})
+            write_checked(path, outputs, {"key": json.dumps(key)})
     sync()
-    found = read_cache(path)
+    try:
+        found = read_cache(path)
+    except DamagedStore as err:
+        raise ConfigError(f"teacher.cache: {err} on this process; every process of a run must see the same run "
+                          "folder (or teacher.cache_dir)") from None
     if found is None or found[1] != key:
         raise ConfigError(f"teacher.cache: {path} is missing or holds another cache on this process; every "
                           "process of a run must see the same run folder (or teacher.cache_dir)")
@@ -108,14 +146,17 @@ def teacher_cache(teacher: Callable[[Tensor], Features], images: Dataset, key: d
 
 
 def read_cache(path: Path) -> Optional[tuple[dict[str, Tensor], dict[str, str]]]:
+    """The outputs and their key; None if there is no file, DamagedStore if it cannot be trusted."""
     if not path.is_file():
         return None
+    outputs, metadata = read_checked(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            key = json.loads((f.metadata() or {}).get("key", "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, key
-    except (OSError, ValueError, json.JSONDecodeError):  # unreadable: recompute
-        return None
+        key = json.loads(metadata.get("key", ""))
+    except ValueError:
+        key = None
+    if not isinstance(key, dict):
+        raise DamagedStore(path, "no readable key")
+    return outputs, key
 
 
 @torch.no_grad()

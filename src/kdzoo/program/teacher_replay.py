@@ -9,18 +9,23 @@ temperature, fp16, and their class indices, int16/int32). Per image and epoch th
 parameter, on disk and, for the epoch being replayed, in memory (rows are expanded per batch). The key: the teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature;
 a cache_dir holding another key is refused in one line (another teacher or pipeline), never overwritten.
 
+Integrity: each file carries a SHA-256 of its tensors and the replay and epoch it belongs to; class indices are
+range-checked on read. A damaged epoch (truncated, altered, missing or foreign file) is recorded anew by a run
+with the teacher (one log line naming the file) and refused in one line without one; a damaged replay.json is
+refused in one line (it holds the key, which nothing else can vouch for).
+
 Replayed soft labels: the top-k probabilities, the rest of the mass spread evenly over the other classes (FKD),
 given to methods as logits T * log p (softmax at T gives back p exactly; with k = classes, at any T). The
 recording run trains on the same reconstruction, so every run of a cache sees the same teacher signal.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from kdzoo.distillers.base import Batch
@@ -28,65 +33,100 @@ from kdzoo.engine.atomic import atomic_path
 from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Features, Needs
+from kdzoo.program.teacher_cache import DamagedStore, read_checked, write_checked
 
 META = "replay.json"
+ORIGIN = "kdzoo_replay"  # in each file's header: the replay's key digest and the epoch (a copied file is foreign)
 
 
 class ReplayCache:
     def __init__(self, folder: Path, key: dict, is_main: bool = True):
         self.folder, self.key, self.is_main = Path(folder), key, is_main
+        self.digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
         meta = self.folder / META
         if meta.is_file():
-            found = json.loads(meta.read_text())
-            changed = [k for k in key if found.get("key", {}).get(k) != key[k]]
+            found = self._read_meta()
+            changed = [k for k in key if found["key"].get(k) != key[k]]
             if changed:
                 raise ConfigError(f"teacher.cache: {self.folder} holds a replay of another {' and '.join(changed)}; "
                                   "give another teacher.cache_dir (or remove that folder to record anew)")
-            self.done = set(found.get("epochs", []))
+            self.done = set(found["epochs"])
         else:
             self.done = set()
             if is_main:
                 self._write_meta()
         self._params: dict[int, Tensor] = {}
 
+    def _read_meta(self) -> dict:
+        meta = self.folder / META
+        try:
+            found = json.loads(meta.read_text())
+            if isinstance(found["key"], dict) and all(isinstance(e, int) for e in found["epochs"]):
+                return found
+        except (OSError, ValueError, KeyError, TypeError):  # torn, not JSON, or not the replay's fields
+            pass
+        raise ConfigError(f"teacher.cache: {meta} is damaged (not the replay's key and epochs); restore it, or remove "
+                          f"it to record the replay in {self.folder} anew")
+
     def _write_meta(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         meta = self.folder / META
         if meta.is_file():  # another run sharing the folder may have finished epochs meanwhile: keep them
-            self.done |= set(json.loads(meta.read_text()).get("epochs", []))
+            self.done |= set(self._read_meta()["epochs"])
         with atomic_path(meta) as tmp:
             Path(tmp).write_text(json.dumps({"key": self.key, "epochs": sorted(self.done)}, indent=1))
 
     def complete(self, epoch: int) -> bool:
         return epoch in self.done
 
+    def _path(self, kind: str, epoch: int) -> Path:
+        return self.folder / f"{kind}-{epoch}.safetensors"
+
+    def _read(self, kind: str, epoch: int) -> dict[str, Tensor]:
+        path = self._path(kind, epoch)
+        tensors, metadata = read_checked(path)
+        if metadata.get(ORIGIN) != f"{self.digest}:{epoch}":
+            raise DamagedStore(path, f"not written for epoch {epoch + 1} of this replay")
+        return tensors
+
+    def _write(self, kind: str, epoch: int, tensors: dict[str, Tensor]) -> None:
+        write_checked(self._path(kind, epoch), tensors, {ORIGIN: f"{self.digest}:{epoch}"})
+
     def params(self, epoch: int) -> Optional[Tensor]:
-        """The augmentation rows of `epoch`, or None (memoised per process: workers read them once an epoch)."""
+        """The augmentation rows of `epoch`, or None (memoised per process: workers read them once an epoch);
+        DamagedStore if the file cannot be trusted."""
         if epoch not in self._params:
-            path = self.folder / f"params-{epoch}.safetensors"
-            if not path.is_file():
+            if not self._path("params", epoch).is_file():
                 return None
-            self._params = {epoch: load_file(str(path))["params"]}
+            self._params = {epoch: self._read("params", epoch)["params"]}
         return self._params[epoch]
 
     def write_params(self, epoch: int, table: Tensor) -> None:
         if self.is_main:
-            with atomic_path(self.folder / f"params-{epoch}.safetensors") as tmp:
-                save_file({"params": table.contiguous()}, str(tmp))
+            self._write("params", epoch, {"params": table})
         self.remember(epoch, table)
 
     def remember(self, epoch: int, table: Tensor) -> None:
         """Hold `epoch`'s rows in this process without writing them (a worker's draw before rank 0 wrote)."""
         self._params = {epoch: table}
 
-    def soft(self, epoch: int) -> tuple[Tensor, Tensor]:
-        data = load_file(str(self.folder / f"soft-{epoch}.safetensors"))
-        return data["values"], data["classes"]
+    def recording(self, epoch: int, n: int, k: int, num_classes: int) -> tuple[Tensor, Tensor]:
+        """A complete epoch's soft labels (values, classes), its rows and labels checked (checksums, shapes,
+        class range); DamagedStore naming the first file that cannot be replayed."""
+        params = self.params(epoch)
+        if params is None or params.dim() != 2 or len(params) != n:
+            raise DamagedStore(self._path("params", epoch), "missing" if params is None else f"not {n} rows")
+        path, soft = self._path("soft", epoch), self._read("soft", epoch)
+        values, classes = soft.get("values"), soft.get("classes")
+        if values is None or classes is None or values.shape != (n, k) or classes.shape != (n, k):
+            raise DamagedStore(path, f"not the top-{k} soft labels of {n} images")
+        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+            raise DamagedStore(path, f"class indices outside 0..{num_classes - 1}")
+        return values, classes
 
     def write_soft(self, epoch: int, values: Tensor, classes: Tensor) -> None:
         if self.is_main:
-            with atomic_path(self.folder / f"soft-{epoch}.safetensors") as tmp:
-                save_file({"values": values.contiguous(), "classes": classes.contiguous()}, str(tmp))
+            self._write("soft", epoch, {"values": values, "classes": classes})
             self.done.add(epoch)
             self._write_meta()
         else:
@@ -114,22 +154,33 @@ class ReplayTeacher:
     reads_batch = True
 
     def __init__(self, cache: ReplayCache, live, n: int, num_classes: int, topk: int, temperature: float,
-                 device: torch.device):
-        self.cache, self.live, self.n, self.classes = cache, live, n, num_classes
+                 device: torch.device, log=print):
+        self.cache, self.live, self.n, self.classes, self.log = cache, live, n, num_classes, log
         self.k, self.T, self.device = min(topk, num_classes), temperature, device
         self.calls = 0  # teacher forwards (what a replayed epoch must keep at zero)
         self.mode, self.epoch = "replay", -1
 
     def start_epoch(self, epoch: int) -> str:
+        """Replay `epoch` where every process finds its recording intact, else record it (all processes alike:
+        the recording's collectives need every one)."""
         self.epoch = epoch
+        stored, damage = None, None
         if self.cache.complete(epoch):
-            values, classes = self.cache.soft(epoch)  # k per image on the device; rows are expanded per batch
+            try:
+                stored = self.cache.recording(epoch, self.n, self.k, self.classes)
+            except DamagedStore as err:
+                damage = err
+        if bool(all_gather_cat(torch.tensor([int(stored is not None)], device=self.device)).all()):
+            values, classes = stored  # k per image on the device; rows are expanded per batch
             self.stored = (values.to(self.device), classes.to(self.device))
             self.mode = "replay"
         else:
             if self.live is None:
-                raise ConfigError(f"teacher.cache: replay has no recording of epoch {epoch + 1} and no teacher to "
-                                  "record it with")
+                raise ConfigError(f"teacher.cache: {damage}; a run with the teacher records epoch {epoch + 1} anew"
+                                  if damage else f"teacher.cache: replay has no recording of epoch {epoch + 1} and "
+                                  "no teacher to record it with")
+            if damage is not None:
+                self.log(f"teacher.cache: {damage}; recording epoch {epoch + 1} anew with the teacher")
             index_dtype = torch.int16 if self.classes <= 32767 else torch.int32
             self.values = torch.zeros(self.n, self.k, dtype=torch.float16, device=self.device)
             self.indices = torch.zeros(self.n, self.k, dtype=index_dtype, device=self.device)
@@ -238,13 +289,14 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
     table = EpochTable(cache, augment, n, seed)
     images = subset(raw, positions) if positions is not None else raw
     stream.dataset = IndexedDataset(ReplayDataset(images, augment, table, clock))
-    source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device)
+    source = ReplayTeacher(cache, teacher, n, info.num_classes, k, temperature, device,
+                           log if is_main else (lambda line: None))
 
     def on_epoch_start(epoch: int) -> dict[str, float]:
-        if cache.params(epoch) is None:  # a new epoch: its draws (every process and worker draws the same)
+        mode = source.start_epoch(epoch)  # replay: the epoch's stored rows and labels, checked and held
+        if mode == "record":  # its draws (every process and worker draws the same), written anew
             cache.write_params(epoch, table.draw(epoch))
         clock.set(epoch)
-        mode = source.start_epoch(epoch)
         if epoch == 0 and is_main:
             log(f"teacher.cache: replay {'replays' if mode == 'replay' else 'records'} {cache.folder} "
                 f"(top-{k} at T {temperature}, {cache.size_mb():.1f} MB so far)")
