@@ -73,6 +73,18 @@ def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
                                   f"(views: {', '.join(views)}; name more under dataset.views)")
 
 
+def check_hosted(methods: dict[str, Method], regime: str, *, groups: bool = False, init_stages: bool = False) -> None:
+    """Refuse at build time a method that needs what the regime does not build: grouped batches (CKD's
+    comparisons, mixed inputs) or an init stage (AB, FT, FSP) run before the main phase."""
+    for instance, m in methods.items():
+        if not groups and m.group_layout() is not None:
+            raise ConfigError(f"loss: {instance} trains on grouped batches (groups of images per row), which the "
+                              f"{regime} regime does not build; use the offline regime (kdzoo distill)")
+        if not init_stages and m.init_stage() is not None:
+            raise ConfigError(f"loss: {instance} needs its init stage before the main phase, which the {regime} "
+                              "regime does not run; use the offline regime (kdzoo distill)")
+
+
 def binding_for(instance: str, namespace: str, section: dict) -> Binding:
     values = {k: section[k] for k in BINDING_KEYS if k in section}
     for key, value in values.items():

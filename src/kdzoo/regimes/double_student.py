@@ -38,7 +38,7 @@ from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
 from kdzoo.program.epoch_pass import attach_probe
-from kdzoo.program.methods import build_methods, check_views, method_instances
+from kdzoo.program.methods import build_methods, check_hosted, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import attach_batch_transform, stream_needs
@@ -122,6 +122,7 @@ class DoubleStudent(Regime):
                                 teacher_checkpoint=cfg.teacher.checkpoint, info=info)
 
         methods = build_methods(cfg.loss, cfg.methods, setup, nets)
+        check_hosted(methods, "double_student")
         for instance, m in methods.items():
             if m.binding.student in ("teacher", "mean_student"):
                 raise ConfigError(f"methods.{instance}.student: {m.binding.student} is an EMA, not trained by terms")

@@ -32,7 +32,7 @@ from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
 from kdzoo.program.epoch_pass import attach_probe
-from kdzoo.program.methods import build_methods, check_views
+from kdzoo.program.methods import build_methods, check_hosted, check_views
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import attach_batch_transform, stream_needs
@@ -114,6 +114,7 @@ class Mutual(Regime):
                                 batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
 
         methods = build_methods(loss, sections, setup, names)
+        check_hosted(methods, "mutual")
         check_views(methods, streams["train"].views)
         attach_probe(streams, methods.values(), cfg, device)
         needs = needs_by_network(methods.values(), {n: Needs(logits=True) for n in names})

@@ -35,7 +35,7 @@ from kdzoo.models.features import Features
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
-from kdzoo.program.methods import build_methods, check_views, method_instances
+from kdzoo.program.methods import build_methods, check_hosted, check_views, method_instances
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
 from kdzoo.program.train_stream import stream_needs
@@ -109,6 +109,7 @@ class SelfSupervised(Regime):
                                 epochs=cfg.epochs, device=device, info=info)
 
         methods = build_methods(cfg.loss, cfg.methods, setup, tuple(nets))
+        check_hosted(methods, "self_supervised")
         labelled = [name for name, m in methods.items() if m.reads_labels()]
         if labelled:
             raise ConfigError(f"loss.{labelled[0]}: method {labelled[0]} trains with labels; the self_supervised "
