@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import kdzoo.engine.loop as loop
 from kdzoo.config import config_from_data
 from kdzoo.engine.checkpoint import save_weights
+from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.linear_eval import encoder_file, probe_recipe
 from kdzoo.models import create_model
 from kdzoo.regimes import make_engine
@@ -173,3 +175,56 @@ def test_an_encoder_that_does_not_fit_names_the_tensor(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "layer2.0.conv1.weight: (3, 3, 3, 3) in the checkpoint" in err and "layer3.0.bn1.running_mean" in err
+
+
+def _weights(run):
+    return {which: load_file(str(run / "checkpoints" / f"{which}.safetensors")) for which in ("last", "best")}
+
+
+def test_an_interrupted_linear_eval_resumes_exactly(tmp_path, digits_teacher, monkeypatch, capsys):
+    probe = ["--checkpoint", digits_teacher, "--epochs", "3", "--batch-size", "64", "--seed", "3"]
+    assert run_cli("linear-eval", *probe, "--out", tmp_path / "whole", *FAST) == 0
+    steps, real_step = [], loop.train_step
+
+    def step_then_ctrl_c(*args, **kwargs):  # Ctrl-C in the middle of the second epoch
+        steps.append(1)
+        if len(steps) == 35:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "train_step", step_then_ctrl_c)
+        assert run_cli("linear-eval", *probe, "--out", tmp_path / "cut", *FAST) == 130
+    assert CheckpointStore(tmp_path / "cut" / "checkpoints").pointer()["epoch"] == 1
+    assert run_cli("linear-eval", *probe, "--out", tmp_path / "cut", *FAST) == 2  # a rerun is refused...
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_cli("linear-eval", "--resume", tmp_path / "cut", *FAST) == 0  # ...--resume continues it
+    whole, resumed = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    for which in whole:
+        assert all(torch.equal(whole[which][k], resumed[which][k]) for k in whole[which]), which
+    assert "fc.weight" in whole["last"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--checkpoint", "x"], "--resume continues the probe saved in"),
+    (["--seed", "0"], "drop --seed"),
+    (["--protocol", "hsakd"], "drop --protocol"),
+    (["--out", "elsewhere"], "drop --out"),
+    (["optim.lr=1"], "--resume: optim.lr=1: a resumed run keeps its recipe")])
+def test_resume_refuses_another_probe_in_one_line(tmp_path, digits_teacher, capsys, extra, message):
+    run = tmp_path / "probe"
+    assert run_cli("linear-eval", "--checkpoint", digits_teacher, "--epochs", "1", "--no-augment", "--out", run,
+                   *FAST) == 0
+    capsys.readouterr()
+    assert run_cli("linear-eval", "--resume", run, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_resume_of_a_training_run_or_no_run(tmp_path, digits_teacher, capsys):
+    assert run_cli("linear-eval", "--resume", digits_teacher) == 2
+    assert "is no linear-eval run (its regime is offline)" in capsys.readouterr().err
+    assert run_cli("linear-eval", "--resume", tmp_path) == 2
+    assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
+    assert run_cli("linear-eval") == 2
+    assert "give the encoder with --checkpoint" in capsys.readouterr().err

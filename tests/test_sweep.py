@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.sweep.config import load_sweep
-from kdzoo.sweep.study import claim, create_study, enqueue_missing, join_study, open_storage
+from kdzoo.sweep.study import claim, create_study, enqueue_missing, join_study, open_storage, run_folder
 from tests.conftest import CONFIGS, REPO, run_cli
 
 STUDENT = CONFIGS / "digits" / "student.yaml"
@@ -177,3 +179,99 @@ def test_run_folders_of_same_named_recipes_in_different_folders_differ(tmp_path)
     a = run_folder(cfg, {"recipe": "configs/cifar100/ckd/white_box_hint/vgg13-vgg8.yaml", "optim.lr": 0.1, "seed": 1})
     b = run_folder(cfg, {"recipe": "configs/cifar100/ckd/white_box_vid/vgg13-vgg8.yaml", "optim.lr": 0.1, "seed": 1})
     assert a != b and a.name == b.name == "seed1"
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"grid": {"student.arch": ["resnet8", "resnet9999"]}}, 'grid point {"student.arch": "resnet9999"}: unknown model'),
+    ({"grid": {"dataset.name": ["nosuchset"]}}, 'grid point {"dataset.name": "nosuchset"}: unknown dataset'),
+    ({"grid": {"loss.nosuch": [1.0]}}, "loss.nosuch: unknown loss term"),
+    ({"seeds": [0, -1]}, '"seed": -1}: seed: must be in'),
+])
+def test_every_grid_point_is_validated_as_a_recipe_before_anything_starts(tmp_path, capsys, changes, says):
+    assert run_cli("sweep", "-c", _sweep(tmp_path, **changes)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--report", "--worker"])
+def test_a_sweep_not_started_is_reported_as_such_and_nothing_is_created(tmp_path, capsys, flag):
+    assert run_cli("sweep", "-c", _sweep(tmp_path), flag) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sweep tiny has not started (no trials in storage" in err and "before adding workers" not in err
+    assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_sigterm_mid_trial_stops_in_one_line_and_the_same_command_continues(tmp_path, capsys):
+    path = _sweep(tmp_path, grid={"epochs": [1, 300]}, seeds=[0])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "kdzoo.cli", "sweep", "-c", str(path)], env=env, stdout=out,
+                                stderr=err)
+        cfg = load_sweep(path)
+        long_run = run_folder(cfg, {"epochs": 300, "seed": 0})
+        deadline = time.time() + 240
+        while time.time() < deadline and (not (long_run / "metrics.jsonl").is_file() or _epoch_lines(long_run) < 3):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+        err.seek(0)
+        stopped = err.read().strip().splitlines()
+    assert stopped == [f"kdzoo: stopped by SIGTERM; run `kdzoo sweep -c {path}` again to continue"], stopped
+    short_run = run_folder(cfg, {"epochs": 1, "seed": 0})
+    finished = (short_run / "metrics.jsonl").read_text()
+    kept = CheckpointStore(long_run / "checkpoints").pointer()["epoch"]  # a later epoch's line is trained again
+    first_epochs = (long_run / "metrics.jsonl").read_text().splitlines()[:kept]
+    assert 2 <= kept < 300
+    _, trials = _trials(path)
+    assert sorted((t.state.name, t.user_attrs.get("error")) for t in trials) == [("COMPLETE", None),
+                                                                                ("FAIL", "interrupted")]
+    assert run_cli("sweep", "-c", path) == 0
+    assert "1 to run" in capsys.readouterr().out
+    assert (short_run / "metrics.jsonl").read_text() == finished  # the finished trial was not run again
+    lines = (long_run / "metrics.jsonl").read_text().splitlines()
+    assert lines[:kept] == first_epochs  # resumed, not redone
+    assert [json.loads(line)["epoch"] for line in lines if '"at_best"' not in line] == list(range(1, 301))
+    _, trials = _trials(path)
+    assert sorted(t.state.name for t in trials) == ["COMPLETE", "COMPLETE", "FAIL"]
+
+
+@pytest.fixture
+def read_only():
+    """Make files and folders read-only, for root too (chattr +i: root ignores the mode bits); undone after."""
+    made = []
+
+    def make(path: Path) -> None:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+        made.append(path)
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "+i", str(path)], check=True)
+        with pytest.raises(OSError):  # really read-only, or the test would prove nothing
+            if path.is_dir():
+                (path / "probe").mkdir()
+            else:
+                open(path, "ab").close()
+
+    yield make
+    for path in reversed(made):
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_read_only_storage_is_a_one_line_error_naming_it(tmp_path, capsys, read_only):
+    path = _sweep(tmp_path, grid={"optim.lr": [0.1]}, seeds=[0])
+    cfg = load_sweep(path)
+    create_study(cfg, open_storage(cfg))  # started: the storage and its folder exist
+    db = cfg.out / "sweep.db"
+    for unwritable in (db, cfg.out):
+        read_only(unwritable)
+        assert run_cli("sweep", "-c", path) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kdzoo: error: storage {db}: attempt to write a readonly database") and \
+            err.count("\n") == 1, err
+    nested = _sweep(tmp_path, out=str(cfg.out / "inner"))  # its folder cannot be created
+    assert run_cli("sweep", "-c", nested) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kdzoo: error: storage {cfg.out / 'inner' / 'sweep.db'}: cannot create its folder (") \
+        and err.count("\n") == 1, err

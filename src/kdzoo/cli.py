@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -10,6 +11,7 @@ from typing import Optional, Sequence
 from kdzoo.errors import KdzooError
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 141
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -19,18 +21,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        sys.stdout.flush()  # a reader that left (`| head`) shows here, not as a message at exit
+        return code
     except KdzooError as err:
         print(f"kdzoo: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt as stop:  # args: ("SIGTERM" or None[, what continues the work])
         by_sigterm = bool(stop.args) and stop.args[0] == "SIGTERM"
-        print(f"kdzoo: {'stopped by SIGTERM' if by_sigterm else 'interrupted'}", file=sys.stderr)
+        hint = f"; {stop.args[1]}" if len(stop.args) > 1 else ""
+        print(f"kdzoo: {'stopped by SIGTERM' if by_sigterm else 'interrupted'}{hint}", file=sys.stderr)
         return 143 if by_sigterm else 130
+    except BrokenPipeError:  # stdout closed by its reader: end quietly, as `yes | head -1` does (128 + SIGPIPE)
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except OSError as err:  # the machine, not the input: disk full, permissions, a vanished folder
         where = f": {err.filename}" if err.filename else ""
         print(f"kdzoo: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail too."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to flush there
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,30 +139,25 @@ def cmd_list(args) -> int:
 
 def cmd_train(args) -> int:
     from kdzoo.config import load_config
-    from kdzoo.engine.run_folder import check_out_path, refuse_existing_run
+    from kdzoo.engine.run_folder import refuse_existing_run
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.out and Path(args.out) != run_dir:
             raise KdzooError("--resume continues in its own folder; drop --out")
-        from kdzoo.engine.resume_rules import RULE, may_change
+        from kdzoo.engine.resume_rules import RULE, load_resumed_config
 
         if args.config:
             raise KdzooError(f"--resume continues the recipe saved in the run folder; drop -c ({RULE})")
-        check_out_path(run_dir)
-        if not (run_dir / "config.yaml").is_file():
-            raise KdzooError(f"{run_dir} is not a run folder (no config.yaml); start it with -c RECIPE --out "
-                             f"{run_dir}")
-        fixed = [o for o in args.overrides if not may_change(o.partition("=")[0])]
-        if fixed:
-            raise KdzooError(f"--resume: {fixed[0]}: {RULE}")
-        cfg = load_config(run_dir / "config.yaml", args.overrides)
+        cfg = load_resumed_config(run_dir, args.overrides, f"-c RECIPE --out {run_dir}")
     else:
         if not args.config:
             raise KdzooError(f"kdzoo {args.mode}: give a recipe with -c CONFIG (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out or Path("runs") / cfg.name)
         refuse_existing_run(run_dir, f"kdzoo {args.mode}")
+    from kdzoo.config.names import check_names
+
     check_names(cfg, args.mode)
     from kdzoo.regimes import make_engine  # heavy: imported once the recipe is known to be valid
 
@@ -162,40 +173,6 @@ def cmd_train(args) -> int:
 
     shutdown(engine.dist)
     return 0
-
-
-def check_mode(cfg, mode: str) -> None:
-    """`train` runs without a teacher, `distill` with one: say so early instead of failing later."""
-    from kdzoo.distillers import method_for_term
-
-    needing = [t for t, w in cfg.loss.items() if w != 0 and method_for_term(t).needs_teacher()]
-    if mode == "pretrain" and cfg.regime != "self_supervised":
-        raise KdzooError(f"kdzoo pretrain trains without labels: the recipe's regime is {cfg.regime}; use "
-                         "regime: self_supervised (or kdzoo train)")
-    if cfg.regime != "offline":
-        return
-    if mode == "train" and needing:
-        raise KdzooError(f"loss.{needing[0]} needs a teacher; use `kdzoo distill` for this recipe")
-    if mode == "distill" and not needing:
-        raise KdzooError("no loss term uses a teacher; use `kdzoo train` for this recipe")
-
-
-def check_names(cfg, mode: str) -> None:
-    """Unknown model, method, regime or dataset names fail before any dataset is read or network built; in
-    that order, since the model and method registries load without torchvision (about a second sooner)."""
-    from kdzoo.models.registry import check_model_name
-
-    for arch in (cfg.student.arch, cfg.teacher.arch):
-        if arch:
-            check_model_name(arch)
-    check_mode(cfg, mode)
-    from kdzoo.regimes import REGIMES
-
-    REGIMES.get(cfg.regime)
-    from kdzoo.data import dataset_info, list_datasets
-
-    if cfg.dataset.name not in list_datasets():
-        dataset_info(cfg.dataset.name)  # raises the one-line "unknown dataset" error with suggestions
 
 
 def cmd_eval(args) -> int:

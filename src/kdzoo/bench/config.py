@@ -43,7 +43,7 @@ class BenchConfig:
 def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfig:
     from kdzoo.config.load import apply_overrides
 
-    data = apply_overrides(read_yaml(path), overrides)
+    data = apply_overrides(read_yaml(path, "bench file"), overrides)
     cfg = from_dict(BenchConfig, data)
     cfg.rows = [RowConfig(name=r) if isinstance(r, str) else r for r in cfg.rows]
     return cfg

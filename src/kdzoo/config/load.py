@@ -12,8 +12,11 @@ from kdzoo.config.validate import from_dict, to_dict
 from kdzoo.errors import ConfigError
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """The mapping a YAML file holds; `what` names the file in errors (recipe, sweep file, bench file)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -37,10 +40,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{where}: malformed YAML ({problem})") from None
-    if data is None:
-        return {}
+    if data is None or data == {}:  # all defaults: a 240-epoch run nobody asked for
+        raise ConfigError(f"{what} {path} is empty")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys, got {type(data).__name__}")
     return data
 
 

@@ -101,6 +101,8 @@ class EngineConfig:
     channels_last: bool = True
     teacher_first: bool = True  # teacher forward (inference mode) before the student's: less live memory
     eval_every: int = field(default=1, metadata=POSITIVE_INT)
+    # no evaluation in a phase's first N epochs (i-Mix's --start-eval N); the last epoch is always evaluated
+    eval_start: int = field(default=0, metadata={"ge": 0})
     progress: bool = True
     log_every: int = field(default=50, metadata=POSITIVE_INT)
     tensorboard: bool = True

@@ -23,10 +23,18 @@ MOVE = re.compile(r"^\s*mv\s+(\S+)\s+(n\d{8})/?\s*$")
 
 def read_labels(path: Path) -> list[tuple[str, str, int]]:
     """(file name, wnid, line number) for every image the label file names."""
+    if path.is_dir():
+        raise DatasetError(f"imagenet-valprep: label file {path} is a directory")
     if not path.is_file():
         raise DatasetError(f"imagenet-valprep: label file {path} not found")
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"imagenet-valprep: label file {path} is not a text file (byte 0x{raw[err.start]:02x} at "
+                           f"offset {err.start} is not UTF-8)") from None
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(content.splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#") or text.startswith("mkdir") or text.lower().startswith("imageid,"):
             continue

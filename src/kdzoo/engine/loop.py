@@ -91,7 +91,7 @@ class PhaseRunner:
             record = {"phase": phase.name, "epoch": epoch + 1, **(before or {}),
                       **self._train_epoch(phase, epoch, loader, stream, optimizer, controller, scaler)}
             metrics, improved, stop = latest, False, False
-            if phase.evaluates and ((epoch + 1) % self.cfg.engine.eval_every == 0 or epoch + 1 == phase.epochs):
+            if phase.evaluates and self._evaluates_after(epoch, phase):
                 metrics = latest = {}
                 for evaluator in phase.evaluators:
                     metrics.update(evaluator(self.runtime))
@@ -123,6 +123,12 @@ class PhaseRunner:
         if phase.at_best and self.best_state is not None and not progress.best_reported:
             self._report_at_best(phase, optimizer, controller, scaler, latest)
         e._resume_state = None
+
+    def _evaluates_after(self, epoch: int, phase: Phase) -> bool:
+        """Every eval_every epochs from (0-based) epoch eval_start on, and after the last; best selection sees
+        only these epochs."""
+        engine = self.cfg.engine
+        return epoch + 1 == phase.epochs or (epoch >= engine.eval_start and (epoch + 1) % engine.eval_every == 0)
 
     def _report_at_best(self, phase: Phase, optimizer, controller, scaler, latest) -> None:
         """The at-best evaluators on the phase's best weights (then the weights it ended with are put back)."""

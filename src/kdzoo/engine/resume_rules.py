@@ -2,6 +2,7 @@
 options and where the data lives may differ, so that a resume never silently trains another recipe."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from kdzoo.errors import ConfigError
@@ -66,3 +67,18 @@ def check_resume_state(state: dict[str, Any], current: dict[str, Any], defaults:
         raise ResumeMismatch(f"the run was checkpointed with {saved_world} processes and is resumed with "
                              f"{world_size}: the global batch would change; resume it with --nproc_per_node "
                              f"giving {saved_world} processes in all")
+
+
+def load_resumed_config(run_dir: Path, overrides: list[str], start: str):
+    """The recipe a run folder saved, with the overrides a resume may make (`start`: how to start such a run,
+    for a folder that holds none); one-line errors otherwise."""
+    from kdzoo.config import load_config
+    from kdzoo.engine.run_folder import check_out_path
+
+    check_out_path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml); start it with {start}")
+    fixed = [o for o in overrides if not may_change(o.partition("=")[0])]
+    if fixed:
+        raise ConfigError(f"--resume: {fixed[0]}: {RULE}")
+    return load_config(run_dir / "config.yaml", overrides)

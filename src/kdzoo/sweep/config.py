@@ -21,7 +21,7 @@ from typing import Any, Optional
 from kdzoo.config import load_config
 from kdzoo.config.load import read_yaml
 from kdzoo.config.validate import to_dict
-from kdzoo.errors import ConfigError
+from kdzoo.errors import ConfigError, KdzooError
 
 KEYS = ("name", "recipe", "grid", "seeds", "overrides", "out", "storage", "heartbeat", "description")
 
@@ -64,7 +64,7 @@ def _yaml(value: Any) -> str:
 
 
 def load_sweep(path: str | Path, storage: Optional[str] = None) -> SweepConfig:
-    data = read_yaml(path)
+    data = read_yaml(path, "sweep file")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (name, recipe, grid, seeds, ...)")
     unknown = [k for k in data if k not in KEYS]
@@ -100,20 +100,27 @@ def load_sweep(path: str | Path, storage: Optional[str] = None) -> SweepConfig:
 
 
 def check_grid(cfg: SweepConfig, path) -> None:
-    """Every grid key names a key of the recipe (a config field, or a parameter of a method it uses), and every
-    value validates."""
+    """Every grid key names a key of the recipe (a config field, or a parameter of a method it uses), and the
+    recipe of every grid point, and of every seed, validates as `kdzoo train` checks one: values, and the names
+    of models, methods, regime and dataset. All before any trial starts."""
+    from kdzoo.config.names import check_names
+
     recipes = cfg.grid.get("recipe", [cfg.recipe])
     for recipe in recipes:
+        if Path(recipe).is_dir():
+            raise ConfigError(f"{path}: recipe {recipe} is a directory, not a recipe file")
         if not Path(recipe).is_file():
             raise ConfigError(f"{path}: recipe {recipe}: no such file")
         base = load_config(recipe, cfg.overrides_of({}))
-        for key, values in cfg.grid.items():
-            if key == "recipe":
-                continue
-            if not _key_exists(base, key):
+        for key in cfg.grid:
+            if key != "recipe" and not _key_exists(base, key):
                 raise ConfigError(f"{path}: grid.{key}: the recipe {recipe} has no key {key}")
-            for value in values:
-                load_config(recipe, cfg.overrides_of({key: value}))
+    points = cfg.points()
+    for params in [*points, *({**points[0], "seed": seed} for seed in cfg.seeds)]:
+        try:
+            check_names(load_config(cfg.recipe_of(params), cfg.overrides_of(params)))
+        except KdzooError as err:
+            raise ConfigError(f"{path}: grid point {json.dumps(params)}: {err}") from None
 
 
 def _key_exists(cfg, key: str) -> bool:

@@ -21,60 +21,7 @@ from typing import Any, Callable, Optional
 
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.sweep.config import SweepConfig
-
-
-def _optuna():
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat API
-    return optuna
-
-
-def open_storage(cfg: SweepConfig):
-    _optuna()
-    import optuna.storages as storages
-
-    url = cfg.storage_url
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        if hasattr(storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
-            retry = {"heartbeat_stale_trial_callback": storages.RetryHeartbeatStaleTrialCallback()}
-        else:
-            retry = {"failed_trial_callback": storages.RetryFailedTrialCallback()}
-        storage = storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=cfg.heartbeat,
-                                      grace_period=cfg.grace, **retry)
-    except Exception as err:  # SQLAlchemy's errors (bad URL, missing driver, unreachable server)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"storage {_safe(url)}: cannot be opened ({first})") from None
-    if url.startswith("sqlite"):
-        _immediate_transactions(storage.engine)
-    return storage
-
-
-def _immediate_transactions(engine) -> None:
-    """SQLite takes its write lock only at the first write, so two workers could both read a trial as WAITING and
-    both mark it RUNNING (row locks do not exist there). BEGIN IMMEDIATE takes the lock when the transaction
-    starts: check-and-set becomes atomic, the other worker waits (busy timeout) and then sees RUNNING."""
-    from sqlalchemy import event
-
-    @event.listens_for(engine, "connect")
-    def _no_implicit_begin(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the listeners are dropped
-
-
-def _safe(url: str) -> str:
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)  # no password in messages
+from kdzoo.sweep.storage import load_optuna, not_started, open_storage  # noqa: F401 (open_storage: re-exported)
 
 
 def search_space(cfg: SweepConfig) -> dict[str, list]:
@@ -82,7 +29,7 @@ def search_space(cfg: SweepConfig) -> dict[str, list]:
 
 
 def create_study(cfg: SweepConfig, storage):
-    optuna = _optuna()
+    optuna = load_optuna()
     study = optuna.create_study(study_name=cfg.name, storage=storage, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.GridSampler(search_space(cfg)))
     recorded = study.user_attrs.get("grid")
@@ -94,13 +41,12 @@ def create_study(cfg: SweepConfig, storage):
 
 
 def join_study(cfg: SweepConfig, storage):
-    optuna = _optuna()
+    optuna = load_optuna()
     try:
         return optuna.load_study(study_name=cfg.name, storage=storage,
                                  sampler=optuna.samplers.GridSampler(search_space(cfg)))
     except KeyError:
-        raise ConfigError(f"sweep {cfg.name}: not in storage {_safe(cfg.storage_url)}; start it with "
-                          "`kdzoo sweep -c FILE` before adding workers") from None
+        raise not_started(cfg) from None
 
 
 def params_key(params: dict[str, Any]) -> str:
@@ -197,6 +143,29 @@ def _has_waiting(study) -> bool:
 
 
 def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print) -> None:
+    """Train a claimed trial and record its result; stopped (Ctrl-C, SIGTERM), it is failed, so that the next
+    `kdzoo sweep` enqueues it again and its run folder resumes."""
+    try:
+        _run_claimed(study, cfg, trial_id, train, log)
+    except KeyboardInterrupt:
+        _fail(study._storage, trial_id, "interrupted")
+        raise
+
+
+def _fail(storage, trial_id: int, error: str) -> None:
+    """Record why, then fail the trial (a finished trial takes no attributes); one failed meanwhile as stale
+    (no heartbeat) is left as it is: its retry is already waiting."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    try:
+        storage.set_trial_user_attr(trial_id, "error", error)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        pass
+
+
+def _run_claimed(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log) -> None:
     from optuna.trial import TrialState
 
     storage = study._storage
@@ -221,13 +190,8 @@ def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print)
     log(f"sweep {cfg.name}: trial {number} {params_key(params)} -> {folder}")
     try:
         summary = train(cfg.recipe_of(params), cfg.overrides_of(params), folder)
-    except KeyboardInterrupt:
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)  # re-run (resumed) by the next sweep
-        storage.set_trial_user_attr(trial_id, "error", "interrupted")
-        raise
     except (KdzooError, RuntimeError, ValueError, OSError) as err:
-        storage.set_trial_user_attr(trial_id, "error", str(err).splitlines()[0] if str(err) else type(err).__name__)
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+        _fail(storage, trial_id, str(err).splitlines()[0] if str(err) else type(err).__name__)
         log(f"sweep {cfg.name}: trial {number} failed: {err}")
         return
     finally:
