@@ -51,7 +51,8 @@ PARAMS = {
     "augment": {"mode": "cutmix_pick", "n_run": 2, "criterion": "student_entropy", "weights": [1.0, 0.0, 1.0],
                 "teacher_target": True, "T": 4.0},
     "proto": {"clusters": [500, 800, 1000], "negatives": 100, "warmup_epochs": 10, "embed": "auto",
-              "key_network": "teacher", "key_view": "x", "phi_mean": 0.1, "iterations": 20, "redo": 5, "T": 4.0},
+              "key_network": "teacher", "key_view": "x", "phi_mean": 0.1, "iterations": 20, "redo": 5, "T": 4.0,
+              "halve_rows_over": 0.0, "key_grad": False, "original_negatives": False},  # DS-SRD's code: 1.5, true, true
     "mixup_ce": {},
     "trans_kd": {"T": 4.0},
     "byol": {"imix": True, "symmetric": False, "target_view": "x2"},  # kibok90/imix: i-Mix on, not symmetrised
