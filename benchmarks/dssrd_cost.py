@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from kdzoo.config import load_config
-from kdzoo.distillers.base import StepInfo
+from kdzoo.core.batch import StepInfo
 from kdzoo.engine.loop import Runtime
 from kdzoo.engine.step import weighted_total
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {  # row -> (recipe under configs/fashion_mnist, overrides)

@@ -79,7 +79,7 @@ def random_encoder(arch: str, seed: int, path: Path, dataset: str, in_channels: 
         return path
     import torch
 
-    from kdzoo.engine.checkpoint import save_weights
+    from kdzoo.checkpoints.format import save_weights
     from kdzoo.models import create_model
 
     torch.manual_seed(seed)

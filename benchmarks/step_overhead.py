@@ -27,21 +27,21 @@ from pathlib import Path
 
 import torch
 
+from kdzoo.checkpoints.format import save_weights
 from kdzoo.config import config_from_data
-from kdzoo.data import image_info
-from kdzoo.distillers import METHODS, Batch, StepInfo
-from kdzoo.engine.checkpoint import save_weights
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo
+from kdzoo.data import IndexedDataset, image_info
+from kdzoo.data.in_memory import InMemoryImageDataset
+from kdzoo.distillers import METHODS
 from kdzoo.engine.compile import compile_program
 from kdzoo.engine.device import Precision, resolve_precision
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.run_dir import cpu_model
 from kdzoo.engine.step import train_step
-from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
-from kdzoo.data import IndexedDataset
-from kdzoo.data.in_memory import InMemoryImageDataset
+from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.program import BuildContext, DataStream
+from kdzoo.program.optim import build_optimizer
 from kdzoo.regimes.offline import offline_program
 
 # Where a method's step costs more than 1.15x KD's, the part of the step that costs the time (from profiles of
@@ -221,7 +221,7 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
     dataset.info = info
     streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True),
                "test": DataStream(dataset, args.batch)}
-    program = offline_program(BuildContext(cfg=cfg, device=device, precision=precision, dist=DistInfo()),
+    program = offline_program(BuildContext(cfg=cfg, device=device, dist=DistInfo()),
                               streams, info)
     if compiled:
         compile_program(program)

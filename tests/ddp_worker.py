@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from kdzoo.config import load_config
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 
 
 def flat(state, prefix: str = "") -> dict[str, torch.Tensor]:

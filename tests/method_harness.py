@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
+from kdzoo.checkpoints.format import save_weights
 from kdzoo.config import config_from_data
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo
 from kdzoo.data import image_info
-from kdzoo.distillers.base import Batch, SetupContext, StepInfo
-from kdzoo.engine.checkpoint import save_weights
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
+from kdzoo.distillers.base import SetupContext
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
@@ -130,7 +130,7 @@ def build_regime(folder: Path, student: str, teacher: Optional[str], loss: dict,
                                    train=True, drop_last=needs["drop_last"]),
                "test": DataStream(RandomImages(targets[:20], shape, info), batch_size),
                "probe": DataStream(RandomImages(targets, shape, info, with_index=True), batch_size)}
-    ctx = BuildContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo())
+    ctx = BuildContext(cfg=cfg, device=CPU, dist=DistInfo())
     return OfflineView(offline_program(ctx, streams, info), cfg, info)
 
 

@@ -212,8 +212,8 @@ def test_single_seed_shows_the_seed_count_not_a_zero_std():
 
 def test_killed_cell_resumes_a_changed_recipe_restarts_a_busy_one_is_skipped(tiny_bench, capsys):
     from kdzoo.bench.config import load_bench_config
-    from kdzoo.engine.checkpoint_store import CheckpointStore
-    from kdzoo.engine.run_folder import RunLock
+    from kdzoo.checkpoints.run_folder import RunLock
+    from kdzoo.checkpoints.store import CheckpointStore
 
     path, out = tiny_bench
     bench = Bench(load_bench_config(path))

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from kdzoo.config.schema import OptimConfig, ScheduleConfig
-from kdzoo.engine.evaluate import evaluate
-from kdzoo.engine.optim import build_optimizer, build_scheduler, lr_factor
 from kdzoo.engine.step import train_step, weighted_total
 from kdzoo.errors import KdzooError
+from kdzoo.program.evaluators import evaluate
+from kdzoo.program.optim import build_optimizer, build_scheduler, lr_factor
 from tests.method_harness import build_regime, random_batch, step_info
 
 CPU = torch.device("cpu")

@@ -15,8 +15,8 @@ import math
 import pytest
 import torch
 
+from kdzoo.core.batch import Batch
 from kdzoo.distillers import METHODS
-from kdzoo.distillers.base import Batch
 from kdzoo.models.features import Features
 from tests.method_harness import probed_pair, setup_context, step_info
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdzoo.checkpoints.load import load_model
 from kdzoo.config import load_config
 from kdzoo.config.schema import ScheduleConfig
-from kdzoo.engine.controllers import PlateauController
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.evaluate import evaluate
+from kdzoo.core.dist import DistInfo
 from kdzoo.engine.step import weighted_total
-from kdzoo.engine.teacher import load_model
 from kdzoo.engine.trainer import Engine
+from kdzoo.program.controllers import PlateauController
+from kdzoo.program.evaluators import evaluate
 from tests.method_harness import build_regime, random_batch, step_info
 from tests.test_engine import _stop_after_epochs
 from tests.test_program import PLATEAU, SMALL, STUDENT, _checkpoint, _metrics
@@ -71,7 +71,7 @@ def test_online_sees_the_imix_of_view_x_and_the_target_sees_view_x2(monkeypatch)
 # The engine's best-validation bookkeeping -------------------------------------------------------------------------
 def _scripted(script):
     """tests/test_program.py's scripted validation, with the at-best test evaluator the offline regime gives."""
-    from kdzoo.engine.evaluators import MetricEvaluator
+    from kdzoo.program.evaluators import MetricEvaluator
     from kdzoo.regimes.offline import Offline
 
     def build(ctx):

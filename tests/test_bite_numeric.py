@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from kdzoo.core.batch import Batch
 from kdzoo.distillers import METHODS
-from kdzoo.distillers.base import Batch
 from kdzoo.distillers.crd import momentum_update
 from kdzoo.distillers.reviewkd import ABF
 from kdzoo.models.features import FeatureModel, FeatureSpec, Needs

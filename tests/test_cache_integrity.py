@@ -13,13 +13,13 @@ from torch.utils.data import Dataset, TensorDataset
 from torchvision.transforms import Compose
 
 from kdzoo.config import load_config
+from kdzoo.core.batch import Batch
 from kdzoo.data.transforms import PadRandomCrop, RandomHorizontalFlip
-from kdzoo.distillers.base import Batch
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Features
 from kdzoo.program.teacher_cache import CACHE_FILE, read_cache, teacher_cache
 from kdzoo.program.teacher_replay import ReplayCache, ReplayTeacher
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 
 KD = CONFIGS / "digits" / "kd.yaml"

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from kdzoo.checkpoints.format import load_weights
+from kdzoo.checkpoints.store import POINTER, CheckpointStore, resolve_checkpoint
 from kdzoo.config import load_config
-from kdzoo.engine import checkpoint as checkpoint_module
-from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint
-from kdzoo.engine.checkpoint_store import POINTER, CheckpointStore
-from kdzoo.regimes import make_engine
+from kdzoo.checkpoints import format as checkpoint_module
 from kdzoo.errors import CheckpointError
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 TINY = ["epochs=2", "dataset.subset=120", "dataset.batch_size=40", "dataset.eval_batch_size=540", *FAST]
@@ -110,7 +110,7 @@ def test_killed_process_resumes_exactly(tmp_path, reference):
         import os, sys
         sys.path.insert(0, {str(REPO)!r})
         from tests.test_checkpoint_faults import FaultAt, tiny_cfg
-        from kdzoo.regimes import make_engine
+        from kdzoo.engine.trainer import make_engine
 
         class Patch:
             def setattr(self, module, name, value):

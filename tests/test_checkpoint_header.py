@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 
-from kdzoo.engine.checkpoint import load_weights, save_weights
+from kdzoo.checkpoints.format import load_weights, save_weights
 from kdzoo.errors import CheckpointError
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdzoo.core.batch import StepInfo
 from kdzoo.data.groups import GroupDataset, GroupLayout, GroupSampler, draw_groups, group_batch, possible_groups
-from kdzoo.distillers import METHODS, StepInfo
+from kdzoo.distillers import METHODS
 from kdzoo.distillers.ckd import group_sizes
 from kdzoo.distillers.context import StepContext
 from kdzoo.distillers.kd import kd_loss

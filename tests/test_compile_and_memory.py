@@ -28,7 +28,7 @@ def test_compiled_run_trains_the_same_weights_with_the_same_keys(tmp_path, digit
 
 def test_every_running_slot_is_compiled_in_place(tmp_path, digits_teacher):
     from kdzoo.config import load_config
-    from kdzoo.regimes import make_engine
+    from kdzoo.engine.trainer import make_engine
 
     cfg = load_config(CONFIGS / "digits" / "kd.yaml", [*SMALL, f"teacher.checkpoint={digits_teacher}",
                                                         "engine.compile=true", "engine.compile_backend=eager"])

@@ -16,11 +16,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kdzoo.distillers.base import Batch, SetupContext, StepInfo
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo, all_gather_cat, synced_buffer_names
+from kdzoo.distillers.base import SetupContext
 from kdzoo.distillers.crd import CRD, CRDParams
 from kdzoo.distillers.rrd import RRD, RRDParams
-from kdzoo.engine import distributed
-from kdzoo.engine.distributed import DistInfo, all_gather_cat, synced_buffer_names, wrap_ddp
+from kdzoo.core import dist as distributed
+from kdzoo.engine.distributed import wrap_ddp
 from kdzoo.models.features import Features
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,13 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.optim import build_optimizer
+from kdzoo.core.dist import DistInfo
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.program import BuildContext
-from kdzoo.regimes import make_engine
+from kdzoo.program.optim import build_optimizer
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.double_student import DoubleStudent, PredictionHead
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import step_info, teacher_file
@@ -29,7 +28,7 @@ SMALL = [*FAST, "epochs=2", "dataset.subset=320"]
 def _program(teacher, *overrides):
     cfg = load_config(RECIPE, [*SMALL, f"teacher.checkpoint={teacher}", *overrides])
     cpu = torch.device("cpu")
-    return DoubleStudent.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    return DoubleStudent.build(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))
 
 
 def _one_step(program):
@@ -136,7 +135,7 @@ def test_runs_resumes_exactly_and_deploys_student_and_teacher(tmp_path, digits_t
 
 
 def test_teacher_arch_the_zoo_cannot_build_exits_2(tmp_path, capsys):
-    from kdzoo.engine.checkpoint import save_weights
+    from kdzoo.checkpoints.format import save_weights
 
     model = create_model("resnet8", num_classes=10, in_channels=1)
     path = tmp_path / "odd.safetensors"
@@ -180,7 +179,7 @@ def test_trans_student_deploys_its_cnn_branch(tmp_path, digits_teacher):
     assert code == 0
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["train_trans_kd"] > 0 and record["train_trans_ce"] > 0
-    from kdzoo.engine.teacher import load_model
+    from kdzoo.checkpoints.load import load_model
 
     plain, meta, _ = load_model(out)
     assert meta["arch"] == "resnet8x4" and type(plain).__name__ != "TransNet"
@@ -216,6 +215,6 @@ def test_trans_student_in_the_double_student_regime_deploys_its_cnn(tmp_path, di
     out = tmp_path / "r"
     assert run_cli("distill", "-c", RECIPE, "--out", out, *SMALL, "epochs=1", f"teacher.checkpoint={digits_teacher}",
                    "student.arch=resnet8_trans", "loss.trans_kd=1", "loss.trans_ce=1") == 0
-    from kdzoo.engine.teacher import load_model
+    from kdzoo.checkpoints.load import load_model
 
     assert load_model(out)[1]["arch"] == "resnet8"

@@ -204,7 +204,7 @@ def test_halve_rows_over_halves_only_the_large_teacher_rows(tmp_path, monkeypatc
 def _two_view_proto_grads(teacher, key_grad: bool):
     """proto's gradient on the student's first conv in DS-SRD's digits recipe (key: the student's view x2)."""
     from kdzoo.config import load_config
-    from kdzoo.engine.distributed import DistInfo
+    from kdzoo.core.dist import DistInfo
     from tests.method_harness import step_info
     from tests.test_dssrd_double import RECIPE, _program
 

@@ -11,17 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdzoo.checkpoints.format import load_weights, read_meta, save_weights
 from kdzoo.config import load_config
-from kdzoo.distillers.base import Batch, StepInfo
-from kdzoo.engine.checkpoint import load_weights, read_meta, save_weights
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.regimes import make_engine
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo
 from kdzoo.models import create_model
 from kdzoo.program import BuildContext
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.offline import Offline
-from tests.method_harness import OfflineView
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
+from tests.method_harness import OfflineView
 
 
 def _err(capsys) -> str:
@@ -54,8 +53,7 @@ def test_train_distill_eval_through_cli(tmp_path, digits_teacher, capsys):
 
 def test_teacher_gets_no_gradients_and_optimizer_holds_student_only(digits_teacher):
     cfg = load_config(CONFIGS / "digits" / "kd.yaml", [f"teacher.checkpoint={digits_teacher}", "epochs=1"])
-    program = Offline.build(BuildContext(cfg=cfg, device=torch.device("cpu"),
-                                         precision=Precision("fp32", torch.device("cpu")), dist=DistInfo()))
+    program = Offline.build(BuildContext(cfg=cfg, device=torch.device("cpu"), dist=DistInfo()))
     regime = OfflineView(program, cfg, program.info)
     (main,) = regime.phases()
     teacher_params = {id(p) for p in regime.teacher.parameters()}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kdzoo.engine.checkpoint import read_meta
+from kdzoo.checkpoints.format import read_meta
 from tests.conftest import CONFIGS, FAST, run_cli
 
 TINY = ["dataset.subset=120", "dataset.batch_size=40", *FAST]

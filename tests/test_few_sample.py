@@ -10,8 +10,8 @@ from kdzoo.config import load_config
 from kdzoo.config.schema import ScheduleConfig
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.splits import few_sample_split
-from kdzoo.engine.controllers import controller_for
 from kdzoo.errors import ConfigError, DatasetError
+from kdzoo.program.controllers import controller_for
 from tests.conftest import CONFIGS, FAST, run_cli
 
 STUDENT = CONFIGS / "digits" / "student.yaml"
@@ -104,13 +104,13 @@ def test_a_few_sample_plateau_run_reports_test_at_the_best_validation_point(tmp_
     assert not any("test_top1" in r for r in records)
     from safetensors.torch import load_file
 
-    from kdzoo.engine.evaluate import evaluate
-    from kdzoo.engine.teacher import load_model
+    from kdzoo.checkpoints.load import load_model
+    from kdzoo.program.evaluators import evaluate
 
     model, _, _ = load_model(run, "best")  # the test number is the best checkpoint's
     engine_cfg = load_config(STUDENT, ["dataset.subset_size=120"])
     streams, _ = recipe_streams(engine_cfg.dataset, seed=0, device=torch.device("cpu"))
-    from kdzoo.engine.distributed import DistInfo
+    from kdzoo.core.dist import DistInfo
 
     metrics = evaluate(model.eval(), streams["test"].loader(DistInfo()), torch.device("cpu"), DistInfo())
     assert metrics["top1"] == pytest.approx(final["test_top1"], abs=1e-6)

@@ -9,16 +9,16 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo
 from kdzoo.data.batch_transforms import rotate4
-from kdzoo.distillers import METHODS, Batch, StepInfo
+from kdzoo.distillers import METHODS
 from kdzoo.distillers.hsakd import paired_heads
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
 from kdzoo.models import create_model, list_models
 from kdzoo.models.aux import AUX_ARCHS, class_logits
 from kdzoo.models.features import FeatureModel, Features, Needs
 from kdzoo.program import BuildContext
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.mutual import Mutual, peer_terms
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import assert_gradient_routing, build_regime, random_batch, teacher_file
@@ -400,12 +400,12 @@ def test_rotations_with_named_views_and_non_square_heads_are_refused(tmp_path, c
 
 def test_each_peer_learns_from_the_other_only_through_its_own_term():
     cfg = load_config(CONFIGS / "digits" / "mutual" / "hsakd.yaml", SMALL)
-    program = Mutual.build(BuildContext(cfg=cfg, device=CPU, precision=Precision("fp32", CPU), dist=DistInfo()))
+    program = Mutual.build(BuildContext(cfg=cfg, device=CPU, dist=DistInfo()))
     stream = program.data["train"]
     batch = stream.batch(next(iter(stream.loader(DistInfo()))))
     terms = program.phases[0].step(batch, INFO)
     peer0, peer1 = program.models["peer0"].module, program.models["peer1"].module
-    from kdzoo.engine.evaluators import OneLoader
+    from kdzoo.program.evaluators import OneLoader
 
     test = program.data["test"]
     metrics = {}

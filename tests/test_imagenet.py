@@ -13,10 +13,11 @@ import torchvision
 import yaml
 
 from kdzoo.bench.anchors import IMAGENET
+from kdzoo.checkpoints.format import read_meta
+from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.config import load_config
 from kdzoo.data import build_dataset
 from kdzoo.data.imagenet_valprep import lay_out_val
-from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
 from kdzoo.errors import DatasetError
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.test_data import save_image

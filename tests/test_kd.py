@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from kdzoo.distillers.kd import kd_loss
-from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.models import Needs, create_model
+from kdzoo.models.frozen import FrozenTeacher
 
 
 def _softmax(row, T):

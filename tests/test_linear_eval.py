@@ -11,12 +11,12 @@ import torch
 from safetensors.torch import load_file
 
 import kdzoo.engine.loop as loop
+from kdzoo.checkpoints.format import save_weights
+from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.config import config_from_data
-from kdzoo.engine.checkpoint import save_weights
-from kdzoo.engine.checkpoint_store import CheckpointStore
 from kdzoo.linear_eval import encoder_file, probe_recipe
 from kdzoo.models import create_model
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import teacher_file
 from tests.test_data import write_stl10, write_tiny_imagenet_tree

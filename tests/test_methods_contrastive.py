@@ -13,9 +13,20 @@ import pytest
 import torch
 from torch import nn
 
-from kdzoo.distillers.base import Batch, SetupContext, StepInfo
-from kdzoo.distillers.crd import (CRD, CRDParams, class_blocks, contrast_scores, gather_scores, log_mean_exp,
-                                  momentum_update, nce_loss, nce_loss_scores, sample_negatives)
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.distillers.base import SetupContext
+from kdzoo.distillers.crd import (
+    CRD,
+    CRDParams,
+    class_blocks,
+    contrast_scores,
+    gather_scores,
+    log_mean_exp,
+    momentum_update,
+    nce_loss,
+    nce_loss_scores,
+    sample_negatives,
+)
 from kdzoo.distillers.dcd import DCD, DCDParams, dcd_loss
 from kdzoo.distillers.rrd import RRD, RRDParams, enqueue, relational_loss
 from kdzoo.errors import KdzooError

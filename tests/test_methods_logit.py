@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kdzoo.config import load_config
-from kdzoo.distillers.base import Batch, SetupContext, StepInfo
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.distillers.base import SetupContext
 from kdzoo.distillers.dist import DIST, DISTParams, dist_loss, dist_parts, pearson_rows
 from kdzoo.distillers.dkd import DKD, DKDParams, dkd_parts
 from kdzoo.distillers.kd import kd_loss

@@ -11,19 +11,24 @@ import pytest
 import torch
 from torch import nn
 
-from kdzoo.distillers.base import SetupContext
+from kdzoo.checkpoints.format import load_state_dict_strict, load_weights
+from kdzoo.checkpoints.load import model_from_meta
+from kdzoo.distillers.base import NoParams, SetupContext
 from kdzoo.distillers.semckd import SemCKD, SemCKDParams
 from kdzoo.distillers.simkd import SimKD, SimKDParams, SimKDStudent
 from kdzoo.distillers.srrl import SRRL
-from kdzoo.distillers.base import NoParams
-from kdzoo.engine.checkpoint import load_state_dict_strict, load_weights
-from kdzoo.engine.optim import build_optimizer
-from kdzoo.engine.teacher import model_from_meta
 from kdzoo.errors import IncompatiblePairError, KdzooError
 from kdzoo.models.features import FeatureModel, Features, FeatureSpec, Needs
+from kdzoo.program.optim import build_optimizer
 from tests.conftest import run_cli
-from tests.method_harness import (assert_gradient_routing, backward_once, build_regime, random_batch, run_digits,
-                                  step_info)
+from tests.method_harness import (
+    assert_gradient_routing,
+    backward_once,
+    build_regime,
+    random_batch,
+    run_digits,
+    step_info,
+)
 
 # ------------------------------------------------------------------------------------------------------------
 # Independent reference maths (float64 numpy, explicit loops)

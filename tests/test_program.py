@@ -15,16 +15,16 @@ from kdzoo.config import load_config
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import SetupContext
-from kdzoo.engine.controllers import PlateauController, controller_for
-from kdzoo.engine.evaluators import ClassifierEvaluator, MetricEvaluator
 from kdzoo.engine.trainer import Engine
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs, create_model
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, BuildContext, DataStream, ModelSlot, Phase, Program
 from kdzoo.program.bundle import Bundle, main_body, method_step
+from kdzoo.program.controllers import PlateauController, controller_for
+from kdzoo.program.evaluators import ClassifierEvaluator, MetricEvaluator
 from kdzoo.program.methods import build_methods, produced_terms
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.offline import Offline, offline_program
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import teacher_file
@@ -65,7 +65,7 @@ def two_peers(ctx: BuildContext) -> Program:
     bundle = Bundle({name: FeatureModel(m, Needs(logits=True)) for name, m in peers.items()}, methods)
     main = list(methods.values())
     phase = Phase(name="main", epochs=cfg.epochs, params=list(bundle.parameters()),
-                  step=method_step(bundle, bundle, {}, lambda c: main_body(c, main)),
+                  step=method_step(bundle, {}, lambda c: main_body(c, main)),
                   weights={t: w for t, w in cfg.loss.items() if t in produced_terms(main)},
                   controller=controller_for(cfg.schedule, cfg.epochs),
                   evaluators=[ClassifierEvaluator(lambda: peers["peer0"]),
@@ -95,16 +95,15 @@ def test_namespaced_kd_gradient_reaches_only_its_own_peer(tmp_path):
     """peer0.kd trains peer0 alone: peer1's logits are detached targets; and the T of methods.kd is shared."""
     cfg = load_config(STUDENT, [*SMALL, "epochs=1"])
     cfg.loss, cfg.methods = dict(PEER_LOSS), dict(PEER_METHODS)
-    from kdzoo.engine.device import Precision
-    from kdzoo.engine.distributed import DistInfo
+    from kdzoo.core.dist import DistInfo
 
     cpu = torch.device("cpu")
-    program = two_peers(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    program = two_peers(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))
     kd0 = program.trainable.methods["peer0:kd"]
     assert kd0.params.T == 3.0 and kd0.binding.student == "peer0" and kd0.binding.teacher == "peer1"
     stream = program.data["train"]
     batch = stream.batch(next(iter(stream.loader(DistInfo()))))
-    from kdzoo.distillers import StepInfo
+    from kdzoo.core.batch import StepInfo
 
     terms = program.phases[0].step(batch, StepInfo(0, 1, 0, 1))
     terms["peer0.kd"].backward()
@@ -116,7 +115,7 @@ def test_namespaced_kd_gradient_reaches_only_its_own_peer(tmp_path):
 def test_offline_refuses_namespaced_terms():
     cfg = load_config(STUDENT, ["loss={peer1.ce: 1.0}"])
     with pytest.raises(ConfigError, match="namespaced"):
-        Offline.build(BuildContext(cfg=cfg, device=torch.device("cpu"), precision=None, dist=None))
+        Offline.build(BuildContext(cfg=cfg, device=torch.device("cpu"), dist=None))
 
 
 # Val stream + plateau controller ----------------------------------------------------------------------------
@@ -207,11 +206,10 @@ def test_a_two_view_batch_reaches_a_method_bound_to_its_second_view(tmp_path, di
     cfg = load_config(CONFIGS / "digits" / "kd.yaml", [*SMALL, f"teacher.checkpoint={digits_teacher}",
                                                       "dataset.views={x: train, plain: plain}",
                                                       "methods.kd.view=plain"])
-    from kdzoo.engine.device import Precision
-    from kdzoo.engine.distributed import DistInfo
+    from kdzoo.core.dist import DistInfo
 
     cpu = torch.device("cpu")
-    program = Offline.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    program = Offline.build(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))
     stream = program.data["train"]
     batch = stream.batch(next(iter(stream.loader(DistInfo()))))
     assert set(batch.views) == {"x", "plain"} and torch.equal(batch.inputs, batch.views["x"])
@@ -221,7 +219,7 @@ def test_a_two_view_batch_reaches_a_method_bound_to_its_second_view(tmp_path, di
         source = program.models[name].features
         original = source.forward
         monkeypatch.setattr(source, "forward", (lambda o, n: lambda x: (seen[n].append(x), o(x))[1])(original, name))
-    from kdzoo.distillers import StepInfo
+    from kdzoo.core.batch import StepInfo
 
     terms = program.phases[-1].step(batch, StepInfo(0, 1, 0, 1))
     assert set(terms) == {"ce", "kd"}

@@ -8,15 +8,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from kdzoo.checkpoints.store import CheckpointStore
+from kdzoo.core.batch import Batch, Binding, StepInfo
+from kdzoo.core.dist import DistInfo
 from kdzoo.data.info import DatasetInfo
-from kdzoo.distillers import METHODS, Batch, SetupContext, StepInfo
-from kdzoo.distillers.context import Binding, StepContext
-from kdzoo.engine.checkpoint_store import CheckpointStore
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.evaluators import HeadsEvaluator
+from kdzoo.distillers import METHODS, SetupContext
+from kdzoo.distillers.context import StepContext
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Features
 from kdzoo.program import Artifact, DataStream, ModelSlot, Phase, Program
+from kdzoo.program.evaluators import HeadsEvaluator
 from kdzoo.program.methods import build_methods, method_instances
 
 INFO = StepInfo(epoch=0, epochs=1, step=0, steps_per_epoch=1)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdzoo.checkpoints.format import load_weights, save_state, save_weights
+from kdzoo.checkpoints.run_folder import LOCK_FILE, RunLock
+from kdzoo.checkpoints.store import CheckpointStore, resolve_checkpoint
 from kdzoo.config import load_config
-from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_state, save_weights
-from kdzoo.regimes import make_engine
-from kdzoo.engine.checkpoint_store import CheckpointStore
-from kdzoo.engine.run_folder import LOCK_FILE, RunLock
 from kdzoo.models import create_model
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 TINY = ["epochs=2", "dataset.subset=120", "dataset.batch_size=40", "dataset.eval_batch_size=540", *FAST]
@@ -42,7 +42,7 @@ def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, capsys):
     run = tmp_path / "busy"
     holder = subprocess.Popen(
         [sys.executable, "-c", f"import sys, time; sys.path.insert(0, {str(REPO / 'src')!r}); "
-         f"from kdzoo.engine.run_folder import RunLock; lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); "
+         f"from kdzoo.checkpoints.run_folder import RunLock; lock = RunLock({str(run)!r}).acquire(); print('held', flush=True); "
          "time.sleep(120)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

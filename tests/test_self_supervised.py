@@ -12,13 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
+from kdzoo.core.dist import DistInfo
 from kdzoo.distillers.byol import ByolParams, byol_imix_loss, imix_lambdas
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
-from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.step import weighted_total
 from kdzoo.program import BuildContext
-from kdzoo.regimes import make_engine
+from kdzoo.program.optim import build_optimizer
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.self_supervised import SelfSupervised
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import step_info
@@ -52,7 +51,7 @@ def test_imix_lambdas_are_max_of_b_and_one_minus_b():
 def _program(*overrides):
     cfg = load_config(RECIPE, [*SMALL, *overrides])
     cpu = torch.device("cpu")
-    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))
 
 
 def test_ema_target_covers_encoder_and_projector_before_the_next_forward():
@@ -167,4 +166,4 @@ def test_weak_student_learns_crd_from_the_target_with_instance_negatives(tmp_pat
 def _program_of(recipe):
     cfg = load_config(recipe, [*SMALL])
     cpu = torch.device("cpu")
-    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))

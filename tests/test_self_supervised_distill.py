@@ -12,14 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.config import load_config
+from kdzoo.core.dist import DistInfo
 from kdzoo.data.views import FeatureCorruption
-from kdzoo.engine.checkpoint import resolve_checkpoint
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo
 from kdzoo.errors import ConfigError
 from kdzoo.program import BuildContext
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.self_supervised import SelfSupervised
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import EpochRuntime, step_info
@@ -32,7 +31,7 @@ PROTO_NOW = ["methods.weak.proto.warmup_epochs=1", "methods.weak.proto.clusters=
 def _ss_program(*overrides):
     cfg = load_config(SS / "dssrd.yaml", [*SMALL, *overrides])
     cpu = torch.device("cpu")
-    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, precision=Precision("fp32", cpu), dist=DistInfo()))
+    return SelfSupervised.build(BuildContext(cfg=cfg, device=cpu, dist=DistInfo()))
 
 
 def test_weak_proto_projects_to_the_target_width_and_trains_weak_and_projector_only():

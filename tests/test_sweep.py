@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdzoo.engine.checkpoint_store import CheckpointStore
+from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.sweep.config import load_sweep
 from kdzoo.sweep.study import claim, create_study, enqueue_missing, join_study, open_storage, run_folder
 from tests.conftest import CONFIGS, REPO, run_cli

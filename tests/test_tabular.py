@@ -131,7 +131,7 @@ def test_broken_files_are_one_line_errors(tmp_path, content):
 def test_byol_views_refuse_vectors(covtype_root):
     from kdzoo.config import load_config
     from kdzoo.errors import ConfigError
-    from kdzoo.regimes import make_engine
+    from kdzoo.engine.trainer import make_engine
     from tests.conftest import CONFIGS as configs
 
     cfg = load_config(configs / "digits" / "self_supervised" / "byol.yaml",

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
-from kdzoo.engine.teacher import FrozenTeacher
-from kdzoo.regimes import make_engine
+from kdzoo.models.frozen import FrozenTeacher
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.test_engine import _stop_after_epochs
 
@@ -69,7 +69,8 @@ def test_a_shared_cache_dir_keeps_one_cache_per_teacher_images_and_seed(tmp_path
 
 
 def test_a_retrained_teacher_invalidates_the_run_folder_cache_with_one_line(tmp_path, digits_teacher, forwards):
-    from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint, save_weights
+    from kdzoo.checkpoints.format import load_weights, save_weights
+    from kdzoo.checkpoints.store import resolve_checkpoint
 
     teacher = tmp_path / "teacher.safetensors"
     state, meta = load_weights(resolve_checkpoint(digits_teacher, "best"))

@@ -14,7 +14,7 @@ from kdzoo.data.replay import ReplayAugment
 from kdzoo.data.transforms import Normalize, PadRandomCrop, RandomHorizontalFlip
 from kdzoo.errors import ConfigError
 from kdzoo.program.teacher_replay import ReplayTeacher, soft_labels
-from kdzoo.regimes import make_engine
+from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 
 KD = CONFIGS / "digits" / "kd.yaml"

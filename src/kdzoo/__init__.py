@@ -1,3 +1,4 @@
 """kdzoo: knowledge distillation for PyTorch."""
+from kdzoo.version import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -138,8 +138,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from kdzoo.checkpoints.run_folder import refuse_existing_run
     from kdzoo.config import load_config
-    from kdzoo.engine.run_folder import refuse_existing_run
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -156,10 +156,10 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(args.out or Path("runs") / cfg.name)
         refuse_existing_run(run_dir, f"kdzoo {args.mode}")
-    from kdzoo.config.names import check_names
+    from kdzoo.regimes.names import check_names
 
     check_names(cfg, args.mode)
-    from kdzoo.regimes import make_engine  # heavy: imported once the recipe is known to be valid
+    from kdzoo.engine.trainer import make_engine  # heavy: imported once the recipe is known to be valid
 
     engine = make_engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
@@ -176,10 +176,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from kdzoo.checkpoints.load import load_model
     from kdzoo.data import build_dataset, make_loader
     from kdzoo.engine.device import resolve_device
-    from kdzoo.engine.evaluate import evaluate
-    from kdzoo.engine.teacher import load_model
+    from kdzoo.program.evaluators import evaluate
 
     model, meta, file = load_model(args.checkpoint, args.which)
     device = resolve_device(args.device)
@@ -202,8 +202,8 @@ def cmd_eval(args) -> int:
 
 def _head_metrics(model, loader, device) -> dict[str, float]:
     """Each auxiliary head's accuracy (an _aux checkpoint); one line if the model has none."""
-    from kdzoo.engine.evaluators import HeadsEvaluator, OneLoader
     from kdzoo.models.aux import AuxNet, RotatedHeads
+    from kdzoo.program.evaluators import HeadsEvaluator, OneLoader
 
     if not isinstance(model, AuxNet):
         raise KdzooError(f"--heads: {getattr(model, 'kdzoo_arch', type(model).__name__)} has no auxiliary heads")
@@ -213,11 +213,12 @@ def _head_metrics(model, loader, device) -> dict[str, float]:
 
 
 def cmd_import(args) -> int:
-    from kdzoo.engine.importer import import_checkpoint
+    from kdzoo.checkpoints.importer import import_checkpoint
 
     out = import_checkpoint(args.path, arch=args.arch, num_classes=args.num_classes, dataset=args.dataset,
                             out=args.out, in_channels=args.in_channels, fmt=args.format, peer=args.peer)
-    from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
+    from kdzoo.checkpoints.format import read_meta
+    from kdzoo.checkpoints.store import resolve_checkpoint
 
     print(f"imported {args.path} as {read_meta(resolve_checkpoint(out))['arch']} -> {out}")
     return 0

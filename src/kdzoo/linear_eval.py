@@ -16,7 +16,6 @@ from pathlib import Path
 
 from kdzoo.errors import ConfigError, KdzooError
 
-
 # (batch, lr for that batch, milestones as fractions of the epochs, gamma, nesterov)
 PROTOCOLS = {"imix": (256, lambda b: 10 * b / 256, (0.8, 0.9, 0.95), 0.2, False),
              "hsakd": (64, lambda b: 0.1, (0.3, 0.6, 0.9), 0.1, True)}
@@ -52,7 +51,8 @@ PROBE_FLAGS = ("checkpoint", "network", "dataset", "protocol", "batch_size", "lr
 
 def encoder_file(checkpoint: str, network: str) -> Path:
     """The checkpoint file of `network` in a run folder (student: the run's deployed model), or the file given."""
-    from kdzoo.engine.checkpoint import read_meta, resolve_checkpoint
+    from kdzoo.checkpoints.format import read_meta
+    from kdzoo.checkpoints.store import resolve_checkpoint
 
     path = Path(checkpoint)
     if path.is_dir() and network != "student":  # (the student's file: resolve_checkpoint picks last for SS runs)
@@ -69,7 +69,7 @@ def encoder_file(checkpoint: str, network: str) -> Path:
 
 
 def probe_recipe(file: Path, args) -> dict:
-    from kdzoo.engine.checkpoint import read_meta
+    from kdzoo.checkpoints.format import read_meta
 
     meta = read_meta(file)
     dataset = args.dataset or meta.get("dataset")
@@ -95,10 +95,10 @@ def probe_recipe(file: Path, args) -> dict:
 
 
 def cmd_linear_eval(args) -> int:
+    from kdzoo.checkpoints.run_folder import refuse_existing_run
     from kdzoo.config import config_from_data
     from kdzoo.config.load import apply_overrides
-    from kdzoo.engine.run_folder import refuse_existing_run
-    from kdzoo.regimes import make_engine
+    from kdzoo.engine.trainer import make_engine
 
     overrides = [*args.overrides, *_engine_flags(args)]
     if args.resume:

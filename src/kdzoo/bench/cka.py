@@ -1,7 +1,6 @@
 """Linear CKA (Kornblith et al., 2019) between two representations of the same samples."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

@@ -50,8 +50,8 @@ def pooled_features(model: torch.nn.Module, loader) -> torch.Tensor:
 
 def cka_of_run(run: dict[str, Any], cache: dict) -> Optional[float]:
     """Linear CKA between teacher and student pooled features on the test set (last checkpoint)."""
+    from kdzoo.checkpoints.load import load_model
     from kdzoo.data import build_dataset, make_loader
-    from kdzoo.engine.teacher import load_model
 
     student, meta, _ = load_model(run["folder"], "last")
     teacher_path = run["cfg"].teacher.checkpoint

@@ -13,12 +13,12 @@ from typing import Any, Callable, Optional
 from kdzoo.bench.config import BenchConfig, RowConfig, dotted
 from kdzoo.bench.leaderboard import read_json, write_leaderboard
 from kdzoo.bench.progress import EpochProgress, duration
+from kdzoo.checkpoints.run_folder import RunFolderBusy, RunLock, clear_run
 from kdzoo.config import Config, load_config, to_dict
 from kdzoo.engine.resume_rules import ResumeMismatch, differences
-from kdzoo.engine.run_folder import RunFolderBusy, RunLock, clear_run
 from kdzoo.engine.signals import stop_on_sigterm
-from kdzoo.regimes import make_engine
 from kdzoo.errors import KdzooError
+from kdzoo.engine.trainer import make_engine
 
 BASELINE = "student"
 NO_TEACHER = "none"  # a row whose runs have no teacher (e.g. mutual peers)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from kdzoo.distillers.base import Batch
+from kdzoo.core.batch import Batch
 from kdzoo.errors import ConfigError
 from kdzoo.registry import Registry
 

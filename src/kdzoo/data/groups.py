@@ -149,7 +149,7 @@ class GroupSampler(Sampler[int]):
 
 def group_batch(raw: Any, layout: GroupLayout, device: torch.device, channels_last: bool = False):
     """A loader batch of groups -> Batch with one view per part (+ the mixed view)."""
-    from kdzoo.distillers.base import Batch  # methods import this module for GroupLayout
+    from kdzoo.core.batch import Batch  # methods import this module for GroupLayout
 
     images, labels, index = (t.to(device, non_blocking=True) for t in raw[:3])
     views, view_index, view_targets, at = {}, {}, {}, 0

@@ -80,7 +80,7 @@ def probe_stream(d: DatasetConfig, train: DataStream, *, seed: int, device: torc
                  channels_last: bool = False) -> DataStream:
     """The `probe` stream: the images of `train` (same subset, same order) under the plain pipeline, with their
     indices, read in order (per-epoch passes, program/epoch_pass.py)."""
-    from kdzoo.program.epoch_pass import probe_dataset
+    from kdzoo.data.wrappers import probe_dataset
 
     plain = build_dataset(d.name, "train", augment=False, root=d.root, download=d.download, image_size=d.image_size)
     return DataStream(probe_dataset(train.dataset, plain), d.eval_batch_size, seed=seed, num_workers=d.num_workers,

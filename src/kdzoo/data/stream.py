@@ -8,8 +8,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kdzoo.core.batch import Batch
 from kdzoo.data.loaders import make_loader
-from kdzoo.distillers.base import Batch
 from kdzoo.errors import ConfigError
 
 

@@ -62,3 +62,12 @@ def source_indices(dataset: Dataset):
     if own is None:
         return below
     return below[own] if below is not None else own
+
+
+def probe_dataset(train_set, plain_set):
+    """`plain_set` (the training split without augmentation) restricted to the images of `train_set`, indexed in
+    `train_set`'s order (through any subsets and few-sample draws)."""
+    inner = train_set.dataset if isinstance(train_set, IndexedDataset) else train_set
+    positions = source_indices(inner)
+    chosen = subset(plain_set, positions) if positions is not None else plain_set
+    return IndexedDataset(chosen)

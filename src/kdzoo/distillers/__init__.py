@@ -2,7 +2,7 @@
 import importlib
 import pkgutil
 
-from kdzoo.distillers.base import Batch, InitStage, Method, SetupContext, StepInfo
+from kdzoo.distillers.base import InitStage, Method, SetupContext
 from kdzoo.distillers.registry import METHODS, method_for_term, register_method
 
 # Every module in this folder that is not infrastructure defines (and registers) methods.
@@ -11,5 +11,4 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name not in _INFRA and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Batch", "InitStage", "METHODS", "Method", "SetupContext", "StepInfo", "method_for_term",
-           "register_method"]
+__all__ = ["InitStage", "METHODS", "Method", "SetupContext", "method_for_term", "register_method"]

@@ -26,6 +26,7 @@ def aux_ce_loss(heads, joint_targets):
 class AuxCE(Method):
     name = "aux_ce"
     description = "CE of an _aux model's rotation heads with joint (class, rotation) labels"
+    selects = "heads_top1"  # HSAKD keeps the teacher epoch of its best head (train_teacher_cifar.py)
     paper = "Yang et al., Hierarchical Self-supervised Augmented Knowledge Distillation, IJCAI 2021"
     student_needs = Needs(heads=True)
     batch_transform = "rotate4"

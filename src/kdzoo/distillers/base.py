@@ -6,72 +6,17 @@ weights the terms by the recipe's `loss:` mapping and never refers to a method b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import torch
 from torch import Tensor, nn
 
+from kdzoo.core.batch import Batch, Binding, StepInfo
 from kdzoo.models.features import Features, Needs
 
 if TYPE_CHECKING:
-    from kdzoo.distillers.context import Binding, StepContext
-
-
-@dataclass
-class Batch:
-    """One training batch. `index` holds dataset indices when some method needs them; `views` the named views
-    of the samples when the stream makes several (`inputs` is the first); `original` marks the rows that are
-    original samples where a batch function added others (rotations), `mixed_targets` and `mix_lambda` the
-    second labels and weight of mixed inputs (`mix_lambda`: one weight per mixed part for grouped batches),
-    `groups` the GroupLayout of a grouped batch (data/groups.py) with `view_index`/`view_targets` the dataset
-    indices and labels of every view's rows, `aux_targets` the labels of a self-supervised task."""
-
-    inputs: Tensor
-    targets: Tensor
-    index: Optional[Tensor] = None
-    views: dict[str, Tensor] = field(default_factory=dict)
-    original: Optional[Tensor] = None
-    mixed_targets: Optional[Tensor] = None
-    mix_lambda: Optional[Tensor] = None
-    groups: Optional[Any] = None
-    aux_targets: Optional[Tensor] = None  # labels of a self-supervised task per row (rotate4's joint labels)
-    view_index: dict[str, Tensor] = field(default_factory=dict)
-    view_targets: dict[str, Tensor] = field(default_factory=dict)
-
-    @property
-    def size(self) -> int:
-        return self.targets.shape[0]
-
-    def view(self, name: str = "x") -> Tensor:
-        """The inputs of view `name`; "x" is `inputs` when the stream names no views."""
-        if name in self.views:
-            return self.views[name]
-        if name == "x":
-            return self.inputs
-        raise KeyError(f"this batch has no view {name!r} (views: {', '.join(self.views) or 'x'})")
-
-    def index_of(self, name: str = "x") -> Tensor:
-        """The dataset indices of view `name`'s rows (views of the same images share `index`)."""
-        if name in self.view_index:
-            return self.view_index[name]
-        known = name == "x" or (name in self.views and self.groups is None)
-        if self.index is None or not known:
-            raise KeyError(f"the rows of view {name!r} are not dataset images with known indices")
-        return self.index
-
-    def targets_of(self, name: str = "x") -> Tensor:
-        return self.view_targets.get(name, self.targets)
-
-
-@dataclass
-class StepInfo:
-    """Where training stands; methods use it for warm-up ramps (DKD, ReviewKD)."""
-
-    epoch: int  # 0-based epoch of the current phase
-    epochs: int  # epochs in the current phase
-    step: int  # optimizer steps taken so far in this phase
-    steps_per_epoch: int
+    from kdzoo.distillers.context import StepContext
 
 
 @dataclass
@@ -128,6 +73,8 @@ class Method(nn.Module):
     recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
     uses_labels: ClassVar[bool] = True  # False: trains without labels (the self_supervised regime takes only these)
     epoch_passes: ClassVar[bool] = False  # True: on_epoch_start gets passes over the training images
+    selects: ClassVar[Optional[str]] = None  # the metric that picks the best epoch where this method trains and no
+    # val stream does (aux_ce: "heads_top1", as HSAKD keeps a teacher's best head)
     own_recipes: ClassVar[bool] = False  # True: configs/make_recipes.py writes its recipes apart (DS-SRD)
     few_sample: ClassVar[bool] = False  # True: its recipes are the few-sample ones (configs/<data>/ckd/)
 
@@ -154,10 +101,10 @@ class Method(nn.Module):
     # What a program's step calls: the default reads the bound networks from the step context and calls
     # `losses` / `init_losses`; a method that needs more (several views, no-grad passes) overrides these.
     @property
-    def binding(self) -> "Binding":
-        return self.__dict__.get("_binding") or _default_binding()
+    def binding(self) -> Binding:
+        return self.__dict__.get("_binding") or Binding()
 
-    def bind(self, binding: "Binding") -> "Method":
+    def bind(self, binding: Binding) -> "Method":
         self.__dict__["_binding"] = binding  # a plain attribute: not a submodule, not in the state_dict
         return self
 
@@ -222,12 +169,6 @@ class Method(nn.Module):
     @classmethod
     def rebuild_inference(cls, student: nn.Module, meta: dict[str, Any]) -> nn.Module:
         raise NotImplementedError(f"{cls.name} has no inference wrapper")
-
-
-def _default_binding():
-    from kdzoo.distillers.context import Binding
-
-    return Binding()
 
 
 class FrozenRef:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdzoo.core.dist import all_gather_cat
 from kdzoo.data.groups import MAX_GROUPS
-from kdzoo.engine.distributed import all_gather_cat
 
 
 class Embed(nn.Module):

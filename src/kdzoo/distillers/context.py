@@ -3,37 +3,13 @@ computed on demand and once per (network, view), so that two methods asking for 
 same view cost one forward."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from kdzoo.distillers.base import Batch, StepInfo
+from kdzoo.core.batch import Batch, StepInfo
 from kdzoo.models.features import Features
-
-
-@dataclass(frozen=True)
-class Binding:
-    """Which networks and view a method instance reads, and the namespace of its terms.
-
-    `namespace: peer1` turns the method's term `kd` into `peer1.kd`; `detach_teacher` makes a trainable
-    network a teacher whose features give targets but receive no gradient (mutual learning); `teacher_view`
-    feeds the teacher another view of the same images than the student."""
-
-    student: str = "student"
-    teacher: str = "teacher"
-    view: str = "x"
-    namespace: str = ""
-    detach_teacher: bool = False
-    teacher_view: Optional[str] = None  # the teacher reads another view (DS-SRD: KD(s(x), t(x2))); None: view
-
-    @property
-    def teacher_input(self) -> str:
-        return self.teacher_view or self.view
-
-    def term(self, name: str) -> str:
-        return f"{self.namespace}.{name}" if self.namespace else name
 
 
 class StepContext:

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.core.dist import all_gather_cat
 from kdzoo.distillers.base import Method
 from kdzoo.distillers.common import Embed, PendingUpdate
 from kdzoo.distillers.registry import register_method
-from kdzoo.engine.distributed import all_gather_cat
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Needs
 

@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from tqdm import tqdm
 
+from kdzoo.core.batch import StepInfo
+from kdzoo.core.dist import DistInfo, broadcast_unsynced_buffers
 from kdzoo.data.loaders import set_loader_epoch
-from kdzoo.distillers.base import StepInfo
-from kdzoo.engine.controllers import Controller, constant
-from kdzoo.engine.distributed import DistInfo, broadcast_unsynced_buffers
-from kdzoo.engine.optim import build_optimizer
 from kdzoo.engine.rng import set_rng_state
 from kdzoo.engine.step import train_step
 from kdzoo.errors import KdzooError
 from kdzoo.program import Phase
+from kdzoo.program.controllers import Controller, constant
+from kdzoo.program.optim import build_optimizer
 
 if TYPE_CHECKING:
     from kdzoo.engine.trainer import Engine

@@ -72,8 +72,8 @@ def check_resume_state(state: dict[str, Any], current: dict[str, Any], defaults:
 def load_resumed_config(run_dir: Path, overrides: list[str], start: str):
     """The recipe a run folder saved, with the overrides a resume may make (`start`: how to start such a run,
     for a folder that holds none); one-line errors otherwise."""
+    from kdzoo.checkpoints.run_folder import check_out_path
     from kdzoo.config import load_config
-    from kdzoo.engine.run_folder import check_out_path
 
     check_out_path(run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -13,18 +13,18 @@ from typing import Any, Optional
 
 import torch
 
-from kdzoo.engine.atomic import atomic_write_text
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR
+from kdzoo.checkpoints.format import CHECKPOINT_DIR
+from kdzoo.core.atomic import atomic_write_text
 
 
 def environment() -> dict[str, Any]:
     """Versions and hardware, saved with every run so that results can be traced."""
     import torchvision
 
-    import kdzoo
+    from kdzoo.version import __version__
 
     env = {
-        "kdzoo": kdzoo.__version__,
+        "kdzoo": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from kdzoo.distillers.base import Batch, StepInfo
+from kdzoo.core.batch import Batch, StepInfo
 from kdzoo.engine.device import Precision
 from kdzoo.errors import KdzooError
 from kdzoo.program import Phase

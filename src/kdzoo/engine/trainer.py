@@ -14,18 +14,19 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from kdzoo.checkpoints.format import CHECKPOINT_DIR
+from kdzoo.checkpoints.run_folder import clear_run, open_run_folder
+from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.config import Config, config_to_yaml, to_dict
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR
-from kdzoo.engine.checkpoint_store import CheckpointStore
+from kdzoo.core.dist import DistInfo, barrier, gather_objects
 from kdzoo.engine.device import Precision, resolve_device, resolve_precision
-from kdzoo.engine.distributed import DistInfo, barrier, gather_objects, init_distributed
+from kdzoo.engine.distributed import init_distributed, wrap_ddp
 from kdzoo.engine.loop import PhaseRunner
 from kdzoo.engine.resume_rules import ResumeMismatch, check_resume_state
 from kdzoo.engine.rng import rng_state, seed_everything
 from kdzoo.engine.run_dir import RunDir, environment
-from kdzoo.engine.wandb_log import check_wandb_section, open_wandb
-from kdzoo.engine.run_folder import clear_run, open_run_folder
 from kdzoo.engine.signals import stop_on_sigterm
+from kdzoo.engine.wandb_log import check_wandb_section, open_wandb
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.program import BuildContext, Phase, Program
 
@@ -43,6 +44,13 @@ class Progress:
     best: dict = field(default_factory=dict)
     stopped: bool = False  # a controller ended `phase` early
     best_reported: bool = False  # the phase's at-best evaluators have run on its best weights
+
+
+def make_engine(cfg: Config, out: str | Path, **options) -> "Engine":
+    """The engine that runs `cfg`'s regime (the one place that joins the regime registry and the engine)."""
+    from kdzoo.regimes import REGIMES
+
+    return Engine(cfg, out, build=REGIMES.get(cfg.regime).build, **options)
 
 
 class Engine:
@@ -79,6 +87,7 @@ class Engine:
 
                 compiled = compile_program(self.program, cfg.engine.compile_backend)
                 self.log(f"torch.compile ({cfg.engine.compile_backend}): {', '.join(compiled)}")
+            self.program.use_runner(wrap_ddp(self.program.trainable, self.dist, self.device))
             for phase in self.program.phases:  # a stream no full batch fits fails now, before the folder is written
                 self.program.data[phase.stream].loader(self.dist)
             self._start_run(resume)
@@ -87,7 +96,7 @@ class Engine:
             raise
 
     def _build_context(self):
-        return BuildContext(cfg=self.cfg, device=self.device, precision=self.precision, dist=self.dist,
+        return BuildContext(cfg=self.cfg, device=self.device, dist=self.dist,
                             log=self.log if self.dist.is_main else (lambda _: None), out=self.out)
 
     def _start_run(self, resume: bool) -> None:

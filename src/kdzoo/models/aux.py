@@ -7,11 +7,19 @@ from typing import Callable
 from torch import nn
 
 from kdzoo.errors import KdzooError
-from kdzoo.models.aux_heads import (mobilenetv2_aux, resnet_aux, resnetv2_aux, shufflev1_aux, shufflev2_aux,
-                                    torchvision_resnet_aux, vgg_aux, wrn_aux)
+from kdzoo.models.aux_heads import (
+    mobilenetv2_aux,
+    resnet_aux,
+    resnetv2_aux,
+    shufflev1_aux,
+    shufflev2_aux,
+    torchvision_resnet_aux,
+    vgg_aux,
+    wrn_aux,
+)
 from kdzoo.models.aux_net import AuxNet, RotatedHeads, class_logits
 from kdzoo.models.mobilenetv2 import MobileNetV2
-from kdzoo.models.registry import register_model
+from kdzoo.models.registry import MODELS, register_model, register_resolver
 from kdzoo.models.resnet import CifarResNet
 from kdzoo.models.resnetv2 import ResNetV2
 from kdzoo.models.shufflenetv1 import ShuffleNetV1
@@ -32,8 +40,6 @@ AUX_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet5
 
 
 def _register(arch: str) -> None:
-    from kdzoo.models.registry import MODELS
-
     plain = MODELS.get(arch)
 
     def build(num_classes: int, in_channels: int = 3) -> AuxNet:
@@ -63,3 +69,6 @@ def create_aux(name: str, num_classes: int, in_channels: int = 3) -> AuxNet:
     backbone = create_external(plain, num_classes=num_classes, in_channels=in_channels)
     backbone.kdzoo_arch = plain
     return torchvision_resnet_aux(backbone, plain, num_classes)
+
+
+register_resolver(lambda name: name.startswith("tv:") and name.endswith("_aux"), create_aux)  # before tv:

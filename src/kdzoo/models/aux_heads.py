@@ -15,7 +15,7 @@ from kdzoo.models.shufflenetv1 import Bottleneck as V1Bottleneck
 from kdzoo.models.shufflenetv1 import ShuffleNetV1
 from kdzoo.models.shufflenetv2 import BasicBlock as V2Block
 from kdzoo.models.shufflenetv2 import DownBlock, ShuffleNetV2
-from kdzoo.models.vgg import VGG, _make_block
+from kdzoo.models.vgg import VGG, make_block
 from kdzoo.models.wrn import NetworkBlock, WideResNet
 
 
@@ -53,7 +53,7 @@ def vgg_aux(backbone: VGG, arch: str, num_classes: int) -> AuxNet:
     """4 heads, on blocks 0, 1, 2 and 4 (post-ReLU): fresh copies of the later blocks with their max pools;
     the last head re-runs blocks 3 and 4 at stride 1."""
     cfg = [[m.out_channels for m in getattr(backbone, f"block{i}") if isinstance(m, nn.Conv2d)] for i in range(5)]
-    block = lambda i, c_in: _make_block(cfg[i], c_in)  # noqa: E731
+    block = lambda i, c_in: make_block(cfg[i], c_in)  # noqa: E731
     pool = lambda: nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)  # noqa: E731
     c = [widths[-1] for widths in cfg]
     branches = [nn.Sequential(pool(), block(1, c[0]), pool(), block(2, c[1]), pool(), block(3, c[2]), block(4, c[3])),

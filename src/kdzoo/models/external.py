@@ -14,7 +14,8 @@ from typing import Optional
 from torch import nn
 
 from kdzoo.errors import KdzooError
-from kdzoo.models.features import FeatureSpec
+from kdzoo.models.features import FeatureSpec, register_spec_provider
+from kdzoo.models.registry import register_resolver
 
 
 def create_external(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -157,3 +158,15 @@ def _timm_spec(model: nn.Module) -> Optional[FeatureSpec]:
     if head is None:
         return None
     return FeatureSpec(stages=stages, head=head)
+
+
+def _check_external(name: str) -> None:
+    if name.startswith("timm:"):
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            raise KdzooError(f"model {name!r} needs timm: pip install timm") from None
+
+
+register_resolver(lambda name: name.startswith(("tv:", "timm:")), create_external, _check_external)
+register_spec_provider(spec_for_external)

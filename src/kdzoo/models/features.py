@@ -78,17 +78,24 @@ class Features:
                        preact=many(self.preact), heads=many(self.heads))
 
 
+# Functions that know where the features of models from elsewhere live (torchvision, timm): model -> spec or None.
+SPEC_PROVIDERS: list[Callable[[nn.Module], Optional[FeatureSpec]]] = []
+
+
+def register_spec_provider(provider: Callable[[nn.Module], Optional[FeatureSpec]]) -> None:
+    SPEC_PROVIDERS.append(provider)
+
+
 def feature_spec(model: nn.Module) -> FeatureSpec:
-    """The FeatureSpec of a zoo, torchvision or timm model (or of any model exposing `feature_spec()`)."""
+    """The FeatureSpec of a zoo model (or of any model exposing `feature_spec()`), else a provider's."""
     if hasattr(model, "feature_spec"):
         return model.feature_spec()
-    from kdzoo.models.external import spec_for_external
-
-    spec = spec_for_external(model)
-    if spec is None:
-        raise KdzooError(f"no feature spec for {type(model).__name__}; give its stage and head module names "
-                         "in the config (stages: [...], head: ...)")
-    return spec
+    for provider in SPEC_PROVIDERS:
+        spec = provider(model)
+        if spec is not None:
+            return spec
+    raise KdzooError(f"no feature spec for {type(model).__name__}; give its stage and head module names "
+                     "in the config (stages: [...], head: ...)")
 
 
 def get_head(model: nn.Module) -> nn.Module:

@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from kdzoo.errors import ConfigError
-from kdzoo.models.features import FeatureModel, Features, FeatureSpec, Needs, feature_spec
+from kdzoo.models.features import (
+    FeatureModel,
+    Features,
+    FeatureSpec,
+    Needs,
+    feature_spec,
+)
 
 ALL_FEATURES = Needs(logits=True, pooled=True, stages=True, preact=True)
 

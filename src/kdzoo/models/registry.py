@@ -5,7 +5,6 @@ from typing import Callable
 
 from torch import nn
 
-from kdzoo.errors import KdzooError
 from kdzoo.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -16,22 +15,28 @@ def register_model(name: str, description: str = ""):
     return MODELS.register(name, description)
 
 
+# Families of names no list can hold (`tv:<any torchvision model>`, `<arch>_trans`): (claims(name), build(name,
+# num_classes, in_channels), check(name)), tried in registration order before the zoo's names.
+RESOLVERS: list[tuple[Callable[[str], bool], Callable[..., nn.Module], Callable[[str], None]]] = []
+
+
+def register_resolver(claims: Callable[[str], bool], build: Callable[..., nn.Module],
+                      check: Callable[[str], None] = lambda name: None) -> None:
+    """Add a family of model names: `build` makes the ones `claims` accepts; `check` raises a one-line
+    KdzooError for one that cannot be built, without building it. Earlier resolvers win."""
+    RESOLVERS.append((claims, build, check))
+
+
+def _resolver(name: str):
+    return next((r for r in RESOLVERS if r[0](name)), None)
+
+
 def create_model(name: str, num_classes: int, in_channels: int = 3) -> nn.Module:
-    """Build a model by name: a zoo name (`resnet20`), `tv:<torchvision name>` or `timm:<timm name>`."""
-    if name.startswith("tv:") and name.endswith("_aux"):  # HSAKD's heads on a torchvision ResNet
-        from kdzoo.models.aux import create_aux
-
-        model = create_aux(name, num_classes=num_classes, in_channels=in_channels)
-    elif name.startswith(("tv:", "timm:")):
-        from kdzoo.models.external import create_external
-
-        model = create_external(name, num_classes=num_classes, in_channels=in_channels)
-    elif name.endswith("_trans") and name not in MODELS:  # says why an arch cannot host the branch
-        from kdzoo.models.trans import create_trans
-
-        model = create_trans(name, num_classes=num_classes, in_channels=in_channels)
-    else:
-        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels)
+    """Build a model by name: a zoo name (`resnet20`), or one of a resolver's families (`tv:<torchvision name>`,
+    `timm:<timm name>`, `tv:<resnet>_aux`, `<arch>_trans`)."""
+    resolver = _resolver(name)
+    build = (lambda n, **kw: resolver[1](n, **kw)) if resolver else (lambda n, **kw: MODELS.get(n)(**kw))
+    model = build(name, num_classes=num_classes, in_channels=in_channels)
     model.kdzoo_arch = name  # remembered for checkpoints and feature specs
     return model
 
@@ -43,12 +48,8 @@ def list_models() -> list[str]:
 
 def check_model_name(name: str) -> None:
     """Raise a one-line KdzooError for an unknown model name, without building it."""
-    if name.startswith("timm:"):
-        try:
-            import timm  # noqa: F401
-        except ImportError:
-            raise KdzooError(f"model {name!r} needs timm: pip install timm") from None
-    elif name.endswith("_trans") and name not in MODELS:
-        create_model(name, num_classes=10)  # raises why the arch cannot host a transformer branch
-    elif not name.startswith("tv:"):
+    resolver = _resolver(name)
+    if resolver is not None:
+        resolver[2](name)
+    else:
         MODELS.get(name)

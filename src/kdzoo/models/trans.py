@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from kdzoo.errors import KdzooError
 from kdzoo.models.features import FeatureSpec, feature_spec
-from kdzoo.models.registry import MODELS, register_model
+from kdzoo.models.registry import MODELS, register_model, register_resolver
 
 HEADS = 4
 PROBE_SIZE = 32  # the grid the position embedding is made for; other sizes interpolate it
@@ -169,3 +169,11 @@ TRANS_ARCHS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "resne
 for _arch in TRANS_ARCHS:
     register_model(f"{_arch}_trans", f"{_arch} + a BoTNet transformer branch beside its last stage (DS-SRD)")(
         lambda num_classes, in_channels=3, _name=f"{_arch}_trans": create_trans(_name, num_classes, in_channels))
+
+
+def _check_trans(name: str) -> None:
+    create_trans(name, num_classes=10)  # raises why the arch cannot host a transformer branch
+
+
+# `<arch>_trans` of an arch that has no registered _trans model: its builder says why it cannot be one
+register_resolver(lambda name: name.endswith("_trans") and name not in MODELS, create_trans, _check_trans)

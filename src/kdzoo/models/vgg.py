@@ -28,7 +28,7 @@ CONFIGS = {
 }
 
 
-def _make_block(widths: list[int], in_channels: int) -> nn.Sequential:
+def make_block(widths: list[int], in_channels: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, width in enumerate(widths):
         last = i == len(widths) - 1
@@ -42,11 +42,11 @@ def _make_block(widths: list[int], in_channels: int) -> nn.Sequential:
 class VGG(nn.Module):
     def __init__(self, cfg: list[list[int]], num_classes: int = 100, in_channels: int = 3):
         super().__init__()
-        self.block0 = _make_block(cfg[0], in_channels)
-        self.block1 = _make_block(cfg[1], cfg[0][-1])
-        self.block2 = _make_block(cfg[2], cfg[1][-1])
-        self.block3 = _make_block(cfg[3], cfg[2][-1])
-        self.block4 = _make_block(cfg[4], cfg[3][-1])
+        self.block0 = make_block(cfg[0], in_channels)
+        self.block1 = make_block(cfg[1], cfg[0][-1])
+        self.block2 = make_block(cfg[2], cfg[1][-1])
+        self.block3 = make_block(cfg[3], cfg[2][-1])
+        self.block4 = make_block(cfg[4], cfg[3][-1])
         self.pool0 = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
         self.pool1 = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
         self.pool2 = nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)

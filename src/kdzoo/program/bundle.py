@@ -7,8 +7,8 @@ from typing import Callable, Iterable
 
 from torch import Tensor, nn
 
-from kdzoo.distillers import Method, StepInfo
-from kdzoo.distillers.base import Batch
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.distillers import Method
 from kdzoo.distillers.context import StepContext
 from kdzoo.program.methods import module_key
 
@@ -26,7 +26,16 @@ class Bundle(nn.Module):
     def method_list(self) -> list[Method]:
         return list(self.methods.values())
 
+    @property
+    def runner(self) -> nn.Module:
+        """What a step's body runs under: the bundle itself, or the DDP wrapper the engine placed around it."""
+        return self.__dict__.get("_runner") or self
+
+    def use_runner(self, runner: nn.Module) -> None:
+        self.__dict__["_runner"] = runner  # a plain attribute: the wrapper holds the bundle, not the other way
+
     def forward(self, ctx: StepContext, body: StepBody) -> dict[str, Tensor]:
+        # DDP must see the step's forward (it syncs gradients of what ran inside it): the body runs in here
         return body(ctx)
 
 
@@ -55,11 +64,11 @@ def step_sources(bundle: Bundle, frozen: dict[str, Callable]) -> dict[str, Calla
     return {**{name: getattr(bundle, name) for name in bundle.net_names}, **frozen}
 
 
-def method_step(bundle: Bundle, runner: nn.Module, frozen: dict[str, Callable], body: StepBody,
+def method_step(bundle: Bundle, frozen: dict[str, Callable], body: StepBody,
                 prefetch: Iterable[tuple[str, str]] = ()) -> Callable[[Batch, StepInfo], dict[str, Tensor]]:
     """A phase step: a StepContext over the bundle's networks and the frozen ones; the (frozen network, view)
     pairs in `prefetch` run first (under inference_mode, outside DDP: less live memory), then `body` under
-    `runner` (the bundle, DDP-wrapped when distributed)."""
+    the bundle's runner (the bundle, DDP-wrapped when distributed)."""
     prefetch = list(prefetch)
     sources = step_sources(bundle, frozen)
 
@@ -67,7 +76,7 @@ def method_step(bundle: Bundle, runner: nn.Module, frozen: dict[str, Callable], 
         ctx = StepContext(batch, info, sources)
         for name, view in prefetch:
             ctx.features(name, view)
-        return runner(ctx, body)
+        return bundle.runner(ctx, body)
 
     return step
 

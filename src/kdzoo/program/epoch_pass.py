@@ -12,19 +12,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from kdzoo.data.wrappers import IndexedDataset, source_indices, subset
-from kdzoo.engine.distributed import all_gather_cat, broadcast_buffers
+from kdzoo.core.dist import all_gather_cat, broadcast_buffers
 
 PROBE = "probe"
-
-
-def probe_dataset(train_set, plain_set):
-    """`plain_set` (the training split without augmentation) restricted to the images of `train_set`, indexed in
-    `train_set`'s order (through any subsets and few-sample draws)."""
-    inner = train_set.dataset if isinstance(train_set, IndexedDataset) else train_set
-    positions = source_indices(inner)
-    chosen = subset(plain_set, positions) if positions is not None else plain_set
-    return IndexedDataset(chosen)
 
 
 def attach_probe(streams: dict, methods, cfg, device, always: bool = False) -> None:

@@ -15,8 +15,8 @@ from dataclasses import fields
 from typing import Callable, Iterable
 
 from kdzoo.config.validate import from_dict
+from kdzoo.core.batch import Binding
 from kdzoo.distillers import METHODS, Method, SetupContext, method_for_term
-from kdzoo.distillers.context import Binding
 from kdzoo.distillers.registry import split_term
 from kdzoo.errors import ConfigError
 

@@ -6,9 +6,10 @@ from typing import Any, Callable, Optional
 
 from torch import nn
 
+from kdzoo.checkpoints.format import load_state_dict_strict, load_weights
+from kdzoo.checkpoints.load import load_model, load_teacher
+from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.data.info import DatasetInfo
-from kdzoo.engine.checkpoint import load_state_dict_strict, load_weights, resolve_checkpoint
-from kdzoo.engine.teacher import load_model, load_teacher
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureSpec, create_model
 from kdzoo.models.freezing import freeze

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping, Optional
 
-from torch import nn
-
 from kdzoo.distillers import Method
-from kdzoo.engine.controllers import constant
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
 from kdzoo.program.bundle import Bundle, main_body, method_step, step_sources, teacher_views
+from kdzoo.program.controllers import constant
 from kdzoo.program.epoch_pass import EpochPasses
 from kdzoo.program.methods import produced_terms
 from kdzoo.program.program import Phase
@@ -49,7 +47,7 @@ def method_hooks(methods: Iterable[Method], sources: Optional[Mapping[str, Calla
     return after_step, on_epoch_start
 
 
-def init_phases(methods: dict[str, Method], bundle: Bundle, runner: nn.Module, frozen: dict[str, Callable],
+def init_phases(methods: dict[str, Method], bundle: Bundle, frozen: dict[str, Callable],
                 teacher_first: bool) -> list[Phase]:
     """One phase per declared init stage, in recipe order: its modules at a constant lr, no evaluation."""
     after_step, _ = method_hooks(methods.values())
@@ -62,13 +60,13 @@ def init_phases(methods: dict[str, Method], bundle: Bundle, runner: nn.Module, f
         first = teacher_views([method], frozen) if teacher_first else ()
         phases.append(Phase(name=f"init:{name}", epochs=stage.epochs,
                             params=[p for module in stage.modules for p in module.parameters()],
-                            step=method_step(bundle, runner, frozen, body, prefetch=first), weights=stage.weights,
+                            step=method_step(bundle, frozen, body, prefetch=first), weights=stage.weights,
                             controller=constant(stage.epochs), lr=stage.lr, after_step=after_step))
     return phases
 
 
-def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundle, runner: nn.Module,
-               frozen: dict[str, Callable], teacher_first: bool, epochs: int, **options) -> Phase:
+def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundle, frozen: dict[str, Callable],
+               teacher_first: bool, epochs: int, **options) -> Phase:
     """Every main-stage method's terms, weighted by the recipe's `loss:`, over all of the bundle's parameters;
     `options` are the Phase's controller, evaluators, select, ..."""
     main = [m for m in methods.values() if m.main_stage]
@@ -78,5 +76,5 @@ def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundl
     after_step, on_epoch_start = method_hooks(methods.values(), step_sources(bundle, frozen))
     first = teacher_views(main, frozen) if teacher_first else ()
     return Phase(name="main", epochs=epochs, params=list(bundle.parameters()),
-                 step=method_step(bundle, runner, frozen, lambda ctx: main_body(ctx, main), prefetch=first),
+                 step=method_step(bundle, frozen, lambda ctx: main_body(ctx, main), prefetch=first),
                  weights=weights, on_epoch_start=on_epoch_start, after_step=after_step, **options)

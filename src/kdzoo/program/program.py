@@ -12,11 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from kdzoo.config.schema import Config
+from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.dist import DistInfo, broadcast_buffers, world_size
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.stream import DataStream
-from kdzoo.distillers.base import Batch, StepInfo
-from kdzoo.engine.device import Precision
-from kdzoo.engine.distributed import DistInfo, broadcast_buffers, world_size
 from kdzoo.errors import ConfigError
 from kdzoo.models.ema import ema_update
 
@@ -29,7 +28,6 @@ class BuildContext:
 
     cfg: Config
     device: torch.device
-    precision: Precision
     dist: DistInfo
     log: Callable[[str], None] = print
     out: Optional[Path] = None  # the run folder (None: a program built outside a run), for per-run data files
@@ -50,12 +48,14 @@ class ModelSlot:
     ema_decay: float = 0.999
     ema_buffers: str = "copy"  # BN statistics: copy the source's, average them too ("ema"), or "keep" its own
     train_mode: bool = False  # an untrained slot that still runs in training mode (BYOL's target: batch statistics)
+    starts_as_source: bool = False  # an EMA slot that starts as a copy of its source, taken once the engine placed
+    # the program (under DDP: after rank 0's weights reached every rank)
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ConfigError(f"model slot role {self.role!r}: use one of {', '.join(ROLES)}")
-        if (self.role == "ema") != (self.ema_of is not None):
-            raise ConfigError("model slot: role ema and ema_of go together")
+        if (self.role == "ema") != (self.ema_of is not None) or (self.starts_as_source and self.role != "ema"):
+            raise ConfigError("model slot: role ema and ema_of go together (and only an ema slot starts as its source)")
         if self.features is None:
             self.features = self.module
 
@@ -137,6 +137,14 @@ class Program:
                 raise ConfigError(f"phase {phase.name}: nothing to train (every parameter is frozen)")
         if not self.artifacts:
             raise ConfigError("a program needs at least one artifact to deploy")
+
+    def use_runner(self, runner: nn.Module) -> None:
+        """The engine placed the program: `runner` (DDP around `trainable`, or `trainable`) runs every step; EMA
+        slots that start as their source copy it now, so that every process starts from the same weights."""
+        self.trainable.use_runner(runner)
+        for slot in self.models.values():
+            if slot.starts_as_source:
+                slot.module.load_state_dict(self.models[slot.ema_of].module.state_dict())
 
     def train(self, mode: bool = True) -> None:
         """Trainable slots follow `mode`; frozen, cached and EMA slots stay in eval mode (unless `train_mode`)."""

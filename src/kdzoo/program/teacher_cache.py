@@ -19,10 +19,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from kdzoo.checkpoints.format import CHECKSUM_KEY, tensors_checksum
+from kdzoo.checkpoints.store import resolve_checkpoint
+from kdzoo.core.atomic import atomic_path
+from kdzoo.core.batch import Batch
 from kdzoo.data.wrappers import source_indices
-from kdzoo.distillers.base import Batch
-from kdzoo.engine.atomic import atomic_path
-from kdzoo.engine.checkpoint import CHECKSUM_KEY, resolve_checkpoint, tensors_checksum
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Features, Needs
 

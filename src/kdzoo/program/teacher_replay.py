@@ -28,9 +28,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from kdzoo.distillers.base import Batch
-from kdzoo.engine.atomic import atomic_path
-from kdzoo.engine.distributed import all_gather_cat
+from kdzoo.core.atomic import atomic_path
+from kdzoo.core.batch import Batch
+from kdzoo.core.dist import all_gather_cat
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Features, Needs
 from kdzoo.program.teacher_cache import DamagedStore, read_checked, write_checked

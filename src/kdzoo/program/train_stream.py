@@ -13,11 +13,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from kdzoo.core.atomic import atomic_path
 from kdzoo.data.batch_transforms import batch_transform
 from kdzoo.data.groups import GroupDataset, GroupSampler, draw_groups, group_batch, one_layout
 from kdzoo.data.stream import DataStream
 from kdzoo.data.wrappers import source_indices
-from kdzoo.engine.atomic import atomic_path
 from kdzoo.errors import ConfigError
 
 GROUPS_FILE = "groups.safetensors"

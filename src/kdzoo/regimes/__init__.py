@@ -9,11 +9,4 @@ for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 
-def make_engine(cfg, out, **options):
-    """The engine that runs `cfg`'s regime (the one place that joins the regime registry and the engine)."""
-    from kdzoo.engine.trainer import Engine
-
-    return Engine(cfg, out, build=REGIMES.get(cfg.regime).build, **options)
-
-
-__all__ = ["REGIMES", "BuildContext", "Regime", "make_engine", "register_regime"]
+__all__ = ["REGIMES", "BuildContext", "Regime", "register_regime"]

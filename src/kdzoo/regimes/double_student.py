@@ -27,17 +27,16 @@ from torch import Tensor, nn
 from kdzoo.config.validate import to_dict
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import SetupContext
-from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator
-from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models import FeatureModel, Needs, create_model
 from kdzoo.models.features import Features
+from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.controllers import controller_for
 from kdzoo.program.epoch_pass import attach_probe
+from kdzoo.program.evaluators import ClassifierEvaluator
 from kdzoo.program.methods import build_methods, check_hosted, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
@@ -141,11 +140,10 @@ class DoubleStudent(Regime):
                   "strong": ModelSlot(strong_net, features=bundle.strong),
                   "teacher": ModelSlot(teacher_model, role="ema", ema_of="strong", ema_decay=decay,
                                        ema_buffers=cfg.double_student.ema_buffers, features=frozen["teacher"])}
-        runner = wrap_ddp(bundle, ctx.dist, device)  # broadcasts rank 0's networks: copy the mean student after
         if mean_wanted:
             mean = copy.deepcopy(student)
             frozen["mean_student"] = FrozenTeacher(mean, needs.get("mean_student", Needs()), student_spec)
-            models["mean_student"] = ModelSlot(mean, role="ema", ema_of="student",
+            models["mean_student"] = ModelSlot(mean, role="ema", ema_of="student", starts_as_source=True,
                                                ema_decay=cfg.double_student.mean_decay, features=frozen["mean_student"])
         deployed = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans CNN
         deployed_arch = student.plain_arch if deployed is not student else cfg.student.arch
@@ -153,7 +151,7 @@ class DoubleStudent(Regime):
         at_best = [evaluators.pop()] if "val" in streams else []
         report = "val" if "val" in streams else "test"  # how the moving teacher fares: test_teacher_top1
         evaluators.append(ClassifierEvaluator(lambda: teacher_model, report, name="teacher"))
-        phase = main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
+        phase = main_phase(methods, cfg.loss, bundle, frozen, cfg.engine.teacher_first, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
                            at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
 

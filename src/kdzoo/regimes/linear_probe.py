@@ -17,21 +17,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from kdzoo.checkpoints.format import load_weights
+from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.data.in_memory import InMemoryVectorDataset
 from kdzoo.data.loaders import make_loader
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.stream import DataStream
 from kdzoo.distillers import SetupContext
-from kdzoo.engine.checkpoint import load_weights, resolve_checkpoint
-from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model, feature_spec
 from kdzoo.models.features import Features, body_names
 from kdzoo.models.freezing import freeze
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.controllers import controller_for
+from kdzoo.program.evaluators import ClassifierEvaluator
 from kdzoo.program.methods import build_methods
 from kdzoo.program.phases import main_phase
 from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
@@ -142,10 +142,9 @@ class LinearProbe(Regime):
                              batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
         methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, ("student",))
         bundle = Bundle({"student": trained}, methods).to(device)
-        runner = wrap_ddp(bundle, ctx.dist, device)
         evaluators = [ClassifierEvaluator(lambda: evaluated, s) for s in ("val", "test") if s in streams]
         at_best = [evaluators.pop()] if "val" in streams else []
-        phase = main_phase(methods, cfg.loss, bundle, runner, {}, False, cfg.epochs,
+        phase = main_phase(methods, cfg.loss, bundle, {}, False, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
                            at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
         phase.params = list(linear.parameters())  # the classifier alone trains

@@ -22,16 +22,15 @@ from kdzoo.config.validate import to_dict
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import SetupContext
 from kdzoo.distillers.registry import method_for_term, split_term
-from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
 from kdzoo.models.aux import AuxNet, RotatedHeads
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.controllers import controller_for
 from kdzoo.program.epoch_pass import attach_probe
+from kdzoo.program.evaluators import ClassifierEvaluator, HeadsEvaluator
 from kdzoo.program.methods import build_methods, check_hosted, check_views
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
@@ -122,14 +121,13 @@ class Mutual(Regime):
         bundle = Bundle({n: FeatureModel(m, needs[n]) for n, m in peers.items()}, methods)
         bundle.register_buffer("best_peer", torch.zeros((), dtype=torch.long))
         bundle.to(device, memory_format=memory_format)
-        runner = wrap_ddp(bundle, ctx.dist, device)
         evaluators = [BestPeer(peers, bundle.best_peer)]
         for name, model in peers.items():  # each _aux peer's heads too, as HSAKD's online script reports
             if isinstance(model, AuxNet) and info.image_size is not None:
                 view = RotatedHeads(model)
                 named = (lambda n: lambda out: {f"{n}_{k}": v for k, v in out.items()})(name)
                 evaluators.append(HeadsEvaluator((lambda v: lambda: v)(view), heads=named, rows_per_sample=4))
-        phase = main_phase(methods, loss, bundle, runner, {}, False, cfg.epochs,
+        phase = main_phase(methods, loss, bundle, {}, False, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators)
 
         def meta_of(i: int) -> dict[str, Any]:

@@ -10,20 +10,20 @@ import torch
 from torch import nn
 
 from kdzoo.config.validate import to_dict
+from kdzoo.core.dist import barrier
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import Method, SetupContext
-from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import barrier, wrap_ddp
-from kdzoo.engine.evaluators import ClassifierEvaluator, HeadsEvaluator, MetricEvaluator, knn_monitor
-from kdzoo.engine.teacher import FrozenTeacher
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
 from kdzoo.models.aux import AuxNet, RotatedHeads
+from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, DataStream, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.controllers import controller_for
 from kdzoo.program.epoch_pass import attach_probe
+from kdzoo.program.evaluators import ClassifierEvaluator, HeadsEvaluator, MetricEvaluator, knn_monitor
 from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
@@ -157,7 +157,6 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
     bundle = Bundle({"student": FeatureModel(student, needs["student"], student_spec)}, methods).to(
         device, memory_format=memory_format)
     models["student"] = ModelSlot(student, features=bundle.student)
-    runner = wrap_ddp(bundle, ctx.dist, device)
 
     plain = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans model's CNN
     wrapped = _inference_wrapper(methods.values(), plain)
@@ -172,8 +171,8 @@ def offline_program(ctx: BuildContext, streams: dict[str, DataStream], info: Dat
         evaluators.append(HeadsEvaluator(lambda: heads, stream="test", rows_per_sample=4))
         if "aux_ce" in cfg.loss and "val" not in streams:  # training the heads (an HSAKD teacher): HSAKD keeps
             select = "test_heads_top1"  # the epoch of its best head (train_teacher_cifar.py), not of the backbone
-    phases = init_phases(methods, bundle, runner, frozen, cfg.engine.teacher_first)
-    phases.append(main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
+    phases = init_phases(methods, bundle, frozen, cfg.engine.teacher_first)
+    phases.append(main_phase(methods, cfg.loss, bundle, frozen, cfg.engine.teacher_first, cfg.epochs,
                              controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators, at_best=at_best,
                              select=select))
     if replay_start is not None:  # the replayed epoch's draws and soft labels before the methods' own hooks

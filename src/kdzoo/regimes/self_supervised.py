@@ -26,15 +26,14 @@ from kdzoo.config.validate import to_dict
 from kdzoo.data.recipe_streams import probe_stream, recipe_streams
 from kdzoo.distillers import SetupContext
 from kdzoo.distillers.byol import mlp_head
-from kdzoo.engine.controllers import controller_for
-from kdzoo.engine.distributed import wrap_ddp
-from kdzoo.engine.evaluators import MetricEvaluator, knn_monitor
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs
 from kdzoo.models.features import Features
 from kdzoo.models.probe import probe_shapes
 from kdzoo.program import Artifact, ModelSlot, Program
 from kdzoo.program.bundle import Bundle
+from kdzoo.program.controllers import controller_for
+from kdzoo.program.evaluators import MetricEvaluator, knn_monitor
 from kdzoo.program.methods import build_methods, check_hosted, check_views, method_instances
 from kdzoo.program.networks import trained_network
 from kdzoo.program.phases import main_phase, needs_by_network
@@ -124,10 +123,9 @@ class SelfSupervised(Regime):
         frozen: dict[str, Any] = {"teacher": NoGrad(target).to(device, memory_format=memory_format)}
         models = {"student": ModelSlot(online, features=bundle.student),
                   **({"weak": ModelSlot(weak, features=bundle.weak)} if weak is not None else {}),
-                  "teacher": ModelSlot(target, role="ema", ema_of="student", ema_decay=s.ema_decay,
-                                       ema_buffers="keep", train_mode=True, features=frozen["teacher"])}
-        runner = wrap_ddp(bundle, ctx.dist, device)
-        phase = main_phase(methods, cfg.loss, bundle, runner, frozen, cfg.engine.teacher_first, cfg.epochs,
+                  "teacher": ModelSlot(target, role="ema", ema_of="student", ema_decay=s.ema_decay, ema_buffers="keep",
+                                       train_mode=True, starts_as_source=True, features=frozen["teacher"])}
+        phase = main_phase(methods, cfg.loss, bundle, frozen, cfg.engine.teacher_first, cfg.epochs,
                            controller=controller_for(cfg.schedule, cfg.epochs),
                            evaluators=[MetricEvaluator(knn_monitor(target))], select="test_knn_top1")
 

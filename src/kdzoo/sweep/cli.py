@@ -27,7 +27,7 @@ def add_commands(sub) -> None:
 
 def train_trial(recipe: str, overrides: list[str], folder: Path, threads=None) -> dict[str, Any]:
     from kdzoo.config import load_config
-    from kdzoo.regimes import make_engine
+    from kdzoo.engine.trainer import make_engine
 
     extra = [f"engine.threads={threads}"] if threads else []
     cfg = load_config(recipe, [*overrides, "engine.progress=false", *extra])

@@ -103,7 +103,7 @@ def check_grid(cfg: SweepConfig, path) -> None:
     """Every grid key names a key of the recipe (a config field, or a parameter of a method it uses), and the
     recipe of every grid point, and of every seed, validates as `kdzoo train` checks one: values, and the names
     of models, methods, regime and dataset. All before any trial starts."""
-    from kdzoo.config.names import check_names
+    from kdzoo.regimes.names import check_names
 
     recipes = cfg.grid.get("recipe", [cfg.recipe])
     for recipe in recipes:

@@ -6,7 +6,7 @@ import json
 import statistics
 from typing import Any
 
-from kdzoo.engine.atomic import atomic_write_text
+from kdzoo.core.atomic import atomic_write_text
 from kdzoo.sweep.config import SweepConfig
 
 

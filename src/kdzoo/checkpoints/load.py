@@ -1,17 +1,16 @@
-"""Build models from checkpoints, and the frozen teacher: no grads, eval mode that survives .train(),
-forward under inference_mode."""
+"""Models from checkpoints: the deployable model a checkpoint's metadata describes, loaded strictly; a teacher
+checked against the run's data."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
-from kdzoo.engine.checkpoint import load_state_dict_strict, load_weights, read_meta, resolve_checkpoint
+from kdzoo.checkpoints.format import load_state_dict_strict, load_weights, read_meta
+from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.errors import CheckpointError
-from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model
-from kdzoo.models.features import Features
+from kdzoo.models import create_model
 
 
 def model_from_meta(meta: dict[str, Any]) -> nn.Module:
@@ -53,29 +52,3 @@ def load_teacher(path: str, expect_arch: Optional[str], num_classes: int, in_cha
                               f"dataset {dataset} has {in_channels} channels")
     model, meta, _ = load_model(file)
     return model, meta
-
-
-class FrozenTeacher(nn.Module):
-    """A teacher that cannot be trained: requires_grad False, always in eval mode, runs under inference_mode.
-
-    Returns ordinary tensors (cloned out of inference mode) so that losses may save them for backward.
-    """
-
-    def __init__(self, model: nn.Module, want: Needs, spec: Optional[FeatureSpec] = None):
-        super().__init__()
-        self.features = FeatureModel(model, want, spec)
-        for p in self.features.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    @property
-    def model(self) -> nn.Module:
-        return self.features.model
-
-    def train(self, mode: bool = True) -> "FrozenTeacher":
-        return super().train(False)  # eval mode survives .train(): BN statistics stay fixed
-
-    def forward(self, x: torch.Tensor) -> Features:
-        with torch.inference_mode():
-            feats = self.features(x)
-        return feats.map(torch.Tensor.clone)

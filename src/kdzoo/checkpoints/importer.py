@@ -11,9 +11,9 @@ from typing import Optional
 
 import torch
 
+from kdzoo.checkpoints.format import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
+from kdzoo.checkpoints.import_hsakd import hsakd_to_kdzoo, is_hsakd, kdzoo_arch, pick_peer
 from kdzoo.data import dataset_info
-from kdzoo.engine.checkpoint import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
-from kdzoo.engine.import_hsakd import hsakd_to_kdzoo, is_hsakd, kdzoo_arch, pick_peer
 from kdzoo.errors import CheckpointError, KdzooError
 from kdzoo.models import create_model
 
@@ -75,7 +75,7 @@ def check_torchvision_hash(path: str | Path) -> None:
 def import_checkpoint(path: str | Path, arch: Optional[str], num_classes: Optional[int], dataset: Optional[str],
                       out: str | Path, in_channels: Optional[int] = None, fmt: str = "published",
                       peer: Optional[int] = None) -> Path:
-    from kdzoo.engine.run_folder import refuse_existing_run
+    from kdzoo.checkpoints.run_folder import refuse_existing_run
 
     if fmt not in FORMATS:
         raise CheckpointError(f"--format {fmt}: use one of {', '.join(FORMATS)}")

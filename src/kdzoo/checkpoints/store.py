@@ -20,9 +20,9 @@ from typing import Any, Optional
 import torch
 from safetensors import SafetensorError
 
-from kdzoo.engine.atomic import atomic_path, atomic_write_text
-from kdzoo.engine.checkpoint import load_state, save_state, save_weights
-from kdzoo.engine.run_folder import remove_stray_temp_files
+from kdzoo.checkpoints.format import CHECKPOINT_DIR, load_state, read_meta, save_state, save_weights
+from kdzoo.checkpoints.run_folder import remove_stray_temp_files
+from kdzoo.core.atomic import atomic_path, atomic_write_text
 from kdzoo.errors import CheckpointError
 
 POINTER = "checkpoint.json"
@@ -203,3 +203,21 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
+
+
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors. A
+    self-supervised run's best was picked by a kNN monitor on test labels: its last is what `best` gives."""
+    path = Path(path)
+    if path.is_dir():
+        store = CheckpointStore(path / CHECKPOINT_DIR)
+        for name in (which, "last") if which == "best" else (which,):
+            candidate = store.readable_weights(name)
+            if candidate is not None:
+                if name == "best" and read_meta(candidate).get("self_supervised"):
+                    return store.readable_weights("last") or candidate
+                return candidate
+        raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path

@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
-from kdzoo.engine.atomic import atomic_path, atomic_write_text
+from kdzoo.core.atomic import atomic_path, atomic_write_text
 from kdzoo.errors import CheckpointError
 
 META_KEY = "kdzoo"
@@ -44,26 +44,6 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict[st
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: text, CHECKSUM_KEY: tensors_checksum(tensors)})
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors. A
-    self-supervised run's best was picked by a kNN monitor on test labels: its last is what `best` gives."""
-    path = Path(path)
-    if path.is_dir():
-        from kdzoo.engine.checkpoint_store import CheckpointStore
-
-        store = CheckpointStore(path / CHECKPOINT_DIR)
-        for name in (which, "last") if which == "best" else (which,):
-            candidate = store.readable_weights(name)
-            if candidate is not None:
-                if name == "best" and read_meta(candidate).get("self_supervised"):
-                    return store.readable_weights("last") or candidate
-                return candidate
-        raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

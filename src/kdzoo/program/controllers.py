@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from kdzoo.config.schema import ScheduleConfig
-from kdzoo.engine.optim import lr_factor
 from kdzoo.errors import ConfigError
+from kdzoo.program.optim import lr_factor
 
 
 @dataclass
