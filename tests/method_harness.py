@@ -20,8 +20,9 @@ from kdzoo.distillers.base import SetupContext
 from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
+from kdzoo.models.probe import probe_shapes
 from kdzoo.program import BuildContext, DataStream, Program
-from kdzoo.regimes.offline import offline_program, probe_shapes, train_stream_needs
+from kdzoo.regimes.offline import offline_program, train_stream_needs
 from tests.conftest import CONFIGS, FAST, run_cli
 
 CPU = torch.device("cpu")

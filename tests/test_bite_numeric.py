@@ -15,7 +15,7 @@ from kdzoo.distillers import METHODS
 from kdzoo.distillers.crd import momentum_update
 from kdzoo.distillers.reviewkd import ABF
 from kdzoo.models.features import FeatureModel, FeatureSpec, Needs
-from kdzoo.regimes.offline import probe_shapes
+from kdzoo.models.probe import probe_shapes
 from tests.method_harness import setup_context, step_info
 
 

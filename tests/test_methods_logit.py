@@ -19,9 +19,14 @@ from kdzoo.distillers.reviewkd import ReviewKD, ReviewKDParams, hcl_level, hcl_l
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
-from kdzoo.regimes.offline import probe_shapes
+from kdzoo.models.probe import probe_shapes
 from tests.conftest import CONFIGS
-from tests.method_harness import assert_gradient_routing, build_regime, random_batch, run_digits
+from tests.method_harness import (
+    assert_gradient_routing,
+    build_regime,
+    random_batch,
+    run_digits,
+)
 
 CPU = torch.device("cpu")
 

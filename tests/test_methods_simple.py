@@ -20,9 +20,15 @@ from kdzoo.distillers.sp import sp_loss
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
-from kdzoo.regimes.offline import probe_shapes
-from tests.method_harness import (assert_gradient_routing, build_regime, pool_pair_np, random_batch, run_digits,
-                                  setup_context)
+from kdzoo.models.probe import probe_shapes
+from tests.method_harness import (
+    assert_gradient_routing,
+    build_regime,
+    pool_pair_np,
+    random_batch,
+    run_digits,
+    setup_context,
+)
 
 METHODS = ["fitnet", "at", "sp", "cc", "pkt", "rkd", "nst"]
 RECIPE = {"fitnet": 100.0, "at": 1000.0, "sp": 3000.0, "cc": 0.02, "pkt": 30000.0, "rkd": 1.0, "nst": 50.0}

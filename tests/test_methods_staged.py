@@ -13,18 +13,24 @@ import torch
 from torch import nn
 
 from kdzoo.distillers.ab import AB, ABParams, ab_loss, connector
-from kdzoo.models.features import student_body
 from kdzoo.distillers.fsp import FSP, FSPParams, fsp_loss, fsp_matrices
 from kdzoo.distillers.ft import FT, FTParams, factor_transfer_loss
 from kdzoo.distillers.vid import VID, VIDParams, gaussian_nll
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models import create_model
-from kdzoo.models.features import Features, feature_spec
-from kdzoo.regimes.offline import probe_shapes
+from kdzoo.models.features import Features, feature_spec, student_body
+from kdzoo.models.probe import probe_shapes
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import (one_thread,  # noqa: F401 (autouse fixture)
-                                  assert_gradient_routing, backward_once, build_regime, pool_pair_np, random_batch,
-                                  run_digits, setup_context)
+from tests.method_harness import (  # noqa: F401 (autouse fixture)
+    assert_gradient_routing,
+    backward_once,
+    build_regime,
+    one_thread,
+    pool_pair_np,
+    random_batch,
+    run_digits,
+    setup_context,
+)
 
 RECIPE = {"vid": 1.0, "ab": 1.0, "ft": 200.0, "fsp": 50.0}
 STAGED = ("ab", "ft", "fsp")  # methods with an init stage

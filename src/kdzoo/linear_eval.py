@@ -51,21 +51,12 @@ PROBE_FLAGS = ("checkpoint", "network", "dataset", "protocol", "batch_size", "lr
 
 def encoder_file(checkpoint: str, network: str) -> Path:
     """The checkpoint file of `network` in a run folder (student: the run's deployed model), or the file given."""
-    from kdzoo.checkpoints.format import read_meta
     from kdzoo.checkpoints.store import resolve_checkpoint
 
-    path = Path(checkpoint)
-    if path.is_dir() and network != "student":  # (the student's file: resolve_checkpoint picks last for SS runs)
-        # a self-supervised run's "best" was picked by a kNN monitor on test labels: probe its last weights
-        which = "last" if read_meta(resolve_checkpoint(checkpoint, "last")).get("self_supervised") else "best"
-        file = path / "checkpoints" / f"{network}.{which}.safetensors"
-        if not file.is_file():
-            found = sorted({p.name.split(".")[0] for p in (path / "checkpoints").glob("*.best.safetensors")
-                            if not re.fullmatch(r"c\d+", p.name.split(".")[0])})
-            raise KdzooError(f"--network {network}: {path} saved no {network} network "
-                             f"(it has: student{''.join(', ' + n for n in found)})")
-        return file
-    return resolve_checkpoint(checkpoint, "best")
+    try:
+        return resolve_checkpoint(checkpoint, "best", network=network)
+    except KdzooError as err:
+        raise KdzooError(f"--network {network}: {err}" if "saved no" in str(err) else str(err)) from None
 
 
 def probe_recipe(file: Path, args) -> dict:

@@ -109,8 +109,10 @@ class RunLock:
         self.path = Path(path) / LOCK_FILE
         self._fd: Optional[int] = None
         self._finalizer = None
+        self.created_folder = False
 
     def acquire(self) -> "RunLock":
+        self.created_folder = not self.path.parent.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         if fcntl is not None:
@@ -136,6 +138,15 @@ class RunLock:
             _close_fd(self._fd)  # closing drops the flock
             self._fd = None
             _HELD.discard(self)
+
+    def abandon(self) -> None:
+        """Release, and remove the run folder again if this lock created it and nothing but the lock is in it (a
+        run refused before it started leaves nothing behind)."""
+        self.release()
+        folder = self.path.parent
+        if self.created_folder and folder.is_dir() and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            self.path.unlink(missing_ok=True)
+            folder.rmdir()
 
     def _forget(self) -> None:
         if self._fd is not None:

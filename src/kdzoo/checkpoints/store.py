@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +21,13 @@ from typing import Any, Optional
 import torch
 from safetensors import SafetensorError
 
-from kdzoo.checkpoints.format import CHECKPOINT_DIR, load_state, read_meta, save_state, save_weights
+from kdzoo.checkpoints.format import (
+    CHECKPOINT_DIR,
+    load_state,
+    read_meta,
+    save_state,
+    save_weights,
+)
 from kdzoo.checkpoints.run_folder import remove_stray_temp_files
 from kdzoo.core.atomic import atomic_path, atomic_write_text
 from kdzoo.errors import CheckpointError
@@ -205,19 +212,30 @@ def _tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
-    """A run folder -> its `which` (best, else last) checkpoint; a file -> itself. One-line errors. A
-    self-supervised run's best was picked by a kNN monitor on test labels: its last is what `best` gives."""
+def resolve_checkpoint(path: str | Path, which: str = "best", network: Optional[str] = None) -> Path:
+    """A run folder -> the `which` (best, else last) checkpoint of the network it deploys, or of another network it
+    saved (`network`, e.g. teacher, target); a file -> itself. One-line errors. A run whose classifier never
+    trained (self-supervised, marked so in its metadata) picked its best by a kNN monitor on test labels: what
+    `best` gives for it is its last."""
     path = Path(path)
-    if path.is_dir():
-        store = CheckpointStore(path / CHECKPOINT_DIR)
-        for name in (which, "last") if which == "best" else (which,):
-            candidate = store.readable_weights(name)
-            if candidate is not None:
-                if name == "best" and read_meta(candidate).get("self_supervised"):
-                    return store.readable_weights("last") or candidate
-                return candidate
-        raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    return path
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        return path
+    store = CheckpointStore(path / CHECKPOINT_DIR)
+    last = store.readable_weights("last")
+    if which == "best" and last is not None and read_meta(last).get("self_supervised"):
+        which = "last"
+    if network not in (None, "student"):
+        file = path / CHECKPOINT_DIR / f"{network}.{which}.safetensors"
+        if not file.is_file():
+            saved = sorted({p.name.split(".")[0] for p in (path / CHECKPOINT_DIR).glob("*.last.safetensors")
+                            if not re.fullmatch(r"c\d+", p.name.split(".")[0])} - {"last"})
+            raise CheckpointError(f"run folder {path} saved no {network} network (it has: "
+                                  f"{', '.join(['student', *saved])})")
+        return file
+    for name in (which, "last") if which == "best" else (which,):
+        candidate = store.readable_weights(name)
+        if candidate is not None:
+            return candidate
+    raise CheckpointError(f"no checkpoint in run folder {path} (expected {CHECKPOINT_DIR}/{which}.safetensors)")

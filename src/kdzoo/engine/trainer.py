@@ -92,7 +92,7 @@ class Engine:
                 self.program.data[phase.stream].loader(self.dist)
             self._start_run(resume)
         except BaseException:
-            self.lock.release()
+            self.lock.abandon()  # a run refused while it was built leaves no folder behind
             raise
 
     def _build_context(self):

@@ -38,7 +38,10 @@ def spec_override(model_cfg, model: nn.Module) -> Optional[FeatureSpec]:
 def probe_shapes(model: nn.Module, spec: Optional[FeatureSpec], example: torch.Tensor) -> Features:
     """Feature shapes from one forward of a 2-sample batch in eval mode (BN statistics untouched)."""
     has_stages = bool((spec or feature_spec(model)).stages)
-    probe = FeatureModel(model, ALL_FEATURES if has_stages else Needs(logits=True, pooled=True), spec)
+    want = ALL_FEATURES if has_stages else Needs(logits=True, pooled=True)
+    if hasattr(model, "aux_inputs") and hasattr(model, "head_logits"):  # an _aux or _trans model: its heads too
+        want = want | Needs(heads=True)
+    probe = FeatureModel(model, want, spec)
     was_training = model.training
     model.eval()
     try:

@@ -20,7 +20,8 @@ from kdzoo.core.dist import DistInfo, all_gather_cat, all_reduce_sum, broadcast_
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: torch.device, dist_info: DistInfo = DistInfo(),
              channels_last: bool = False) -> dict[str, float]:
-    """Top-1/top-5 accuracy and loss of `model` on `loader`, exact across processes. Evaluated in fp32: accuracy figures should not depend on the training precision."""
+    """Top-1/top-5 accuracy and loss of `model` on `loader`, exact across processes. Evaluated in fp32:
+    accuracy figures should not depend on the training precision."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count

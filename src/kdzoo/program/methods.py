@@ -66,6 +66,7 @@ def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
     views = tuple(views)
     for instance, m in methods.items():
         read = [(f".{key}", getattr(m.binding, key)) for key in ("view", "teacher_view")]
+        read += [(f" (network {m.binding.teacher})", view) for view in (m.teacher_views() if m.needs_teacher() else ())]
         read += [(f" (network {network})", view) for network, view, _ in m.extra_reads()]
         for where, view in read:
             if view is not None and view not in views:
@@ -73,16 +74,20 @@ def check_views(methods: dict[str, Method], views: Iterable[str]) -> None:
                                   f"(views: {', '.join(views)}; name more under dataset.views)")
 
 
-def check_hosted(methods: dict[str, Method], regime: str, *, groups: bool = False, init_stages: bool = False) -> None:
-    """Refuse at build time a method that needs what the regime does not build: grouped batches (CKD's
-    comparisons, mixed inputs) or an init stage (AB, FT, FSP) run before the main phase."""
-    for instance, m in methods.items():
-        if not groups and m.group_layout() is not None:
-            raise ConfigError(f"loss: {instance} trains on grouped batches (groups of images per row), which the "
-                              f"{regime} regime does not build; use the offline regime (kdzoo distill)")
-        if not init_stages and m.init_stage() is not None:
-            raise ConfigError(f"loss: {instance} needs its init stage before the main phase, which the {regime} "
-                              "regime does not run; use the offline regime (kdzoo distill)")
+def check_features(instance: str, cls: type, binding: Binding, setup: SetupContext) -> None:
+    """The networks a method binds give the features it reads (e.g. stage maps: not a projected encoder's)."""
+    sides = [("student", cls.student_needs, setup.student_shapes)]
+    if cls.needs_teacher():
+        sides.append(("teacher", cls.teacher_needs, setup.teacher_shapes))
+    for role, needs, shapes in sides:
+        if shapes is None:
+            continue
+        lacking = [f.name for f in fields(needs) if getattr(needs, f.name) and not getattr(shapes, f.name)]
+        if lacking:
+            what = "the auxiliary heads (an _aux or _trans model has them)" if lacking[0] == "heads" else \
+                f"the {lacking[0]} features"
+            raise ConfigError(f"loss: {instance} reads {what} of network {getattr(binding, role)}, which gives none "
+                              "here")
 
 
 def binding_for(instance: str, namespace: str, section: dict) -> Binding:
@@ -112,7 +117,9 @@ def build_methods(loss: dict[str, float], methods_cfg: dict, setup_for: Callable
                                   f"(networks: {', '.join(sorted(networks))})")
         params = from_dict(cls.Params, {k: v for k, v in section.items() if k not in BINDING_KEYS},
                            f"methods.{instance}")
-        built[instance] = method = cls(params, setup_for(binding)).bind(binding)
+        setup = setup_for(binding)
+        check_features(instance, cls, binding, setup)
+        built[instance] = method = cls(params, setup).bind(binding)
         for network, _, _ in method.extra_reads():
             if network not in networks:
                 raise ConfigError(f"methods.{instance}: reads network {network!r}, which this run does not have "

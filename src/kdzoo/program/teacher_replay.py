@@ -6,8 +6,9 @@ and never call the teacher.
 Storage, in `teacher.cache_dir` (default: the run folder): replay.json (the key and what is done) and per epoch
 params-<e>.safetensors (the augmentation rows) and soft-<e>.safetensors (top-k probabilities at the recording
 temperature, fp16, and their class indices, int16/int32). Per image and epoch that is 4k bytes + 4 bytes per
-parameter, on disk and, for the epoch being replayed, in memory (rows are expanded per batch). The key: the teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature;
-a cache_dir holding another key is refused in one line (another teacher or pipeline), never overwritten.
+parameter, on disk and, for the epoch being replayed, in memory (rows are expanded per batch). The key: the
+teacher checkpoint's SHA-256, the training images, the pipeline, k and the temperature; a cache_dir holding
+another key is refused in one line (another teacher or pipeline), never overwritten.
 
 Integrity: each file carries a SHA-256 of its tensors and the replay and epoch it belongs to; class indices are
 range-checked on read. A damaged epoch (truncated, altered, missing or foreign file) is recorded anew by a run

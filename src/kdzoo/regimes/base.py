@@ -1,12 +1,10 @@
-"""A regime says how networks are trained together: `build(ctx)` returns the program (model slots, data
-streams, phases, artifacts) that the engine executes. The engine knows no regime by name and imports none."""
+"""The regime registry. A regime (a `Regime` subclass, program/assemble.py) declares how networks train together:
+its networks and their roles, what it hosts, its evaluators and artifacts; the assembler builds its program and the
+engine runs it without knowing any regime by name."""
 from __future__ import annotations
 
-from typing import ClassVar
-
-from torch import nn
-
-from kdzoo.program import BuildContext, Program
+from kdzoo.program.assemble import Regime, count_params
+from kdzoo.program.program import BuildContext
 from kdzoo.registry import Registry
 
 REGIMES: Registry = Registry("regime")
@@ -17,14 +15,4 @@ def register_regime(cls):
     return cls
 
 
-class Regime:
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-
-    @classmethod
-    def build(cls, ctx: BuildContext) -> Program:
-        raise NotImplementedError
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+__all__ = ["REGIMES", "BuildContext", "Regime", "count_params", "register_regime"]

@@ -24,24 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from kdzoo.config.validate import to_dict
-from kdzoo.data.recipe_streams import recipe_streams
-from kdzoo.distillers import SetupContext
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models import FeatureModel, Needs, create_model
 from kdzoo.models.features import Features
-from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.models.probe import probe_shapes
-from kdzoo.program import Artifact, ModelSlot, Program
-from kdzoo.program.bundle import Bundle
-from kdzoo.program.controllers import controller_for
-from kdzoo.program.epoch_pass import attach_probe
+from kdzoo.program.assemble import Built, Hosts, Net, Outputs, Regime, count_params
 from kdzoo.program.evaluators import ClassifierEvaluator
-from kdzoo.program.methods import build_methods, check_hosted, check_views, method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
-from kdzoo.program.phases import main_phase, needs_by_network
-from kdzoo.program.train_stream import attach_batch_transform, stream_needs
-from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+from kdzoo.program.program import Artifact, BuildContext
+from kdzoo.regimes.base import register_regime
 
 NETWORKS = ("student", "strong", "teacher", "mean_student")
 
@@ -70,20 +61,24 @@ class WithHead(nn.Module):
 class DoubleStudent(Regime):
     name = "double_student"
     description = "DS-SRD: weak student <- EMA teacher of a strong student (teacher arch + head, mixup CE)"
+    command = "distill"
+    hosts = Hosts()
 
     @classmethod
-    def build(cls, ctx: BuildContext) -> Program:
-        cfg, device = ctx.cfg, ctx.device
-        classes = [c for _, c in method_instances(cfg.loss).values()]
-        needs = {**stream_needs(cfg, classes), "drop_last": True}  # the head's BatchNorm1d needs 2+ rows
-        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
-                                       channels_last=cfg.engine.channels_last, **needs)
+    def check(cls, cfg) -> None:
         if not cfg.teacher.checkpoint:
             raise ConfigError("teacher.checkpoint: the double_student regime starts its teacher and strong student "
                               "from a trained teacher")
         if cfg.teacher.cache:
             raise ConfigError("teacher.cache: the double_student teacher changes every step; it cannot be cached")
-        attach_batch_transform(streams["train"], cfg, classes)
+
+    @classmethod
+    def stream_options(cls, cfg, classes) -> dict[str, bool]:
+        return {**super().stream_options(cfg, classes), "drop_last": True}  # the head's BatchNorm1d needs 2+ rows
+
+    @classmethod
+    def networks(cls, ctx: BuildContext, info, streams) -> dict[str, Net]:
+        cfg = ctx.cfg
         teacher_model, teacher_meta, teacher_spec = frozen_teacher(cfg.teacher, info)
         arch = teacher_meta["arch"]
         try:
@@ -97,74 +92,48 @@ class DoubleStudent(Regime):
             raise ConfigError(f"teacher: {cfg.teacher.checkpoint} does not load into a plain {arch} (a teacher saved "
                               "with an inference wrapper cannot start the strong student)") from None
         student, student_spec = trained_network(cfg.student, info, log=ctx.log)
-
         sample = streams["test"].sample_input()
         example = torch.stack([sample, sample])
-        shapes = {"student": probe_shapes(student, student_spec, example),
-                  "teacher": probe_shapes(teacher_model, teacher_spec, example)}
-        if shapes["teacher"].pooled is None:
+        student_shapes = probe_shapes(student, student_spec, example)
+        teacher_shapes = probe_shapes(teacher_model, teacher_spec, example)
+        if teacher_shapes.pooled is None:
             raise ConfigError(f"teacher: {arch} gives no pooled feature; the strong student's head needs its width")
-        width = int(shapes["teacher"].pooled[-1])
-        head = PredictionHead(info.num_classes, width) if cfg.double_student.head else nn.Identity()
-        shapes["strong"] = replace(shapes["teacher"])
-        shapes["mean_student"] = shapes["student"]
-        nets = {"student": student, "strong": strong_net, "teacher": teacher_model}
-        mean_wanted = cfg.double_student.mean_student
-        if mean_wanted:
-            nets["mean_student"] = student  # stands in for its EMA (same architecture) while methods are built
+        s = cfg.double_student
+        head = PredictionHead(info.num_classes, int(teacher_shapes.pooled[-1])) if s.head else nn.Identity()
+        nets = {"student": Net(student, spec=student_spec, always=Needs(logits=True), shapes=student_shapes),
+                "strong": Net(strong_net, spec=teacher_spec, always=Needs(logits=True),
+                              shapes=replace(teacher_shapes), extra={"head": head},
+                              features=lambda needs: WithHead(FeatureModel(strong_net, needs, teacher_spec), head)),
+                "teacher": Net(teacher_model, role="ema", spec=teacher_spec, shapes=teacher_shapes, extra=teacher_meta,
+                               ema_of="strong", ema_decay=s.ema_decay, ema_buffers=s.ema_buffers)}
+        if s.mean_student:  # a copy now, before any hooks; it becomes rank 0's student once the engine places it
+            nets["mean_student"] = Net(copy.deepcopy(student), role="ema", spec=student_spec, shapes=student_shapes,
+                                       ema_of="student", ema_decay=s.mean_decay, starts_as_source=True)
+        return nets
 
-        def setup(binding) -> SetupContext:
-            return SetupContext(student=nets[binding.student], teacher=nets.get(binding.teacher),
-                                student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
-                                num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-                                batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
-                                teacher_checkpoint=cfg.teacher.checkpoint, info=info)
-
-        methods = build_methods(cfg.loss, cfg.methods, setup, nets)
-        check_hosted(methods, "double_student")
-        for instance, m in methods.items():
-            if m.binding.student in ("teacher", "mean_student"):
-                raise ConfigError(f"methods.{instance}.student: {m.binding.student} is an EMA, not trained by terms")
-        check_views(methods, streams["train"].views)
-        attach_probe(streams, methods.values(), cfg, device)
-
-        needs = needs_by_network(methods.values(), {"student": Needs(logits=True), "strong": Needs(logits=True)})
-        memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
-        strong = WithHead(FeatureModel(strong_net, needs["strong"], teacher_spec), head)
-        bundle = Bundle({"student": FeatureModel(student, needs["student"], student_spec), "strong": strong},
-                        methods).to(device, memory_format=memory_format)
-        decay = cfg.double_student.ema_decay
-        frozen: dict[str, Any] = {"teacher": FrozenTeacher(teacher_model, needs.get("teacher", Needs()),
-                                                           teacher_spec).to(device, memory_format=memory_format)}
-        models = {"student": ModelSlot(student, features=bundle.student),
-                  "strong": ModelSlot(strong_net, features=bundle.strong),
-                  "teacher": ModelSlot(teacher_model, role="ema", ema_of="strong", ema_decay=decay,
-                                       ema_buffers=cfg.double_student.ema_buffers, features=frozen["teacher"])}
-        if mean_wanted:
-            mean = copy.deepcopy(student)
-            frozen["mean_student"] = FrozenTeacher(mean, needs.get("mean_student", Needs()), student_spec)
-            models["mean_student"] = ModelSlot(mean, role="ema", ema_of="student", starts_as_source=True,
-                                               ema_decay=cfg.double_student.mean_decay, features=frozen["mean_student"])
+    @classmethod
+    def outputs(cls, built: Built) -> Outputs:
+        cfg, info, streams = built.cfg, built.info, built.streams
+        student, teacher = built.nets["student"].module, built.nets["teacher"]
         deployed = student.deploy_module() if hasattr(student, "deploy_module") else student  # a _trans CNN
         deployed_arch = student.plain_arch if deployed is not student else cfg.student.arch
+        arch = teacher.extra["arch"]
         evaluators = [ClassifierEvaluator(lambda: deployed, stream) for stream in ("val", "test") if stream in streams]
         at_best = [evaluators.pop()] if "val" in streams else []
         report = "val" if "val" in streams else "test"  # how the moving teacher fares: test_teacher_top1
-        evaluators.append(ClassifierEvaluator(lambda: teacher_model, report, name="teacher"))
-        phase = main_phase(methods, cfg.loss, bundle, frozen, cfg.engine.teacher_first, cfg.epochs,
-                           controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
-                           at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
+        evaluators.append(ClassifierEvaluator(lambda: teacher.module, report, name="teacher"))
 
         def meta(arch_name: str):
             return lambda: {"arch": arch_name, "num_classes": info.num_classes, "in_channels": info.in_channels}
 
         def describe() -> dict[str, Any]:
+            strong = built.nets["strong"]
             return {"student": cfg.student.arch, "student_params": count_params(student), "teacher": arch,
-                    "strong_params": count_params(strong_net), "head_params": count_params(head),
-                    "teacher_params": count_params(teacher_model), "adapter_params": count_params(bundle.methods),
-                    "ema_decay": decay, "methods": {name: to_dict(m.params) for name, m in methods.items()}}
+                    "strong_params": count_params(strong.module), "head_params": count_params(strong.extra["head"]),
+                    "teacher_params": count_params(teacher.module),
+                    "adapter_params": count_params(built.bundle.methods), "ema_decay": cfg.double_student.ema_decay,
+                    "methods": built.method_params()}
 
-        return Program(models=models, data=streams, phases=[phase], trainable=bundle, info=info,
-                       artifacts={"student": Artifact(lambda: deployed, meta(deployed_arch)),
-                                  "teacher": Artifact(lambda: teacher_model, meta(arch))},
-                       describe=describe)
+        return Outputs(evaluators, {"student": Artifact(lambda: deployed, meta(deployed_arch)),
+                                    "teacher": Artifact(lambda: teacher.module, meta(arch))},
+                       "val_top1" if "val" in streams else "test_top1", at_best, describe)

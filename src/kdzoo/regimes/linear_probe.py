@@ -1,7 +1,8 @@
 """Linear evaluation of a trained encoder (i-Mix's protocol; HSAKD's transfer probes): the network of
 `student.checkpoint` (any run's student or teacher artifact; an `_aux` model's backbone, its rotation heads
-dropped, as HSAKD's eval_rep.py probes it; a `_trans` model's CNN) is frozen whole, BatchNorm statistics included, and a new linear classifier on its pooled feature
-(weights N(0, 0.01), bias 0) trains on the recipe's dataset, resized to the encoder's input size.
+dropped, as HSAKD's eval_rep.py probes it; a `_trans` model's CNN) is frozen whole, BatchNorm statistics
+included, and a new linear classifier on its pooled feature (weights N(0, 0.01), bias 0) trains on the recipe's
+dataset, resized to the encoder's input size.
 
 With `dataset.augment: false` nothing about the encoder changes between epochs, so its features are computed
 once, before training, and the classifier trains on them (seconds on a CPU); otherwise every step runs the frozen
@@ -21,20 +22,15 @@ from kdzoo.checkpoints.format import load_weights
 from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.data.in_memory import InMemoryVectorDataset
 from kdzoo.data.loaders import make_loader
-from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.stream import DataStream
-from kdzoo.distillers import SetupContext
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models import FeatureModel, FeatureSpec, Needs, create_model, feature_spec
 from kdzoo.models.features import Features, body_names
 from kdzoo.models.freezing import freeze
-from kdzoo.program import Artifact, ModelSlot, Program
-from kdzoo.program.bundle import Bundle
-from kdzoo.program.controllers import controller_for
+from kdzoo.program.assemble import Built, Hosts, Net, Outputs, Regime, count_params
 from kdzoo.program.evaluators import ClassifierEvaluator
-from kdzoo.program.methods import build_methods
-from kdzoo.program.phases import main_phase
-from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+from kdzoo.program.program import Artifact
+from kdzoo.regimes.base import register_regime
 
 
 def probed_encoder(checkpoint: str, num_classes: int, in_channels: int, log) -> tuple[nn.Module, str, dict]:
@@ -109,17 +105,19 @@ def embed(model: nn.Module, stream: DataStream, device, log, name: str, progress
 class LinearProbe(Regime):
     name = "linear_probe"
     description = "a frozen encoder (student.checkpoint) and a new linear classifier on its pooled feature"
+    hosts = Hosts(batch_transform=False)
 
     @classmethod
-    def build(cls, ctx: BuildContext) -> Program:
-        cfg, device = ctx.cfg, ctx.device
+    def check(cls, cfg) -> None:
         if not cfg.student.checkpoint:
             raise ConfigError("student.checkpoint: the linear_probe regime probes a trained encoder; name its run "
                               "folder or .safetensors file")
         if set(cfg.loss) != {"ce"}:
             raise ConfigError(f"loss: a linear probe trains with ce alone, got {', '.join(cfg.loss)}")
-        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
-                                       channels_last=cfg.engine.channels_last)
+
+    @classmethod
+    def networks(cls, ctx, info, streams) -> dict[str, Net]:
+        cfg, device = ctx.cfg, ctx.device
         model, head, origin = probed_encoder(cfg.student.checkpoint, info.num_classes, info.in_channels, ctx.log)
         if cfg.student.arch and cfg.student.arch != origin["arch"]:
             raise ConfigError(f"student.arch: {cfg.student.arch}, but {origin['file']} holds a {origin['arch']}")
@@ -133,31 +131,28 @@ class LinearProbe(Regime):
                                            s.batch_size, train=s.train, drop_last=s.drop_last, seed=s.seed,
                                            device=device)
             trained = FeatureModel(linear, Needs(logits=True), FeatureSpec(stages=(), head=""))
-            evaluated: nn.Module = linear
         else:
             trained = FeatureModel(model, Needs(logits=True))
-            evaluated = model
-        setup = SetupContext(student=model, teacher=None, student_shapes=Features(), teacher_shapes=None,
-                             num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-                             batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
-        methods = build_methods(cfg.loss, cfg.methods, lambda binding: setup, ("student",))
-        bundle = Bundle({"student": trained}, methods).to(device)
-        evaluators = [ClassifierEvaluator(lambda: evaluated, s) for s in ("val", "test") if s in streams]
+        meta = {**origin, "linear": linear, "evaluated": linear if cached else model, "cached": cached}
+        shapes = Features(logits=torch.Size([2, info.num_classes]))  # what ce reads; the encoder is not for methods
+        return {"student": Net(model, shapes=shapes, features=lambda needs: trained, extra=meta)}
+
+    @classmethod
+    def outputs(cls, built: Built) -> Outputs:
+        info, streams, net = built.info, built.streams, built.nets["student"]
+        model, origin, linear = net.module, net.extra, net.extra["linear"]
+        evaluators = [ClassifierEvaluator(lambda: origin["evaluated"], s) for s in ("val", "test") if s in streams]
         at_best = [evaluators.pop()] if "val" in streams else []
-        phase = main_phase(methods, cfg.loss, bundle, {}, False, cfg.epochs,
-                           controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators,
-                           at_best=at_best, select="val_top1" if "val" in streams else "test_top1")
-        phase.params = list(linear.parameters())  # the classifier alone trains
 
         def meta() -> dict[str, Any]:
             return {"arch": origin["probed_arch"], "num_classes": info.num_classes, "in_channels": info.in_channels,
                     "probe_of": origin["file"]}
 
         def describe() -> dict[str, Any]:
-            return {"encoder": origin["probed_arch"], "encoder_checkpoint": origin["file"], "features_cached": cached,
-                    "encoder_params": count_params(model) - count_params(linear),
+            return {"encoder": origin["probed_arch"], "encoder_checkpoint": origin["file"],
+                    "features_cached": origin["cached"], "encoder_params": count_params(model) - count_params(linear),
                     "classifier_params": count_params(linear)}
 
-        return Program(models={"student": ModelSlot(model, features=trained)}, data=streams, phases=[phase],
-                       trainable=bundle, info=info, artifacts={"student": Artifact(lambda: model, meta)},
-                       describe=describe)
+        return Outputs(evaluators, {"student": Artifact(lambda: model, meta)},
+                       "val_top1" if "val" in streams else "test_top1", at_best, describe,
+                       trains=list(linear.parameters()))  # the classifier alone trains

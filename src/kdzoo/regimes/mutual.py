@@ -19,23 +19,15 @@ from typing import Any
 import torch
 
 from kdzoo.config.validate import to_dict
-from kdzoo.data.recipe_streams import recipe_streams
-from kdzoo.distillers import SetupContext
 from kdzoo.distillers.registry import method_for_term, split_term
 from kdzoo.errors import ConfigError
-from kdzoo.models import FeatureModel, Needs
+from kdzoo.models import Needs
 from kdzoo.models.aux import AuxNet, RotatedHeads
-from kdzoo.models.probe import probe_shapes
-from kdzoo.program import Artifact, ModelSlot, Program
-from kdzoo.program.bundle import Bundle
-from kdzoo.program.controllers import controller_for
-from kdzoo.program.epoch_pass import attach_probe
+from kdzoo.program.assemble import Built, Net, Outputs, Regime, count_params
 from kdzoo.program.evaluators import ClassifierEvaluator, HeadsEvaluator
-from kdzoo.program.methods import build_methods, check_hosted, check_views
 from kdzoo.program.networks import trained_network
-from kdzoo.program.phases import main_phase, needs_by_network
-from kdzoo.program.train_stream import attach_batch_transform, stream_needs
-from kdzoo.regimes.base import BuildContext, Regime, count_params, register_regime
+from kdzoo.program.program import Artifact, BuildContext
+from kdzoo.regimes.base import register_regime
 
 
 def peer_terms(loss: dict[str, float], methods_cfg: dict, peers: int) -> tuple[dict[str, float], dict]:
@@ -86,8 +78,7 @@ class Mutual(Regime):
     description = "N peers trained together from scratch, each distilled from the others (DML, HSAKD online)"
 
     @classmethod
-    def build(cls, ctx: BuildContext) -> Program:
-        cfg, device = ctx.cfg, ctx.device
+    def check(cls, cfg) -> None:
         if len(cfg.peers) < 2:
             raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(cfg.peers)}")
         for which, given in (("student", to_dict(cfg.student) != to_dict(type(cfg)().student)),
@@ -95,54 +86,43 @@ class Mutual(Regime):
             if given:
                 raise ConfigError(f"{which}: the mutual regime trains its peers (peers: [...]) and no {which}; drop "
                                   f"{which}.*")
-        loss, sections = peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
-        classes = list(dict.fromkeys(method_for_term(t) for t in loss))
-        streams, info = recipe_streams(cfg.dataset, seed=cfg.seed, device=device,
-                                       channels_last=cfg.engine.channels_last, **stream_needs(cfg, classes))
-        attach_batch_transform(streams["train"], cfg, classes)
-        names = [f"peer{i}" for i in range(len(cfg.peers))]
-        peers = {n: trained_network(p, info, key=f"peers[{i}]", log=ctx.log)[0]
-                 for i, (n, p) in enumerate(zip(names, cfg.peers))}
-        sample = streams["test"].sample_input()
-        shapes = {n: probe_shapes(m, None, torch.stack([sample, sample])) for n, m in peers.items()}
 
-        def setup(binding) -> SetupContext:
-            return SetupContext(student=peers[binding.student], teacher=peers.get(binding.teacher),
-                                student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
-                                num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-                                batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device, info=info)
+    @classmethod
+    def terms(cls, cfg) -> tuple[dict[str, float], dict]:
+        return peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
 
-        methods = build_methods(loss, sections, setup, names)
-        check_hosted(methods, "mutual")
-        check_views(methods, streams["train"].views)
-        attach_probe(streams, methods.values(), cfg, device)
-        needs = needs_by_network(methods.values(), {n: Needs(logits=True) for n in names})
-        memory_format = torch.channels_last if cfg.engine.channels_last else torch.contiguous_format
-        bundle = Bundle({n: FeatureModel(m, needs[n]) for n, m in peers.items()}, methods)
-        bundle.register_buffer("best_peer", torch.zeros((), dtype=torch.long))
-        bundle.to(device, memory_format=memory_format)
-        evaluators = [BestPeer(peers, bundle.best_peer)]
+    @classmethod
+    def networks(cls, ctx: BuildContext, info, streams) -> dict[str, Net]:
+        nets = {}
+        for i, peer in enumerate(ctx.cfg.peers):
+            model, spec = trained_network(peer, info, key=f"peers[{i}]", log=ctx.log)
+            nets[f"peer{i}"] = Net(model, spec=spec, always=Needs(logits=True))
+        return nets
+
+    @classmethod
+    def outputs(cls, built: Built) -> Outputs:
+        cfg, info = built.cfg, built.info
+        peers = {name: net.module for name, net in built.nets.items()}
+        names = list(peers)
+        built.bundle.register_buffer("best_peer", torch.zeros((), dtype=torch.long, device=built.ctx.device))
+        evaluators: list = [BestPeer(peers, built.bundle.best_peer)]
         for name, model in peers.items():  # each _aux peer's heads too, as HSAKD's online script reports
             if isinstance(model, AuxNet) and info.image_size is not None:
                 view = RotatedHeads(model)
                 named = (lambda n: lambda out: {f"{n}_{k}": v for k, v in out.items()})(name)
                 evaluators.append(HeadsEvaluator((lambda v: lambda: v)(view), heads=named, rows_per_sample=4))
-        phase = main_phase(methods, loss, bundle, {}, False, cfg.epochs,
-                           controller=controller_for(cfg.schedule, cfg.epochs), evaluators=evaluators)
 
         def meta_of(i: int) -> dict[str, Any]:
             return {"arch": cfg.peers[i].arch, "num_classes": info.num_classes, "in_channels": info.in_channels,
                     "peer": i}
 
-        artifacts = {"best_peer": Artifact(lambda: peers[names[int(bundle.best_peer)]],
-                                           lambda: meta_of(int(bundle.best_peer)))}
+        best = lambda: int(built.bundle.best_peer)  # noqa: E731
+        artifacts = {"best_peer": Artifact(lambda: peers[names[best()]], lambda: meta_of(best()))}
         artifacts.update({n: Artifact((lambda m: lambda: m)(m), (lambda i: lambda: meta_of(i))(i))
                           for i, (n, m) in enumerate(peers.items())})
 
         def describe() -> dict[str, Any]:
             return {"peers": [p.arch for p in cfg.peers], "peer_params": [count_params(m) for m in peers.values()],
-                    "methods": {name: to_dict(m.params) for name, m in methods.items()}}
+                    "methods": built.method_params()}
 
-        return Program(models={n: ModelSlot(m, features=getattr(bundle, n)) for n, m in peers.items()},
-                       data=streams, phases=[phase], trainable=bundle, info=info, artifacts=artifacts,
-                       describe=describe)
+        return Outputs(evaluators, artifacts, describe=describe)

@@ -6,18 +6,21 @@ from typing import Optional
 
 from kdzoo.config.schema import Config
 from kdzoo.errors import KdzooError
+from kdzoo.regimes.base import REGIMES
 
 
 def check_mode(cfg: Config, mode: Optional[str]) -> None:
-    """`train` runs without a teacher, `distill` with one: say so early instead of failing later. Every loss term
-    must name a method (whatever the mode)."""
+    """`pretrain` runs a regime made for it; where the regime says so, `train` runs without a teacher and `distill`
+    with one: say so early instead of failing later. Every loss term must name a method (whatever the mode)."""
     from kdzoo.distillers import method_for_term
 
+    regime = REGIMES.get(cfg.regime)
     needing = [t for t, w in cfg.loss.items() if w != 0 and method_for_term(t).needs_teacher()]
-    if mode == "pretrain" and cfg.regime != "self_supervised":
+    if mode == "pretrain" and regime.command != "pretrain":
+        made = [name for name in REGIMES.names() if REGIMES.get(name).command == "pretrain"]
         raise KdzooError(f"kdzoo pretrain trains without labels: the recipe's regime is {cfg.regime}; use "
-                         "regime: self_supervised (or kdzoo train)")
-    if cfg.regime != "offline":
+                         f"regime: {' or '.join(made)} (or kdzoo train)")
+    if not regime.verb_follows_teacher:
         return
     if mode == "train" and needing:
         raise KdzooError(f"loss.{needing[0]} needs a teacher; use `kdzoo distill` for this recipe")
@@ -34,10 +37,7 @@ def check_names(cfg: Config, mode: Optional[str] = None) -> None:
     for arch in (cfg.student.arch, cfg.teacher.arch):
         if arch:
             check_model_name(arch)
-    check_mode(cfg, mode)
-    from kdzoo.regimes import REGIMES
-
-    REGIMES.get(cfg.regime)
+    check_mode(cfg, mode)  # (an unknown regime fails here)
     from kdzoo.data import dataset_info, list_datasets
 
     if cfg.dataset.name not in list_datasets():
