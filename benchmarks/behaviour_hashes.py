@@ -24,7 +24,7 @@ from pathlib import Path
 
 from safetensors.numpy import load_file
 
-from kdzoo.engine.run_dir import cpu_model
+from kdzoo.engine.run_log import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("kd", "crd", "reviewkd", "simkd", "ab", "ft")

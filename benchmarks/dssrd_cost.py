@@ -17,9 +17,9 @@ import torch
 
 from kdzoo.config import load_config
 from kdzoo.core.batch import StepInfo
-from kdzoo.engine.loop import Runtime
 from kdzoo.engine.step import weighted_total
 from kdzoo.engine.trainer import make_engine
+from kdzoo.program import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {  # row -> (recipe under configs/fashion_mnist, overrides)
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    common = ["engine.progress=false", "engine.tensorboard=false", "dataset.subset=3000", "dataset.subset_seed=0",
+    common = ["engine.progress=false", "engine.tensorboard=false", "dataset.subset.size=3000", "dataset.subset.seed=0",
               f"teacher.checkpoint={args.teacher}"]
     results, passes, precision = {}, {}, "?"
     for row, (recipe, overrides) in ROWS.items():
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             precision = engine.precision.name
             if any(getattr(m, "epoch_passes", False) for m in program.trainable.methods.values()):
                 started = time.perf_counter()
-                stats = phase.on_epoch_start(cfg.epochs - 1, Runtime(engine))
+                stats = phase.on_epoch_start(cfg.epochs - 1, Runtime(program, engine.device, engine.dist))
                 passes[row] = (time.perf_counter() - started, stats)
             stream = program.data[phase.stream]
             batches = iter(stream.loader(engine.dist))

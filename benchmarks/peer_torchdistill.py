@@ -24,11 +24,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_overhead import (  # noqa: E402  (the benchmark helper next to this file)
-    SETTINGS, engine_section, pair_parser, random_teacher, regime_step, write_report)
+    SETTINGS,
+    engine_section,
+    pair_parser,
+    random_teacher,
+    regime_step,
+    write_report,
+)
 
 from kdzoo.data import image_info  # noqa: E402
 from kdzoo.engine.device import Precision, resolve_precision  # noqa: E402
-from kdzoo.engine.run_dir import cpu_model  # noqa: E402
+from kdzoo.engine.run_log import cpu_model  # noqa: E402
 from kdzoo.models import create_model  # noqa: E402
 
 
@@ -67,8 +73,9 @@ def replayed_kd_step(args, info, targets, engine, precision, teacher_file, folde
     (their values do not change the cost), since recording one needs the dataset on disk; the data half of a replay
     (each image's recorded crop and flip) runs in the DataLoader, outside the step, as data loading does for every
     row here (benchmarks/replay_epoch.py times whole epochs)."""
-    import kdzoo.regimes.offline as offline
-    from kdzoo.program.teacher_replay import ReplayCache, ReplayTeacher, replay_temperature
+    import kdzoo.program.teacher_sources as sources
+    from kdzoo.program.replay_store import ReplayCache
+    from kdzoo.program.teacher_replay import ReplayTeacher, replay_temperature
 
     def parts(cfg, streams, methods, teacher, info_, device, out, is_main, log=print):
         n, classes = len(targets), info_.num_classes
@@ -81,12 +88,12 @@ def replayed_kd_step(args, info, targets, engine, precision, teacher_file, folde
         source.start_epoch(0)
         return source, lambda epoch: {}
 
-    original, offline.replay_program_parts = offline.replay_program_parts, parts
+    original, sources.replay_program_parts = sources.replay_program_parts, parts
     try:
         return regime_step(args, info, targets, engine, precision, {"ce": 0.1, "kd": 0.9}, teacher_file,
                            teacher_options={"cache": "replay"})
     finally:
-        offline.replay_program_parts = original
+        sources.replay_program_parts = original
 
 
 def main(argv=None) -> int:

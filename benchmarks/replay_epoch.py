@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET = ["epochs=10", "dataset.subset=3000", "dataset.subset_seed=0", "engine.eval_every=2",
+BUDGET = ["epochs=10", "dataset.subset.size=3000", "dataset.subset.seed=0", "engine.eval_every=2",
           "engine.progress=false", "engine.tensorboard=false"]
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / args.work
     teacher, cache = work / "teacher", work / "replay_cache"
-    kdzoo("train", "configs/fashion_mnist/teacher.yaml", teacher, "epochs=3", "dataset.subset=3000",
+    kdzoo("train", "configs/fashion_mnist/teacher.yaml", teacher, "epochs=3", "dataset.subset.size=3000",
           "engine.tensorboard=false")
     replay = [f"teacher.checkpoint={teacher}", "teacher.cache=replay", f"teacher.cache_dir={cache}"]
     kdzoo("distill", "configs/fashion_mnist/kd.yaml", work / "record", *BUDGET, *replay)
@@ -88,7 +88,7 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    from kdzoo.engine.run_dir import cpu_model
+    from kdzoo.engine.run_log import cpu_model
 
     return cpu_model()
 

@@ -107,7 +107,7 @@ def images(seed: int) -> dict:
     for arch in ("resnet20", "resnet8"):
         encoder = random_encoder(arch, seed, root / "random" / f"{arch}.safetensors", "fashion_mnist", 1, 10)
         rows[f"random_{arch}"] = probe(encoder, probes / f"random_{arch}")
-    out = {name: {"best_top1": s["best_top1"], "last_top1": s["last_top1"]} for name, s in rows.items()}
+    out = {name: {"best_top1": s.get("best_value", s["best_top1"]), "last_top1": s["last_top1"]} for name, s in rows.items()}
     out["ss_knn_top1"] = _last_metric(ss, "test_knn_top1")
     out["offline_knn_top1"] = _last_metric(offline, "test_knn_top1")
     out["wall_s"] = {name: json.loads((path / "summary.json").read_text())["wall_time_s"]
@@ -152,7 +152,7 @@ def tabular(seed: int) -> dict:
            for name, path in (("teacher_mlp5", teacher), ("student_mlp5_small", student), ("kd_mlp5_small", kd))}
     for name, network in (("ss_teacher_mlp5_probe", "target"), ("ss_weak_mlp5_small_probe", "weak")):
         s = probe(ss, root / "probes" / name, network)
-        out[name] = {"best_top1": s["best_top1"], "last_top1": s["last_top1"]}
+        out[name] = {"best_top1": s.get("best_value", s["best_top1"]), "last_top1": s["last_top1"]}
     return out
 
 

@@ -36,7 +36,7 @@ from kdzoo.data.in_memory import InMemoryImageDataset
 from kdzoo.distillers import METHODS
 from kdzoo.engine.compile import compile_program
 from kdzoo.engine.device import Precision, resolve_precision
-from kdzoo.engine.run_dir import cpu_model
+from kdzoo.engine.run_log import cpu_model
 from kdzoo.engine.step import train_step
 from kdzoo.models import Needs, create_model
 from kdzoo.models.frozen import FrozenTeacher

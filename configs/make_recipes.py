@@ -1,4 +1,4 @@
-"""Write the method recipes from each method's published loss weights (its `recipe_loss`).
+"""Write the method recipes from each method's published loss weights (its `recipes.loss`).
 
     python configs/make_recipes.py          # rewrites configs/{digits,fashion_mnist,cifar100}/...
 
@@ -45,12 +45,12 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     rows = {}
     for name in METHODS.names():
         cls = METHODS.get(name)
-        if not cls.needs_teacher() or not cls.recipe_loss or cls.student_needs.heads or cls.few_sample:
+        if not cls.needs_teacher() or not cls.recipes.loss or cls.student_needs.heads or cls.recipes.few_sample:
             continue  # methods on _aux models (hsakd) and few-sample ones (ckd) have their own recipes
-        if cls.own_recipes:
+        if cls.recipes.apart:
             continue  # DS-SRD's pieces: write_dssrd
-        rows[name] = (cls, dict(cls.recipe_loss))
-        for variant, loss in cls.recipe_variants.items():
+        rows[name] = (cls, dict(cls.recipes.loss))
+        for variant, loss in cls.recipes.variants.items():
             rows[variant] = (cls, dict(loss))
     return rows
 
@@ -183,7 +183,7 @@ DISTILLERS_SOURCE = "giakoumoglou/distillers imagenet/scripts"
 
 
 def write_imagenet_distillers(root: Path = ROOT) -> list[Path]:
-    """ImageNet teachers trained from scratch and the SimKD/RRD/DCD ResNet50 -> ResNet18 students, with\n    distillers' settings (their -c/-d/-b flags are the ce/kd/method weights of each method's recipe_loss)."""
+    """ImageNet teachers trained from scratch and the SimKD/RRD/DCD ResNet50 -> ResNet18 students, with\n    distillers' settings (their -c/-d/-b flags are the ce/kd/method weights of each method's recipes.loss)."""
     from kdzoo.distillers import METHODS
 
     written = []
@@ -202,7 +202,7 @@ def write_imagenet_distillers(root: Path = ROOT) -> list[Path]:
         cls = METHODS.get(row)
         data = {"name": f"imagenet-{row}-resnet50-resnet18", "seed": 0, "epochs": DISTILLERS_IMAGENET["epochs"],
                 "dataset": dict(IMAGENET_DATA), "student": {"arch": "tv:resnet18"},
-                "teacher": {"checkpoint": "runs/imagenet/teachers/resnet50"}, "loss": dict(cls.recipe_loss),
+                "teacher": {"checkpoint": "runs/imagenet/teachers/resnet50"}, "loss": dict(cls.recipes.loss),
                 "optim": dict(DISTILLERS_IMAGENET["optim"]), "schedule": dict(DISTILLERS_IMAGENET["schedule"])}
         header = _header(cls, row, f"ImageNet ResNet50 -> ResNet18 as {DISTILLERS_SOURCE}/run_distill.sh (no published "
                                    "ImageNet top-1 in our anchors)") + (
@@ -276,7 +276,7 @@ def write_hsakd(root: Path = ROOT) -> list[Path]:
             if fraction == 1.0:
                 continue
             data = {"name": f"cifar100-hsakd-few-shot-{round(100 * fraction)}", "seed": 0, "epochs": 240,
-                    "dataset": {**CIFAR_DATA, "fraction": fraction}, "student": {"arch": "resnet20_aux"},
+                    "dataset": {**CIFAR_DATA, "subset": {"size": fraction}}, "student": {"arch": "resnet20_aux"},
                     "teacher": {"checkpoint": "runs/cifar100/hsakd/teachers/resnet56"},
                     "loss": {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}, "methods": {"hsakd": {"T": 3.0}},
                     "optim": dict(HSAKD_SGD), "schedule": dict(HSAKD_SCHEDULE)}
@@ -359,7 +359,8 @@ def ckd_recipe(row: str, dataset: dict, student: str, teacher: str, checkpoint: 
                lr: float, epochs: int, schedule: dict) -> dict:
     loss = CKD_ROWS[row]
     data = {"name": f"{dataset['name']}-few-{row}-{student}", "seed": 0, "epochs": epochs,
-            "dataset": {**dataset, "subset_size": subset}, "student": {"arch": student}}
+            "dataset": {**dataset, "subset": {"size": subset, "val": 0.2, "few_sample": True}},
+            "student": {"arch": student}}
     live = row.startswith(("ckd_inter", "white_box"))
     if row != "student":
         data["teacher"] = {"checkpoint": checkpoint, **({} if live else {"cache": True})}
@@ -389,7 +390,7 @@ def write_ckd(root: Path = ROOT) -> list[Path]:
             written.append(path)
     for name, (rows, sizes) in CKD_SWEEPS.items():
         recipes = [f"configs/cifar100/ckd/{row}/{t}-{s}.yaml" for row in rows for t, s in CKD_PAIRS]
-        grid = {"recipe": recipes, "optim.lr": [0.1, 0.05, 0.025], "dataset.subset_size": sizes}
+        grid = {"recipe": recipes, "optim.lr": [0.1, 0.05, 0.025], "dataset.subset.size": sizes}
         if name == "ckd":
             grid["methods.ckd.pos_and_neg"] = [2, 3]
         sweep = {"name": f"cifar100-ckd-{name}", "grid": grid, "seeds": [1, 2, 3],
@@ -424,7 +425,7 @@ def write_fashion_mnist_ckd(root: Path = ROOT) -> list[Path]:
                     "# Written by configs/make_recipes.py.\n", data)
         written.append(path)
         sweep = {"name": f"fashion_mnist-few-{row}", "recipe": f"configs/fashion_mnist/ckd/{row}.yaml",
-                 "grid": {"dataset.subset_size": [1000, 2000], "optim.lr": [0.1, 0.05, 0.025]}, "seeds": [0, 1, 2],
+                 "grid": {"dataset.subset.size": [1000, 2000], "optim.lr": [0.1, 0.05, 0.025]}, "seeds": [0, 1, 2],
                  "out": f"runs/sweeps/fashion_mnist-few-{row}"}
         path = root / "fashion_mnist" / "ckd" / "sweeps" / f"{row}.yaml"
         _dump(path, f"# lr sweep of the few-sample row {row}:\n#   kdzoo sweep -c configs/fashion_mnist/ckd/sweeps/"

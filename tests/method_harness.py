@@ -21,7 +21,7 @@ from kdzoo.engine.step import weighted_total
 from kdzoo.models import create_model
 from kdzoo.models.features import Features
 from kdzoo.models.probe import probe_shapes
-from kdzoo.program import BuildContext, DataStream, Program
+from kdzoo.program import BuildContext, DataStream, Program, Runtime
 from kdzoo.regimes.offline import offline_program, train_stream_needs
 from tests.conftest import CONFIGS, FAST, run_cli
 
@@ -149,14 +149,9 @@ def random_batch(regime: OfflineView, batch_size: int = 8, seed: int = 1) -> Bat
     return regime.program.data["train"].batch(raw)  # with the stream's batch transform, if any (rotate4)
 
 
-class EpochRuntime:
+def EpochRuntime(program: Program) -> Runtime:  # noqa: N802 - what the engine lends a program built here
     """What a phase's on_epoch_start gets from the engine (the program's loaders), for a program built here."""
-
-    def __init__(self, program: Program):
-        self.engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
-
-    def loader(self, name: str):
-        return self.engine.program.data[name].loader(DistInfo())
+    return Runtime(program, CPU)
 
 
 def start_epoch(regime: OfflineView, epoch: int = 0) -> dict:
@@ -213,8 +208,8 @@ def probed_pair(student: str, teacher: str, size: int = 32, seed: int = 0):
 def setup_context(s: Features, t: Features, student: Optional[nn.Module] = None) -> SetupContext:
     """A SetupContext for building a method from feature shapes alone (10 classes, batch 8)."""
     return SetupContext(student=student or nn.Identity(), teacher=nn.Identity(), student_shapes=s,
-                        teacher_shapes=t, num_classes=10, train_targets=torch.zeros(10, dtype=torch.long),
-                        batch_size=8, epochs=1, device=torch.device("cpu"))
+                        teacher_shapes=t, train_targets=torch.zeros(10, dtype=torch.long),
+                        batch_size=8)
 
 
 def avg_pool_np(f: np.ndarray, size: int) -> np.ndarray:

@@ -357,7 +357,11 @@ def test_only_rows_that_need_the_bench_teacher_train_it(tmp_path):
 
 def test_a_row_timed_on_another_machine_gets_no_time_ratio():
     """Merged rows keep their accuracy, but their epoch time is not divided by another machine's baseline."""
-    from kdzoo.bench.leaderboard import _other_machines, format_leaderboard, leaderboard_rows
+    from kdzoo.bench.leaderboard import (
+        _other_machines,
+        format_leaderboard,
+        leaderboard_rows,
+    )
 
     def run(row, seed, seconds, hardware=None):
         return {"row": row, "student": "resnet8", "seed": seed, "best_top1": 80.0 + seed, "last_top1": 80.0,

@@ -117,8 +117,8 @@ def test_params_defaults(name):
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_weights(name):
     cls = METHODS.get(name)
-    assert cls.recipe_loss == RECIPES[name]
-    assert cls.recipe_variants == VARIANTS.get(name, {})
+    assert cls.recipes.loss == RECIPES[name]
+    assert cls.recipes.variants == VARIANTS.get(name, {})
 
 
 def test_dkd_and_reviewkd_pair_overrides():
@@ -179,7 +179,8 @@ def test_cc_and_contrastive_embeds_are_128_wide(ctx):
     cc = _make("cc", ctx)
     assert (cc.embed_s.linear.in_features, cc.embed_s.linear.out_features) == (64, 128)
     assert (cc.embed_t.linear.in_features, cc.embed_t.linear.out_features) == (256, 128)
-    assert not cc.embed_s.normalize  # RepDistiller's LinearEmbed
+    # RepDistiller's LinearEmbed: a plain linear map, no L2 normalisation of the embedding
+    assert not torch.allclose(cc.embed_s(torch.randn(3, 64)).norm(dim=1), torch.ones(3))
     crd = _make("crd", ctx, nce_k=64)
     assert crd.memory_s.shape == (40, 128) and crd.memory_t.shape == (40, 128)
     assert crd.embed_s.linear.out_features == 128

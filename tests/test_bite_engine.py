@@ -10,8 +10,9 @@ from torch import nn
 from kdzoo.config.schema import OptimConfig, ScheduleConfig
 from kdzoo.engine.step import train_step, weighted_total
 from kdzoo.errors import KdzooError
+from kdzoo.program.controllers import Controller
 from kdzoo.program.evaluators import evaluate
-from kdzoo.program.optim import build_optimizer, build_scheduler, lr_factor
+from kdzoo.program.optim import build_optimizer, lr_factor
 from tests.method_harness import build_regime, random_batch, step_info
 
 CPU = torch.device("cpu")
@@ -210,12 +211,12 @@ def test_constant_schedule():
 def _lrs(cfg, epochs, steps_per_epoch, lr=0.05):
     param = nn.Parameter(torch.zeros(1))
     opt = build_optimizer([param], OptimConfig(lr=lr))
-    sched = build_scheduler(opt, cfg, epochs, steps_per_epoch)
+    controller = Controller(opt, cfg, epochs, steps_per_epoch)  # what every phase steps its lr with
     out = []
     for _ in range(epochs * steps_per_epoch):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
-        sched.step()
+        controller.after_step()
     return out
 
 

@@ -126,7 +126,7 @@ OWN_STEP = {"augment", "proto", "mixup_ce", "trans_kd", "byol"}  # byol: tests/t
 
 def test_table_covers_every_method():
     assert {name for name, _ in USED} | GROUPED | OWN_STEP == set(METHODS.names())
-    assert all(METHODS.get(name).few_sample for name in GROUPED)
+    assert all(METHODS.get(name).recipes.few_sample for name in GROUPED)
 
 
 @pytest.mark.parametrize("name,call", sorted(USED))

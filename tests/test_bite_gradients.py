@@ -19,7 +19,13 @@ from kdzoo.distillers.dist import dist_parts
 from kdzoo.distillers.dkd import dkd_parts
 from kdzoo.distillers.rkd import rkd_angle_loss, rkd_distance_loss
 from kdzoo.models import get_head
-from tests.method_harness import build_regime, one_thread, random_batch, start_epoch, step_info  # noqa: F401
+from tests.method_harness import (  # noqa: F401
+    build_regime,
+    one_thread,
+    random_batch,
+    start_epoch,
+    step_info,
+)
 
 STUDENT, TEACHER = "resnet8", "resnet14"
 

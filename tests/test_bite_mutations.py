@@ -110,7 +110,7 @@ def test_a_tie_is_not_an_improvement(tmp_path):
     run = tmp_path / "tie"
     cfg = load_config(STUDENT, [*SMALL, "dataset.val_fraction=0.2", "schedule.name=constant", "epochs=4"])
     summary = Engine(cfg, run, build=_scripted([10.0, 20.0, 20.0, 15.0]), quiet=True).fit()
-    assert summary["best_epoch"] == 2 and summary["best_top1"] == 20.0
+    assert summary["best_epoch"] == 2 and summary["best_value"] == 20.0
 
 
 def test_a_resume_between_the_best_epoch_and_the_reload_keeps_the_best_state(tmp_path):

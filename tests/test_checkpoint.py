@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from kdzoo.checkpoints.format import load_state_dict_strict, load_weights, read_meta, save_weights
+from kdzoo.checkpoints.format import (
+    load_state_dict_strict,
+    load_weights,
+    read_meta,
+    save_weights,
+)
 from kdzoo.checkpoints.load import load_model
 from kdzoo.errors import CheckpointError
 from kdzoo.models import create_model

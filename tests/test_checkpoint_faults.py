@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
+from kdzoo.checkpoints import format as checkpoint_module
 from kdzoo.checkpoints.format import load_weights
 from kdzoo.checkpoints.store import POINTER, CheckpointStore, resolve_checkpoint
 from kdzoo.config import load_config
-from kdzoo.checkpoints import format as checkpoint_module
-from kdzoo.errors import CheckpointError
 from kdzoo.engine.trainer import make_engine
+from kdzoo.errors import CheckpointError
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 TINY = ["epochs=2", "dataset.subset=120", "dataset.batch_size=40", "dataset.eval_batch_size=540", *FAST]

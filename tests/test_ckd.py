@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from kdzoo.core.batch import StepInfo
-from kdzoo.data.groups import GroupDataset, GroupLayout, GroupSampler, draw_groups, group_batch, possible_groups
+from kdzoo.data.groups import (
+    GroupDataset,
+    GroupLayout,
+    GroupSampler,
+    draw_groups,
+    group_batch,
+    possible_groups,
+)
 from kdzoo.distillers import METHODS
 from kdzoo.distillers.ckd import group_sizes
 from kdzoo.distillers.context import StepContext
@@ -173,7 +180,7 @@ def test_ckd_and_its_variants_equal_the_hand_computation(name, mix):
 def test_ckd_published_defaults():
     method = _method("ckd")
     assert method.params.pos_and_neg == 2 and method.params.groups == 100_000
-    assert METHODS.get("ckd").recipe_loss == {"ckd_cls": 1.0, "ckd_rel": 1.0}  # w_cls = w_rel = 1, no CE, w_kd 0
+    assert METHODS.get("ckd").recipes.loss == {"ckd_cls": 1.0, "ckd_rel": 1.0}  # w_cls = w_rel = 1, no CE, w_kd 0
     assert method.group_layout() == GroupLayout((("pos", 1), ("neg", 1)), count=100_000)
     assert METHODS.get("ckd_inter").WEIGHT == {"hint": 100.0, "vid": 1.0, "cc": 0.02}
 

@@ -23,7 +23,7 @@ BAD = [
     ("epochs=-3", "epochs: must be >= 1, got -3"),
     ("seed=-1", "seed: must be in [0, 2**63 - 1], got -1"),
     (f"seed={SEED_MAX + 1}", f"seed: must be in [0, 2**63 - 1], got {SEED_MAX + 1}"),
-    ("dataset.subset_seed=-1", "dataset.subset_seed: must be in [0, 2**63 - 1], got -1"),
+    ("dataset.subset_seed=-1", "dataset.subset.seed: must be in [0, 2**63 - 1], got -1"),
     ("optim.lr=-0.1", "optim.lr: must be >= 0, got -0.1"),
     ("optim.lr=nan", "optim.lr: must be a finite number"),
     ("optim.lr=.nan", "optim.lr: must be a finite number"),
@@ -40,9 +40,9 @@ BAD = [
     ("dataset.batch_size=0", "dataset.batch_size: must be >= 1, got 0"),
     ("dataset.eval_batch_size=0", "dataset.eval_batch_size: must be >= 1, got 0"),
     ("dataset.eval_batch_size=-8", "dataset.eval_batch_size: must be >= 1, got -8"),
-    ("dataset.subset=0", "dataset.subset: must be > 0 (a fraction <= 1 or a count > 1), got 0.0"),
-    ("dataset.subset=-0.5", "dataset.subset: must be > 0"),
-    ("dataset.subset=.inf", "dataset.subset: must be a finite number"),
+    ("dataset.subset=0", "dataset.subset.size: must be > 0 (a fraction <= 1 or a count > 1), got 0.0"),
+    ("dataset.subset.size=-0.5", "dataset.subset.size: must be > 0"),
+    ("dataset.subset=.inf", "dataset.subset.size: must be a finite number"),
     ("dataset.image_size=0", "dataset.image_size: must be >= 1, got 0"),
     ("engine.threads=0", "engine.threads: must be >= 1 (null keeps torch's default), got 0"),
     ("engine.eval_every=0", "engine.eval_every: must be >= 1, got 0"),
@@ -134,7 +134,12 @@ def test_max_seed_actually_seeds_everything():
     per-epoch and per-rank offsets."""
     import torch
 
-    from kdzoo.data.loaders import _RANK_SEED_STRIDE, _worker_seed, make_loader, set_loader_epoch
+    from kdzoo.data.loaders import (
+        _RANK_SEED_STRIDE,
+        _worker_seed,
+        make_loader,
+        set_loader_epoch,
+    )
     from kdzoo.data.splits import stratified_subset
     from kdzoo.engine.rng import seed_everything
 

@@ -15,12 +15,11 @@ from torchvision import transforms as classic
 
 from kdzoo.data import (
     DatasetInfo,
-    image_info,
     IndexedDataset,
     ShardSampler,
     build_dataset,
     dataset_info,
-    default_transform,
+    image_info,
     list_datasets,
     make_loader,
     set_loader_epoch,
@@ -30,6 +29,7 @@ from kdzoo.data import (
 )
 from kdzoo.data import digits as digits_module
 from kdzoo.data import fashion_mnist as fashion_mnist_module
+from kdzoo.data.registry import _builder
 from kdzoo.data.transforms import PadRandomCrop
 from kdzoo.errors import DatasetError
 
@@ -376,7 +376,7 @@ def test_image_size_override_and_default_transform():
     big = build_dataset("digits", "test", image_size=16)
     assert big.info.image_size == 16 and big[0][0].shape == (1, 16, 16)
     info = dataset_info("digits")
-    eval_transform = default_transform("digits", "train", info, augment=False)
+    eval_transform = _builder("digits").transform("train", info, False)
     train = build_dataset("digits", "train", transform=identity)
     image = train[0][0]
     torch.testing.assert_close(eval_transform(image), (image - 0.3056) / 0.3761)

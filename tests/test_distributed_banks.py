@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from kdzoo.core import dist as distributed
 from kdzoo.core.batch import Batch, StepInfo
 from kdzoo.core.dist import DistInfo, all_gather_cat, synced_buffer_names
 from kdzoo.distillers.base import SetupContext
 from kdzoo.distillers.crd import CRD, CRDParams
 from kdzoo.distillers.rrd import RRD, RRDParams
-from kdzoo.core import dist as distributed
 from kdzoo.engine.distributed import wrap_ddp
 from kdzoo.models.features import Features
 
@@ -46,9 +46,8 @@ class Bundle(nn.Module):
         torch.manual_seed(seed)  # ranks start from different banks: wrap_ddp must hand out rank 0's
         shapes = dict(student_shapes=Features(pooled=torch.Size([2, S_DIM])),
                       teacher_shapes=Features(pooled=torch.Size([2, T_DIM])))
-        ctx = SetupContext(student=nn.Identity(), teacher=nn.Identity(), num_classes=CLASSES,
-                           train_targets=torch.arange(N_DATA) % CLASSES, batch_size=4, epochs=1,
-                           device=torch.device("cpu"), **shapes)
+        ctx = SetupContext(student=nn.Identity(), teacher=nn.Identity(),
+                           train_targets=torch.arange(N_DATA) % CLASSES, batch_size=4, **shapes)
         self.student = nn.Linear(IN_DIM, S_DIM)
         self.bn = nn.BatchNorm1d(IN_DIM, affine=False)
         self.methods = nn.ModuleDict({"crd": CRD(CRDParams(feat_dim=8, nce_k=NCE_K, nce_t=0.1, nce_m=0.5), ctx),

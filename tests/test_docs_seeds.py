@@ -39,8 +39,8 @@ def tiny_tail(argv: list[str]) -> list[str]:
     tail = list(TINY)
     for term in (t for t in recipe["loss"] if t.split(".")[-1] == "proto"):  # proto or a namespaced weak.proto
         tail += [f"methods.{term}.clusters=[2,3]", f"methods.{term}.warmup_epochs=1"]
-    if "subset_size" in recipe["dataset"]:
-        tail.append("dataset.subset_size=60")
+    if recipe["dataset"].get("subset", {}).get("few_sample"):
+        tail.append("dataset.subset.size=60")
     if recipe["dataset"]["name"] == "imagenet":
         tail += ["dataset.image_size=64", "dataset.batch_size=4"]
     return tail

@@ -6,12 +6,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdzoo.data.input_mixing import MODES, PixelStats, cutmix, cutmix_box, cutout, derangement, mix_inputs, mixup
+from kdzoo.data.input_mixing import (
+    MODES,
+    PixelStats,
+    cutmix,
+    cutmix_box,
+    cutout,
+    derangement,
+    mix_inputs,
+    mixup,
+)
 from kdzoo.distillers.augment import AugmentParams, entropy, per_sample_kl
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.errors import ConfigError
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import assert_gradient_routing, backward_once, build_regime, random_batch
+from tests.method_harness import (
+    assert_gradient_routing,
+    backward_once,
+    build_regime,
+    random_batch,
+)
 
 PLAIN = PixelStats((0.0,), (1.0,))
 

@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from kdzoo.config import load_config
 from kdzoo.core.dist import DistInfo
 from kdzoo.engine.step import weighted_total
+from kdzoo.engine.trainer import make_engine
 from kdzoo.models import create_model
 from kdzoo.program import BuildContext
 from kdzoo.program.optim import build_optimizer
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.double_student import DoubleStudent, PredictionHead
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import step_info, teacher_file
@@ -97,10 +97,9 @@ def test_mean_student_is_an_ema_of_the_weak_student_and_keys_proto(digits_teache
     program = _program(digits_teacher, "double_student.mean_student=true", "methods.proto.key_network=mean_student")
     slot = program.models["mean_student"]
     assert slot.role == "ema" and slot.ema_of == "student" and slot.ema_decay == 0.99
-    from kdzoo.engine.loop import Runtime
+    from kdzoo.program import Runtime
 
-    engine = type("Engine", (), {"program": program, "dist": DistInfo()})()
-    program.phases[-1].on_epoch_start(0, Runtime(engine))  # clusters (warm-up 1): the key network is read
+    program.phases[-1].on_epoch_start(0, Runtime(program, torch.device("cpu")))  # clusters (warm-up 1): the key is read
     optimizer, terms = _one_step(program)
     assert float(terms["proto"].detach()) > 0
     before = copy.deepcopy(slot.module.state_dict())

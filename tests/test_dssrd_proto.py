@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from kdzoo.distillers.proto import Clustering, ProtoParams, concentration, kmeans, proto_loss
+from kdzoo.distillers.proto import (
+    Clustering,
+    ProtoParams,
+    concentration,
+    kmeans,
+    proto_loss,
+)
 from kdzoo.errors import ConfigError
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import EpochRuntime, backward_once, build_regime, random_batch

@@ -15,9 +15,9 @@ from kdzoo.checkpoints.format import load_weights, read_meta, save_weights
 from kdzoo.config import load_config
 from kdzoo.core.batch import Batch, StepInfo
 from kdzoo.core.dist import DistInfo
+from kdzoo.engine.trainer import make_engine
 from kdzoo.models import create_model
 from kdzoo.program import BuildContext
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.offline import Offline
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 from tests.method_harness import OfflineView
@@ -96,7 +96,7 @@ def read_json_line(path: Path, index: int) -> str:
 
 def _stop_after_epochs(engine, epochs: int) -> None:
     """Run the engine but stop (as if killed) once `epochs` epochs are checkpointed."""
-    original = engine._save
+    original = engine.recorder.checkpoint
 
     class Killed(Exception):
         pass
@@ -106,7 +106,7 @@ def _stop_after_epochs(engine, epochs: int) -> None:
         if epoch + 1 >= epochs:
             raise Killed
 
-    engine._save = save_then_maybe_stop
+    engine.recorder.checkpoint = save_then_maybe_stop
     with pytest.raises(Killed):
         engine.fit()
 

@@ -1,4 +1,4 @@
-"""CKD's few-sample data (`dataset.subset_size`) and the plateau schedule's CKD names."""
+"""CKD's few-sample data (`dataset.subset: {size: N, few_sample: true}`) and the plateau schedule's CKD names."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from kdzoo.config import load_config
+from kdzoo.config import config_from_data, load_config
 from kdzoo.config.schema import ScheduleConfig
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.splits import few_sample_split
@@ -43,8 +43,11 @@ def test_few_sample_split_of_odd_sizes_follows_ckd_int_rule_and_falls_back_to_ra
         few_sample_split(targets, 2, 0.6, seed=0)  # int(0.8) = 0 train images
 
 
-def test_subset_size_builds_train_and_val_streams_with_the_test_transform():
-    cfg = load_config(STUDENT, ["dataset.subset_size=100", "dataset.subset_seed=1"])
+FEW = ["dataset.subset.few_sample=true"]
+
+
+def test_few_sample_builds_train_and_val_streams_with_the_test_transform():
+    cfg = load_config(STUDENT, [*FEW, "dataset.subset.size=100", "dataset.subset.seed=1"])
     streams, _ = recipe_streams(cfg.dataset, seed=0, device=torch.device("cpu"))
     assert len(streams["train"].dataset) == 80 and len(streams["val"].dataset) == 20
     val = streams["val"].dataset
@@ -53,20 +56,22 @@ def test_subset_size_builds_train_and_val_streams_with_the_test_transform():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dataset.subset_size=100000", "larger than the"),
-    ("dataset.subset_size=1", "subset_size"),
-    ("dataset.subset_size=2 dataset.subset_val_fraction=0.6", "too small"),
+    ("dataset.subset.size=100000", "larger than the"),
+    ("dataset.subset.size=1", "dataset.subset.size: few_sample draws a count"),
+    ("dataset.subset.size=0.5", "dataset.subset.size: few_sample draws a count"),
+    ("dataset.subset.size=2 dataset.subset.val=0.6", "too small"),
+    ("dataset.subset_size=100000", "larger than the"),  # the flat key of older recipes
 ])
 def test_bad_subset_sizes_are_one_line_usage_errors(tmp_path, capsys, override, message):
-    assert run_cli("train", "-c", STUDENT, "--out", tmp_path / "r", *override.split(), *FAST) == 2
+    assert run_cli("train", "-c", STUDENT, "--out", tmp_path / "r", *FEW, *override.split(), *FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 
 
-def test_subset_size_refuses_a_second_subset_option():
-    cfg = load_config(STUDENT, ["dataset.subset_size=100", "dataset.val_fraction=0.2"])
-    with pytest.raises(ConfigError, match="subset_size"):
-        recipe_streams(cfg.dataset, seed=0, device=torch.device("cpu"))
+def test_a_recipe_with_subset_size_and_a_second_flat_subset_key_is_refused():
+    data = {"dataset": {"name": "digits", "subset_size": 100, "val_fraction": 0.2}}
+    with pytest.raises(ConfigError, match="dataset.val_fraction: give either subset_size"):
+        config_from_data(data)
 
 
 def test_ckd_plateau_names_and_their_default_semantics():

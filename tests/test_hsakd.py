@@ -14,14 +14,19 @@ from kdzoo.core.dist import DistInfo
 from kdzoo.data.batch_transforms import rotate4
 from kdzoo.distillers import METHODS
 from kdzoo.distillers.hsakd import paired_heads
+from kdzoo.engine.trainer import make_engine
 from kdzoo.models import create_model, list_models
 from kdzoo.models.aux import AUX_ARCHS, class_logits
 from kdzoo.models.features import FeatureModel, Features, Needs
 from kdzoo.program import BuildContext
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.mutual import Mutual, peer_terms
 from tests.conftest import CONFIGS, FAST, run_cli
-from tests.method_harness import assert_gradient_routing, build_regime, random_batch, teacher_file
+from tests.method_harness import (
+    assert_gradient_routing,
+    build_regime,
+    random_batch,
+    teacher_file,
+)
 
 CPU = torch.device("cpu")
 INFO = StepInfo(epoch=0, epochs=1, step=0, steps_per_epoch=1)
@@ -272,7 +277,7 @@ def test_hsakd_terms_by_hand():
     hs = [torch.randn(rows, 4 * classes, generator=g) for _ in range(3)]
     ht = [torch.randn(rows, 4 * classes, generator=g) for _ in range(3)]
     method = METHODS.get("hsakd")
-    assert method.Params().T == 3.0 and method.recipe_loss == {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}
+    assert method.Params().T == 3.0 and method.recipes.loss == {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}
     m = method.__new__(method)
     torch.nn.Module.__init__(m)
     m.params = method.Params()

@@ -13,7 +13,13 @@ from kdzoo.checkpoints.import_hsakd import hsakd_to_kdzoo, kdzoo_arch
 from kdzoo.checkpoints.load import load_model
 from kdzoo.models import create_model
 from tests.conftest import run_cli
-from tests.fixtures.hsakd_reference import ARCHS, deterministic_state, inputs, load_reference, summary
+from tests.fixtures.hsakd_reference import (
+    ARCHS,
+    deterministic_state,
+    inputs,
+    load_reference,
+    summary,
+)
 from tests.test_data import write_cifar100
 
 REFERENCE = load_reference()

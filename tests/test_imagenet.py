@@ -180,7 +180,7 @@ def test_dali_loader_falls_back_in_one_line_or_refuses_what_it_cannot_read(tmp_p
     assert (out / "summary.json").is_file()
     for extra, expected in ((["dataset.name=digits", "dataset.root=null"], "dali reads image files"),
                             (["dataset.views={x: train, x2: plain}"], "dataset.views: not with loader: dali"),
-                            (["dataset.subset=4"], "dataset.subset: not with loader: dali")):
+                            (["dataset.subset=4"], "dataset.subset.size: not with loader: dali")):
         code = run_cli("train", "-c", CONFIGS / "digits" / "student.yaml", "--out", tmp_path / "bad", *common, *extra)
         err = capsys.readouterr().err
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

@@ -14,9 +14,9 @@ import kdzoo.engine.loop as loop
 from kdzoo.checkpoints.format import save_weights
 from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.config import config_from_data
+from kdzoo.engine.trainer import make_engine
 from kdzoo.linear_eval import encoder_file, probe_recipe
 from kdzoo.models import create_model
-from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import teacher_file
 from tests.test_data import write_stl10, write_tiny_imagenet_tree

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from kdzoo.core.batch import Batch, StepInfo
 from kdzoo.distillers.base import SetupContext
@@ -23,7 +23,6 @@ from kdzoo.distillers.crd import (
     gather_scores,
     log_mean_exp,
     momentum_update,
-    nce_loss,
     nce_loss_scores,
     sample_negatives,
 )
@@ -31,17 +30,35 @@ from kdzoo.distillers.dcd import DCD, DCDParams, dcd_loss
 from kdzoo.distillers.rrd import RRD, RRDParams, enqueue, relational_loss
 from kdzoo.errors import KdzooError
 from kdzoo.models.features import Features
-from tests.method_harness import assert_gradient_routing, build_regime, random_batch, run_digits
+from tests.method_harness import (
+    assert_gradient_routing,
+    build_regime,
+    random_batch,
+    run_digits,
+)
 
+EPS = 1e-7  # RepDistiller's eps
 STEP = StepInfo(epoch=0, epochs=1, step=0, steps_per_epoch=1)
+
+
+def nce_loss(x: Tensor, n_data: int) -> Tensor:
+    """The reference the fused CRD loss is checked against, RepDistiller's ContrastLoss: x (B, K+1) = exp(s / T) / Z with the positive in column 0.
+
+    -(sum_b log(x_b0 / (x_b0 + K P_n + eps)) + sum_{b, k>0} log(K P_n / (x_bk + K P_n + eps))) / B, P_n = 1/n_data.
+    """
+    m = x.shape[1] - 1
+    m_pn = m / float(n_data)
+    pos = x[:, 0]
+    log_d1 = torch.log(pos / (pos + (m_pn + EPS)))
+    log_d0 = torch.log(m_pn / (x[:, 1:] + (m_pn + EPS)))
+    return -(log_d1.sum() + log_d0.sum()) / x.shape[0]
 
 
 def make_ctx(s_dim: int, t_dim: int, targets) -> SetupContext:
     return SetupContext(student=nn.Identity(), teacher=nn.Identity(),
                         student_shapes=Features(pooled=torch.Size([2, s_dim])),
                         teacher_shapes=Features(pooled=torch.Size([2, t_dim])),
-                        num_classes=int(torch.as_tensor(targets).max()) + 1,
-                        train_targets=torch.as_tensor(targets), batch_size=4, epochs=1, device=torch.device("cpu"))
+                        train_targets=torch.as_tensor(targets), batch_size=4)
 
 
 def feats(x) -> Features:

@@ -237,8 +237,7 @@ def _reviewkd(teacher: str, student: str, size: int = 32, in_channels: int = 3,
               device: str = "cpu") -> tuple[ReviewKD, Features, Features]:
     s_shapes, t_shapes = _shapes(student, size, in_channels), _shapes(teacher, size, in_channels)
     ctx = SetupContext(student=None, teacher=None, student_shapes=s_shapes, teacher_shapes=t_shapes,
-                       num_classes=10, train_targets=torch.zeros(10, dtype=torch.long), batch_size=2, epochs=1,
-                       device=CPU)
+                       train_targets=torch.zeros(10, dtype=torch.long), batch_size=2)
     torch.manual_seed(0)
     with torch.device(device):
         return ReviewKD(ReviewKDParams(), ctx), s_shapes, t_shapes
@@ -291,7 +290,7 @@ def test_reviewkd_warmup_ramp():
 def test_reviewkd_rejects_a_teacher_without_stages():
     t_shapes = Features(logits=torch.Size([2, 10]), pooled=torch.Size([2, 64]))
     ctx = SetupContext(student=None, teacher=None, student_shapes=_shapes("resnet8x4", 32, 3), teacher_shapes=t_shapes,
-                       num_classes=10, train_targets=torch.zeros(10), batch_size=2, epochs=1, device=CPU)
+                       train_targets=torch.zeros(10), batch_size=2)
     with pytest.raises(IncompatiblePairError, match="reviewkd"):
         ReviewKD(ReviewKDParams(), ctx)
 

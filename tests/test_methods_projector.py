@@ -110,8 +110,7 @@ class TinyTeacher(nn.Module):
 
 def make_ctx(s_shapes: Features, t_shapes: Features, teacher=None, batch_size=4) -> SetupContext:
     return SetupContext(student=nn.Identity(), teacher=teacher, student_shapes=s_shapes, teacher_shapes=t_shapes,
-                        num_classes=3, train_targets=torch.zeros(10, dtype=torch.long), batch_size=batch_size,
-                        epochs=1, device=torch.device("cpu"))
+                        train_targets=torch.zeros(10, dtype=torch.long), batch_size=batch_size)
 
 
 def _sz(*shape):
@@ -302,7 +301,7 @@ def test_semckd_checks_the_batch_size():
     with pytest.raises(KdzooError, match="batches of 4"):
         method.losses(None, Features(stages=[stem, torch.randn(3, 2, 2, 2)]),
                       Features(stages=[stem, torch.randn(3, 2, 2, 2)]), step_info())
-    assert SemCKD.fixed_batch
+    assert SemCKD.requires.full_batches
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdzoo.errors import KdzooError
-from kdzoo.models import FeatureModel, Needs, create_model, feature_spec, get_head, list_models
+from kdzoo.models import (
+    FeatureModel,
+    Needs,
+    create_model,
+    feature_spec,
+    get_head,
+    list_models,
+)
 from kdzoo.models.shufflenetv2 import ShuffleBlock
 
 _R = [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8)]

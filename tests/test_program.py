@@ -15,7 +15,7 @@ from kdzoo.config import load_config
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.distillers import SetupContext
-from kdzoo.engine.trainer import Engine
+from kdzoo.engine.trainer import Engine, make_engine
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, Needs, create_model
 from kdzoo.models.probe import probe_shapes
@@ -24,7 +24,6 @@ from kdzoo.program.bundle import Bundle, main_body, method_step
 from kdzoo.program.controllers import PlateauController, controller_for
 from kdzoo.program.evaluators import ClassifierEvaluator, MetricEvaluator
 from kdzoo.program.methods import build_methods, produced_terms
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.offline import Offline, offline_program
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import teacher_file
@@ -58,8 +57,7 @@ def two_peers(ctx: BuildContext) -> Program:
     def setup(binding) -> SetupContext:
         return SetupContext(student=peers[binding.student], teacher=peers.get(binding.teacher),
                             student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
-                            num_classes=info.num_classes, train_targets=streams["train"].dataset.targets,
-                            batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=ctx.device)
+                            train_targets=streams["train"].dataset.targets, batch_size=cfg.dataset.batch_size)
 
     methods = build_methods(cfg.loss, cfg.methods, setup, peers)
     bundle = Bundle({name: FeatureModel(m, Needs(logits=True)) for name, m in peers.items()}, methods)
@@ -146,7 +144,7 @@ def test_plateau_controller_reloads_best_weights_on_a_scripted_validation_sequen
     records = _metrics(run)
     assert [r["val_top1"] for r in records] == SCRIPT[:4]
     assert records[3]["reloaded_best"] == 2 and all("reloaded_best" not in r for r in records[:3])
-    assert summary["best_top1"] == 20.0 and summary["best_epoch"] == 2 and summary["selected_by"] == "val_top1"
+    assert summary["best_value"] == 20.0 and summary["best_epoch"] == 2 and summary["selected_by"] == "val_top1"
     assert summary["best_metrics"]["test_top1"] == records[1]["test_top1"]  # reported on test, at the best val
     last, best = _checkpoint(run), _checkpoint(run, "best")
     for key in best:  # epoch 4 ended with the weights of epoch 2 put back
@@ -300,7 +298,7 @@ def test_a_recipe_val_split_selects_on_val_and_reports_test(tmp_path, capsys):
     assert all("val_top1" in r and "test_top1" not in r for r in epochs) and final["at_best"]
     summary = json.loads((run / "summary.json").read_text())
     best = max(epochs, key=lambda r: (r["val_top1"], -r["epoch"]))
-    assert summary["selected_by"] == "val_top1" and summary["best_top1"] == best["val_top1"]
+    assert summary["selected_by"] == "val_top1" and summary["best_value"] == best["val_top1"]
     assert summary["best_metrics"]["test_top1"] == final["test_top1"] == summary["result"]["value"]
     assert final["epoch"] == best["epoch"] and summary["last_top1"] is None  # test ran only at the best
     engine = make_engine(load_config(STUDENT, [*SMALL, "dataset.val_fraction=0.25"]), tmp_path / "x", quiet=True)
@@ -365,13 +363,13 @@ def test_each_evaluating_phase_selects_its_own_best(tmp_path):
                      quiet=True).fit()
     main = [r for r in _metrics(run) if r["phase"] == "main" and "at_best" not in r]
     assert [r.get("reloaded_best") for r in main] == [None, None, None, 2]  # main's own epoch 2, after 2 misses
-    assert summary["best_top1"] == 20.0 and summary["best_epoch"] == 2
+    assert summary["best_value"] == 20.0 and summary["best_epoch"] == 2
 
 
 def test_a_resume_drops_the_metric_lines_of_later_phases(tmp_path):
-    from kdzoo.engine.run_dir import RunDir
+    from kdzoo.engine.run_log import RunLog
 
-    run = RunDir(tmp_path, active=True, tensorboard=False)
+    run = RunLog(tmp_path, active=True, tensorboard=False)
     for phase, epoch in (("init:ab", 1), ("init:ab", 2), ("main", 1)):
         run.log({"phase": phase, "epoch": epoch}, step=epoch)
     run.truncate_metrics(2, "init:ab", later=("main",))  # checkpointed at the end of init:ab

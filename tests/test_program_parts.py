@@ -59,8 +59,8 @@ def test_features_are_memoised_per_network_and_view():
 def test_two_methods_on_the_same_pair_cost_one_student_forward():
     shapes = Features(logits=torch.Size([2, 3]))  # what the three methods read
     setup = SetupContext(student=nn.Identity(), teacher=nn.Identity(), student_shapes=shapes,
-                         teacher_shapes=shapes, num_classes=3, train_targets=torch.zeros(3, dtype=torch.long),
-                         batch_size=2, epochs=1, device=torch.device("cpu"))
+                         teacher_shapes=shapes, train_targets=torch.zeros(3, dtype=torch.long),
+                         batch_size=2)
     methods = build_methods({"ce": 1.0, "kd": 1.0, "dist": 1.0}, {}, lambda b: setup, ("student", "teacher"))
     logits = torch.randn(4, 3, requires_grad=True)
     student, teacher = Counting(), Counting(0.5)

@@ -17,8 +17,8 @@ from kdzoo.checkpoints.format import load_weights, save_state, save_weights
 from kdzoo.checkpoints.run_folder import LOCK_FILE, RunLock
 from kdzoo.checkpoints.store import CheckpointStore, resolve_checkpoint
 from kdzoo.config import load_config
-from kdzoo.models import create_model
 from kdzoo.engine.trainer import make_engine
+from kdzoo.models import create_model
 from tests.conftest import CONFIGS, FAST, REPO, run_cli
 
 TINY = ["epochs=2", "dataset.subset=120", "dataset.batch_size=40", "dataset.eval_batch_size=540", *FAST]
@@ -164,7 +164,7 @@ def test_resuming_a_finished_run_rewrites_nothing(tmp_path, capsys):
     files = [p for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     assert run_cli("train", "--resume", run, "engine.progress=false") == 0
-    assert "best top1" in capsys.readouterr().out
+    assert "best test_top1" in capsys.readouterr().out
     assert sorted(p for p in run.rglob("*") if p.is_file() and p.name != LOCK_FILE) == sorted(files)
     for path, (mtime, data) in before.items():
         assert path.stat().st_mtime_ns == mtime and path.read_bytes() == data, path

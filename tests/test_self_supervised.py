@@ -15,9 +15,9 @@ from kdzoo.config import load_config
 from kdzoo.core.dist import DistInfo
 from kdzoo.distillers.byol import ByolParams, byol_imix_loss, imix_lambdas
 from kdzoo.engine.step import weighted_total
+from kdzoo.engine.trainer import make_engine
 from kdzoo.program import BuildContext
 from kdzoo.program.optim import build_optimizer
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.self_supervised import SelfSupervised
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import step_info

@@ -16,9 +16,9 @@ from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.config import load_config
 from kdzoo.core.dist import DistInfo
 from kdzoo.data.views import FeatureCorruption
+from kdzoo.engine.trainer import make_engine
 from kdzoo.errors import ConfigError
 from kdzoo.program import BuildContext
-from kdzoo.engine.trainer import make_engine
 from kdzoo.regimes.self_supervised import SelfSupervised
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.method_harness import EpochRuntime, step_info

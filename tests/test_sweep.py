@@ -14,7 +14,14 @@ import yaml
 
 from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.sweep.config import load_sweep
-from kdzoo.sweep.study import claim, create_study, enqueue_missing, join_study, open_storage, run_folder
+from kdzoo.sweep.study import (
+    claim,
+    create_study,
+    enqueue_missing,
+    join_study,
+    open_storage,
+    run_folder,
+)
 from tests.conftest import CONFIGS, REPO, run_cli
 
 STUDENT = CONFIGS / "digits" / "student.yaml"
@@ -58,7 +65,7 @@ def test_two_worker_processes_on_one_sqlite_storage_run_every_trial_exactly_once
     assert all(c for c in (sum(": trial " in line for line in out.splitlines()) for out in outputs))  # both worked
     for t in trials:
         assert _epoch_lines(Path(t.user_attrs["run"])) == 1  # trained once
-        assert t.value == json.loads((Path(t.user_attrs["run"]) / "summary.json").read_text())["best_top1"]
+        assert t.value == json.loads((Path(t.user_attrs["run"]) / "summary.json").read_text())["best_value"]
 
 
 def test_a_finished_sweep_reruns_nothing_and_reports_mean_and_std(tmp_path, capsys):

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdzoo.data import build_dataset
-from kdzoo.data import tabular
+from kdzoo.data import build_dataset, tabular
 from kdzoo.errors import DatasetError
 from kdzoo.models import create_model
 from tests.conftest import CONFIGS, FAST, run_cli
@@ -130,8 +129,8 @@ def test_broken_files_are_one_line_errors(tmp_path, content):
 
 def test_byol_views_refuse_vectors(covtype_root):
     from kdzoo.config import load_config
-    from kdzoo.errors import ConfigError
     from kdzoo.engine.trainer import make_engine
+    from kdzoo.errors import ConfigError
     from tests.conftest import CONFIGS as configs
 
     cfg = load_config(configs / "digits" / "self_supervised" / "byol.yaml",

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from kdzoo.config import load_config
-from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.engine.trainer import make_engine
+from kdzoo.models.frozen import FrozenTeacher
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.test_engine import _stop_after_epochs
 

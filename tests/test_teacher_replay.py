@@ -12,9 +12,9 @@ from torchvision.transforms import Compose, v2
 from kdzoo.config import load_config
 from kdzoo.data.replay import ReplayAugment
 from kdzoo.data.transforms import Normalize, PadRandomCrop, RandomHorizontalFlip
+from kdzoo.engine.trainer import make_engine
 from kdzoo.errors import ConfigError
 from kdzoo.program.teacher_replay import ReplayTeacher, soft_labels
-from kdzoo.engine.trainer import make_engine
 from tests.conftest import CONFIGS, FAST, run_cli
 
 KD = CONFIGS / "digits" / "kd.yaml"

@@ -7,8 +7,8 @@ import types
 import pytest
 
 from kdzoo.config import load_config
-from kdzoo.errors import ConfigError
 from kdzoo.engine.trainer import make_engine
+from kdzoo.errors import ConfigError
 from tests.conftest import CONFIGS, FAST
 
 STUDENT = CONFIGS / "digits" / "student.yaml"

@@ -159,16 +159,16 @@ def cmd_train(args) -> int:
     from kdzoo.regimes.names import check_names
 
     check_names(cfg, args.mode)
-    from kdzoo.engine.trainer import make_engine  # heavy: imported once the recipe is known to be valid
+    from kdzoo.engine.trainer import (
+        make_engine,  # heavy: imported once the recipe is known to be valid
+    )
 
     engine = make_engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
     if engine.dist.is_main:
-        chosen = summary.get("selected_by")
-        best = (f"best {chosen} {summary['best_top1']:.2f} (epoch {summary['best_epoch']}, test top1 "
-                f"{_fmt(summary['best_metrics'].get('test_top1'))})" if chosen else
-                f"best top1 {summary['best_top1']:.2f} (epoch {summary['best_epoch']})")
-        print(f"{cfg.name}: {best}, last top1 {_fmt(summary['last_top1'])}; run folder {run_dir}")
+        from kdzoo.engine.trainer import end_of_run
+
+        print(f"{cfg.name}: {end_of_run(summary)}; run folder {run_dir}")
     from kdzoo.engine.distributed import shutdown
 
     shutdown(engine.dist)
@@ -229,10 +229,6 @@ def cmd_demo(args) -> int:
 
     run_demo(Path(args.out), quiet=args.quiet)
     return 0
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import torch
 from kdzoo.checkpoints.run_folder import RunLock, clear_run, holds_run
 from kdzoo.config import load_config
 from kdzoo.engine.device import cpu_has_bf16, resolve_device, resolve_precision
-from kdzoo.engine.run_dir import cpu_model
-from kdzoo.errors import KdzooError
+from kdzoo.engine.run_log import cpu_model
 from kdzoo.engine.trainer import make_engine
+from kdzoo.errors import KdzooError
 
 
 def recipes_dir() -> Path:

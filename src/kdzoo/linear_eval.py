@@ -108,8 +108,9 @@ def cmd_linear_eval(args) -> int:
     engine = make_engine(cfg, run_dir, resume=bool(args.resume), quiet=args.quiet)
     summary = engine.fit()
     if engine.dist.is_main:
-        print(f"linear eval of {file} on {cfg.dataset.name}: best top1 {summary['best_top1']:.2f} (epoch "
-              f"{summary['best_epoch']}), last top1 {summary['last_top1']:.2f}; run folder {run_dir}")
+        from kdzoo.engine.trainer import end_of_run
+
+        print(f"linear eval of {file} on {cfg.dataset.name}: {end_of_run(summary)}; run folder {run_dir}")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from kdzoo.config.load import read_yaml
 from kdzoo.config.schema import SEED
@@ -16,11 +16,11 @@ class RowConfig:
     """One leaderboard row: a recipe (by name in `recipes_dir`, or a path) plus row-specific overrides."""
 
     name: str
-    recipe: Optional[str] = None  # default: the row name
+    recipe: str | None = None  # default: the row name
     overrides: dict[str, Any] = field(default_factory=dict)
     # the row's teacher: null = the bench teacher; "none" = no teacher (e.g. mutual peers); a recipe name = that
     # teacher (e.g. an _aux one), trained once into <out>/teachers/<name> with `teacher_overrides`
-    teacher: Optional[str] = None
+    teacher: str | None = None
     teacher_overrides: dict[str, Any] = field(default_factory=dict)
     student_suffix: str = ""  # appended to each student arch (e.g. "_aux")
 
@@ -32,7 +32,7 @@ class BenchConfig:
     recipes_dir: str
     teacher: str  # recipe of the teacher, trained once into <out>/teacher
     baseline: str  # recipe of the student baseline (labels only)
-    rows: list[Union[str, RowConfig]]
+    rows: list[str | RowConfig]
     students: list[str]
     seeds: list[int] = field(metadata={"each": SEED})
     overrides: dict[str, Any] = field(default_factory=dict)  # the budget, applied to every student run
@@ -50,7 +50,7 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfi
 
 
 def dotted(mapping: dict[str, Any]) -> list[str]:
-    """{"dataset.subset": 3000, "engine": {"progress": False}} -> ["dataset.subset=3000", "engine.progress=false"]
+    """{"dataset.subset.size": 3000, "engine": {"progress": False}} -> ["dataset.subset.size=3000", "engine.progress=false"]
 
     Values are written as JSON, which the override parser reads back as YAML."""
     out = []

@@ -5,7 +5,7 @@ import json
 import platform
 import statistics
 from collections import defaultdict
-from typing import Any, Optional
+from typing import Any
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -118,8 +118,8 @@ def write_leaderboard(bench, results: list[dict[str, Any]]) -> str:
         f"- Budget per student run: {', '.join(f'{k}={v}' for k, v in cfg.overrides.items())}.",
         f"- Students: {', '.join(cfg.students)}; seeds: {', '.join(map(str, cfg.seeds))}; "
         f"{len(results)} runs, {total / 3600:.2f} h of training in total.",
-        f"- Accuracy: test top-1 on the full test set; 'best' is the best epoch, 'last' the final one; "
-        f"mean ± sample std over seeds. Gain is the mean best top-1 minus the student baseline's.",
+        "- Accuracy: test top-1 on the full test set; 'best' is the best epoch, 'last' the final one; "
+        "mean ± sample std over seeds. Gain is the mean best top-1 minus the student baseline's.",
         f"- Hardware: {env.get('processor') or platform.machine()}, {env.get('cpu_count')} CPU cores, "
         f"torch {env.get('torch')}, precision {_precision(results)}.",
         *_other_machines(by_student),
@@ -136,7 +136,7 @@ def _first_run_env(bench, results: list[dict[str, Any]]) -> dict:
         env = read_json(bench.out / r["run_dir"] / "env.json") if r.get("run_dir") else {}
         if env:
             return env
-    from kdzoo.engine.run_dir import environment
+    from kdzoo.engine.run_log import environment
 
     return environment()
 
@@ -170,13 +170,13 @@ def read_json(path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _signed(value: Optional[float]) -> str:
+def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
-def _ratio(value: Optional[float]) -> str:
+def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}x"
 
 
-def _num(value: Optional[float]) -> str:
+def _num(value: float | None) -> str:
     return "?" if value is None else f"{value:.2f}"

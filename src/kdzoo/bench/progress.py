@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import statistics
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 
 def duration(seconds: float) -> str:
@@ -32,7 +32,7 @@ class EpochProgress:
 
     def start(self) -> None:
         """Call right before `Engine.fit()`: the first epoch is timed from here."""
-        self._phase: Optional[str] = None
+        self._phase: str | None = None
         self._since = self.clock()
         self._times: list[float] = []
 

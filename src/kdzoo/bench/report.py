@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -48,7 +48,7 @@ def pooled_features(model: torch.nn.Module, loader) -> torch.Tensor:
     return torch.cat(out)
 
 
-def cka_of_run(run: dict[str, Any], cache: dict) -> Optional[float]:
+def cka_of_run(run: dict[str, Any], cache: dict) -> float | None:
     """Linear CKA between teacher and student pooled features on the test set (last checkpoint)."""
     from kdzoo.checkpoints.load import load_model
     from kdzoo.data import build_dataset, make_loader

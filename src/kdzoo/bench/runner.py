@@ -1,15 +1,15 @@
 """`kdzoo bench`: teacher once, then baseline and method rows x students x seeds; resumable cell by cell."""
 from __future__ import annotations
 
-import json
 import os
-import statistics
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
+from kdzoo.bench.collect import collect_results
 from kdzoo.bench.config import BenchConfig, RowConfig, dotted
 from kdzoo.bench.leaderboard import read_json, write_leaderboard
 from kdzoo.bench.progress import EpochProgress, duration
@@ -17,8 +17,8 @@ from kdzoo.checkpoints.run_folder import RunFolderBusy, RunLock, clear_run
 from kdzoo.config import Config, load_config, to_dict
 from kdzoo.engine.resume_rules import ResumeMismatch, differences
 from kdzoo.engine.signals import stop_on_sigterm
-from kdzoo.errors import KdzooError
 from kdzoo.engine.trainer import make_engine
+from kdzoo.errors import KdzooError
 
 BASELINE = "student"
 NO_TEACHER = "none"  # a row whose runs have no teacher (e.g. mutual peers)
@@ -49,7 +49,7 @@ class Bench:
         self.root = root
         self.out = root / cfg.out
         self.log = log  # the terminal; `say` also appends to <out>/bench.log
-        self.command: Optional[str] = None  # the command line, shown in the leaderboard
+        self.command: str | None = None  # the command line, shown in the leaderboard
 
     def say(self, line: str) -> None:
         """A progress line to the terminal and to the bench log (appended in one write: worker processes share it)."""
@@ -68,7 +68,7 @@ class Bench:
             raise KdzooError(f"bench: recipe not found: {path}")
         return path
 
-    def teacher_dir(self, row: Optional[RowConfig] = None) -> Path:
+    def teacher_dir(self, row: RowConfig | None = None) -> Path:
         """The bench teacher's folder, or that of a row's own teacher (the bench's own recipe without overrides
         is the bench teacher)."""
         if row is not None and row.teacher not in (None, NO_TEACHER) and not (
@@ -76,7 +76,7 @@ class Bench:
             return self.out / "teachers" / row.teacher
         return self.out / "teacher"
 
-    def teachers(self, only: Optional[set[str]] = None) -> list[tuple[str, Path, list[str]]]:
+    def teachers(self, only: set[str] | None = None) -> list[tuple[str, Path, list[str]]]:
         """(label, folder, overrides) of every teacher to train: the bench's, then the rows' own (of the rows in
         `only`, when given), once each."""
         out = [("teacher", self.teacher_dir(), [self.cfg.teacher, *dotted(self.cfg.teacher_overrides)])]
@@ -128,7 +128,7 @@ class Bench:
         return self.out / "runs" / cell.row / cell.student / f"seed{cell.seed}"
 
     # ------------------------------------------------------------------------------------------------------
-    def pending(self, only: Optional[set[str]] = None) -> list[Cell]:
+    def pending(self, only: set[str] | None = None) -> list[Cell]:
         """Cells still to run (finished ones, with a summary.json, are skipped: resumable per cell)."""
         return [c for c in self.cells() if (not only or c.row in only) and not self._finished(c)]
 
@@ -144,7 +144,7 @@ class Bench:
             return False
         return not any(differences(saved, current, _comparable(Config())))
 
-    def run(self, only: Optional[set[str]] = None, jobs: int = 1) -> list[dict[str, Any]]:
+    def run(self, only: set[str] | None = None, jobs: int = 1) -> list[dict[str, Any]]:
         self.out.mkdir(parents=True, exist_ok=True)
         todo = self.pending(only)
         for cell in todo:  # a bad value in a cell's recipe stops the bench now, not after the teacher's hours
@@ -200,7 +200,7 @@ class Bench:
             left = total - done
             self.say(f"  {left} cell{'s' if left > 1 else ''} left, ETA {duration(eta)}")
 
-    def ensure_teacher(self, only: Optional[set[str]] = None) -> None:
+    def ensure_teacher(self, only: set[str] | None = None) -> None:
         """Train every teacher not yet trained (the bench's first: a row's teacher may start from it); with
         `only`, just those of these rows."""
         for label, folder, (recipe, *overrides) in self.teachers(only):
@@ -218,7 +218,7 @@ class Bench:
         engine = make_engine(cfg, folder, resume=resume, quiet=True, log=progress)
         progress.start()
         summary = engine.fit()
-        self.say(f"{label}: best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
+        self.say(f"{label}: best {_num(summary['best_top1'])}  last {_num(summary['last_top1'])}  "
                  f"{duration(summary['wall_time_s'])}")
 
     def run_cell(self, cell: Cell, folder: Path, report: bool = True) -> str:
@@ -246,7 +246,7 @@ class Bench:
             except RunFolderBusy:
                 message = f"skipped: {err}"
         else:
-            message = (f"best {summary['best_top1']:.2f}  last {_num(summary['last_top1'])}  "
+            message = (f"best {_num(summary['best_top1'])}  last {_num(summary['last_top1'])}  "
                        f"{duration(time.time() - started)}")
         if report:
             self.say(f"  {message}")
@@ -261,35 +261,10 @@ class Bench:
     # ------------------------------------------------------------------------------------------------------
     def collect(self) -> list[dict[str, Any]]:
         """results.json: one entry per finished cell, with its resolved config."""
-        results = []
-        for cell in self.cells():
-            folder = self.run_dir(cell)
-            summary_path = folder / "summary.json"
-            if not summary_path.is_file():
-                continue
-            summary = json.loads(summary_path.read_text())
-            epochs = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-            main = [e for e in epochs if e.get("phase") == "main"]
-            results.append({
-                "row": cell.row, "student": cell.student, "seed": cell.seed,
-                "best_top1": summary["best_top1"], "best_epoch": summary["best_epoch"],
-                "last_top1": summary["last_top1"], "wall_time_s": summary["wall_time_s"],
-                "precision": summary.get("precision"),
-                "hardware": _machine(read_json(folder / "env.json")),
-                "epoch_time_s": statistics.mean(e["epoch_time_s"] for e in main) if main else None,
-                "run_dir": str(folder.relative_to(self.out)),
-                "config": to_dict(load_config(folder / "config.yaml")),
-            })
-        (self.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-        return results
+        return collect_results([(cell, self.run_dir(cell)) for cell in self.cells()], self.out)
 
     def teacher_summary(self) -> dict[str, Any]:
         return read_json(self.teacher_dir() / "summary.json")
-
-
-def _machine(env: dict[str, Any]) -> Optional[str]:
-    """What a run's times depend on: its GPU when it ran on one, else its CPU model (None: not recorded)."""
-    return env.get("cuda") if str(env.get("device", "")).startswith("cuda") else env.get("cpu_model")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -317,5 +292,5 @@ def _run_cell_in_process(cfg: BenchConfig, root: str, cell: Cell, threads: int) 
         os._exit(143)
 
 
-def _num(value: Optional[float]) -> str:
+def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"

@@ -11,8 +11,18 @@ from typing import Optional
 
 import torch
 
-from kdzoo.checkpoints.format import CHECKPOINT_DIR, load_state_dict_strict, save_weights, unsafe_load_reason
-from kdzoo.checkpoints.import_hsakd import hsakd_to_kdzoo, is_hsakd, kdzoo_arch, pick_peer
+from kdzoo.checkpoints.format import (
+    CHECKPOINT_DIR,
+    load_state_dict_strict,
+    save_weights,
+    unsafe_load_reason,
+)
+from kdzoo.checkpoints.import_hsakd import (
+    hsakd_to_kdzoo,
+    is_hsakd,
+    kdzoo_arch,
+    pick_peer,
+)
 from kdzoo.data import dataset_info
 from kdzoo.errors import CheckpointError, KdzooError
 from kdzoo.models import create_model

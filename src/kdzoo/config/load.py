@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import yaml
 
 from kdzoo.config.schema import Config
+from kdzoo.config.subset_keys import subset_block, subset_override
 from kdzoo.config.validate import from_dict, to_dict
 from kdzoo.errors import ConfigError
 
@@ -69,25 +70,32 @@ def instance_path(parts: list[str], data: dict[str, Any]) -> list[str]:
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """`optim.lr=0.01 seed=3 loss.kd=0.9`: values are parsed as YAML scalars/lists."""
     data = copy.deepcopy(data)
+    if "dataset" in data:
+        data["dataset"] = subset_block(data["dataset"])
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value (e.g. optim.lr=0.01)")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
-        node = data
-        parts = instance_path(key.split("."), data)
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a mapping")
-            node = child
-        node[parts[-1]] = value
+        for key, raw in subset_override(key, raw):
+            _apply_override(data, item, key, raw)
     return data
+
+
+def _apply_override(data: dict[str, Any], item: str, key: str, raw: str) -> None:
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+    node = data
+    parts = instance_path(key.split("."), data)
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
 
 
 def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
@@ -97,19 +105,44 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
 
 
 # Keys earlier versions wrote into every run folder's config.yaml, never used: dropped (regime_args when it
-# holds its only value, {}; engine.wandb whatever it says: no logger ever read it), so those folders resume.
+# holds its only value, {}; engine.wandb whatever it says: no logger ever read it; the parameter sections of
+# regimes, with their defaults, that every run's config.yaml held until regimes owned them), so those folders
+# resume.
 _ANY = object()
-_RETIRED = {("regime_args",): {}, ("engine", "wandb"): _ANY}
+_RETIRED = {("regime_args",): {}, ("engine", "wandb"): _ANY, ("peers",): [],
+            ("double_student",): {"ema_decay": 0.99, "ema_buffers": "ema", "head": True, "mean_student": False,
+                                  "mean_decay": 0.99},
+            ("self_supervised",): {"ema_decay": 0.999, "dim": 128, "weak": None}}
 
 
 def config_from_data(data: dict[str, Any]) -> Config:
     return from_dict(Config, drop_retired(_student_alias(data)))
 
 
+def regime_section(data: dict[str, Any]) -> dict[str, Any]:
+    """The section named after the recipe's regime (`double_student: {...}`) as `regime_params`; `peers:`, which
+    recipes give at the top, joins it."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    regime = data.get("regime", Config.__dataclass_fields__["regime"].default)
+    params = dict(data.pop("regime_params", None) or {})
+    if isinstance(regime, str) and isinstance(data.get(regime), dict):
+        params.update(data.pop(regime))
+    if data.get("peers"):
+        params["peers"] = data.pop("peers")
+    if params:
+        data["regime_params"] = params
+    return data
+
+
 def drop_retired(data: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(data, dict):
         return data
+    data = regime_section(data)
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if "dataset" in data:
+        data["dataset"] = subset_block(data["dataset"])
     for path, unused in _RETIRED.items():
         parent = data
         for key in path[:-1]:
@@ -129,4 +162,11 @@ def _student_alias(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_to_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    """The recipe as a run folder keeps it: the regime's parameters as the section named after it."""
+    data, out = to_dict(config), {}
+    params = data.pop("regime_params")
+    for key, value in data.items():
+        out[key] = value
+        if key == "regime" and params:
+            out[config.regime] = params
+    return yaml.safe_dump(out, sort_keys=False)

@@ -19,6 +19,20 @@ POSITIVE_INT = {"ge": 1}
 
 
 @dataclass
+class SubsetConfig:
+    """`dataset.subset`: stratified, seeded draws from the training set (kdzoo.data.recipe_streams).
+
+    Without `few_sample`, `val` is held out of the whole training set first (evaluation pipeline) and `size` is
+    then drawn from what remains. With `few_sample` (CKD's setting), `size` images are drawn afresh for every run
+    seed and `val` of them is held out. Older recipes' flat keys (`subset`, `fraction`, `subset_seed`,
+    `val_fraction`, `subset_size`, `subset_val_fraction`) still load into this block."""
+    size: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "a fraction <= 1 or a count > 1"})
+    val: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1, "hint": "a fraction in (0, 1)"})
+    seed: int = field(default=0, metadata=SEED)
+    few_sample: bool = False
+
+
+@dataclass
 class DatasetConfig:
     name: str = "digits"
     root: Optional[str] = None
@@ -32,18 +46,8 @@ class DatasetConfig:
     batch_size: int = field(default=64, metadata=POSITIVE_INT)  # per process
     eval_batch_size: int = field(default=256, metadata=POSITIVE_INT)
     num_workers: int = field(default=0, metadata={"ge": 0})
-    # stratified part of the training set: a fraction (<= 1) or a count (> 1)
-    subset: Optional[float] = field(default=None, metadata={"gt": 0, "hint": "a fraction <= 1 or a count > 1"})
-    subset_seed: int = field(default=0, metadata=SEED)
-    # few-shot: a stratified, seeded fraction of the training set (HSAKD's --few-ratio); the same draw as subset
-    fraction: Optional[float] = field(default=None, metadata={"gt": 0, "le": 1, "hint": "a fraction in (0, 1]"})
-    # few-sample setting (CKD): N stratified images of the training set (a fresh draw per run seed, shifted by
-    # subset_seed), split into train and a `val` stream (test pipeline) of subset_val_fraction of them,
-    # stratified where every class allows
-    subset_size: Optional[int] = field(default=None, metadata={"ge": 2})
-    subset_val_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
-    # stratified part of the training set held out as the `val` stream (evaluation pipeline)
-    val_fraction: Optional[float] = field(default=None, metadata={"gt": 0, "lt": 1})
+    # which part of the training set a run trains on, and which part it holds out as the `val` stream
+    subset: SubsetConfig = field(default_factory=SubsetConfig)
     drop_last: bool = False
     # torch (DataLoader) or dali (NVIDIA DALI's GPU decoding for imagenet / imagefolder; data/dali.py)
     loader: Literal["torch", "dali"] = "torch"
@@ -122,30 +126,6 @@ class LoggingConfig:
 
 
 @dataclass
-class DoubleStudentConfig:
-    """The double_student regime (DS-SRD): a strong student of the teacher's architecture (from the teacher's
-    checkpoint) with a prediction head; the teacher becomes an EMA of it after every step."""
-
-    ema_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})  # teacher <- d * teacher + (1 - d) * strong
-    # the teacher's BN statistics: averaged like its weights (ema), copied from the strong student (copy), or its
-    # own (keep, as DS-SRD's code: they go stale as the weights move; on Fashion-MNIST its teacher fell to 74%)
-    ema_buffers: Literal["ema", "copy", "keep"] = "ema"
-    head: bool = True  # the prediction head on the strong student's logits
-    mean_student: bool = False  # also keep `mean_student`, an EMA of the weak student (a key network)
-    mean_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})
-
-
-@dataclass
-class SelfSupervisedConfig:
-    """The self_supervised regime (BYOL / i-Mix): the target network's EMA and the projection width."""
-
-    ema_decay: float = field(default=0.999, metadata={"ge": 0, "le": 1})
-    dim: int = field(default=128, metadata=POSITIVE_INT)  # projector / predictor output
-    # self-supervised DS-SRD: a weak student (this arch) distilled jointly, e.g. `weak.crd` with instance negatives
-    weak: Optional[str] = None
-
-
-@dataclass
 class Config:
     name: str = "run"
     seed: int = field(default=0, metadata=SEED)
@@ -154,9 +134,9 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     student: ModelConfig = field(default_factory=lambda: ModelConfig(arch="resnet8"))
     teacher: ModelConfig = field(default_factory=ModelConfig)
-    peers: list[ModelConfig] = field(default_factory=list)  # the networks of the mutual regime
-    double_student: DoubleStudentConfig = field(default_factory=DoubleStudentConfig)
-    self_supervised: SelfSupervisedConfig = field(default_factory=SelfSupervisedConfig)
+    # the regime's own parameters, validated by its Params; a recipe gives them as a section named after the regime
+    # (`double_student: {ema_decay: 0.99}`), and config.yaml keeps them so
+    regime_params: dict[str, Any] = field(default_factory=dict)
     loss: dict[str, float] = field(default_factory=lambda: {"ce": 1.0},
                                    metadata={"each": {"ge": 0, "hint": "a loss weight"}})
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method parameters
@@ -165,5 +145,3 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
-
-Number = Union[int, float]

@@ -3,8 +3,20 @@
 Every dataset yields `(image, int label)` and carries `.targets` (LongTensor) and `.info` (DatasetInfo).
 """
 from kdzoo.data.info import DatasetInfo, image_info
-from kdzoo.data.loaders import SeededDataLoader, ShardSampler, make_loader, seed_worker, set_loader_epoch
-from kdzoo.data.registry import DATASETS, DatasetBuilder, build_dataset, dataset_info, default_transform, list_datasets
+from kdzoo.data.loaders import (
+    SeededDataLoader,
+    ShardSampler,
+    make_loader,
+    seed_worker,
+    set_loader_epoch,
+)
+from kdzoo.data.registry import (
+    DATASETS,
+    DatasetBuilder,
+    build_dataset,
+    dataset_info,
+    list_datasets,
+)
 from kdzoo.data.splits import split_train_val, stratified_subset
 from kdzoo.data.wrappers import IndexedDataset, LabeledSubset, subset
 
@@ -22,7 +34,6 @@ __all__ = [
     "ShardSampler",
     "build_dataset",
     "dataset_info",
-    "default_transform",
     "list_datasets",
     "make_loader",
     "seed_worker",

@@ -35,8 +35,7 @@ def check_dali_recipe(d, needs_index: bool) -> None:
     if d.name not in FILE_DATASETS:
         raise ConfigError(f"dataset.loader: dali reads image files ({', '.join(FILE_DATASETS)}); {d.name} is read "
                           "by the PyTorch loader (loader: torch)")
-    unsupported = {"views": d.views, "subset": d.subset, "fraction": d.fraction, "subset_size": d.subset_size,
-                   "val_fraction": d.val_fraction}
+    unsupported = {"views": d.views, "subset.size": d.subset.size, "subset.val": d.subset.val}
     for key, value in unsupported.items():
         if value is not None:
             raise ConfigError(f"dataset.{key}: not with loader: dali (its pipeline is the standard ImageNet one over "
@@ -77,7 +76,10 @@ class DaliLoader:
     """Iterates (images, labels) on the GPU for one process's shard; len() is its batches per epoch."""
 
     def __init__(self, stream: DaliStream, dist):
-        from nvidia.dali.plugin.pytorch import DALIClassificationIterator, LastBatchPolicy
+        from nvidia.dali.plugin.pytorch import (
+            DALIClassificationIterator,
+            LastBatchPolicy,
+        )
 
         self.stream, samples = stream, stream.dataset.samples
         shards, shard = max(dist.world_size, 1), dist.rank

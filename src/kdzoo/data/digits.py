@@ -20,7 +20,9 @@ INFO = image_info("digits", 10, 1, 8, (0.3056,), (0.3761,))
 
 @lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits  # imported lazily: scikit-learn adds ~2 s to `import kdzoo.data`
+    from sklearn.datasets import (
+        load_digits,  # imported lazily: scikit-learn adds ~2 s to `import kdzoo.data`
+    )
 
     bunch = load_digits()
     return bunch.images, bunch.target

@@ -17,7 +17,12 @@ from torchvision.datasets.folder import default_loader
 from kdzoo.data.checks import missing_data_error
 from kdzoo.data.info import DatasetInfo, image_info
 from kdzoo.data.registry import DatasetBuilder, register_dataset
-from kdzoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform, small_image_transform
+from kdzoo.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    imagenet_transform,
+    small_image_transform,
+)
 from kdzoo.errors import DatasetError
 
 DEFAULT_ROOT = "./data/imagenet"

@@ -1,11 +1,13 @@
 """The data streams a recipe's `dataset:` section describes: `train` (a stratified subset if asked, each view
-through its pipeline), `test`, and `val` when `dataset.val_fraction` holds part of the training set out
-(stratified, evaluation pipeline) or `dataset.subset_size` draws the few-sample train/val pair. Regimes build their streams here; the engine builds none."""
+through its pipeline), `test`, and `val` when `dataset.subset.val` holds part of the training set out
+(stratified, evaluation pipeline; with `few_sample`, part of CKD's few-sample draw). Regimes build their streams
+here; the engine builds none."""
 from __future__ import annotations
 
 import torch
 
 from kdzoo.config.schema import DatasetConfig
+from kdzoo.config.subset_keys import FEW_SAMPLE_VAL
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.registry import _builder, build_dataset
 from kdzoo.data.splits import few_sample_split, split_train_val, stratified_subset
@@ -16,8 +18,40 @@ from kdzoo.errors import ConfigError, DatasetError
 
 
 def few_sample_seed(run_seed: int, subset_seed: int) -> int:
-    """CKD draws a fresh subset for every run seed; subset_seed shifts all of them."""
+    """CKD draws a fresh subset for every run seed; `dataset.subset.seed` shifts all of them."""
     return run_seed * 100_003 + subset_seed
+
+
+def subset_streams(d: DatasetConfig, train_set, seed: int, common: dict):
+    """(train, val or None) as `dataset.subset` asks: see kdzoo.config.schema.SubsetConfig."""
+    s, val_set = d.subset, None
+
+    def held_out_set(indices):  # the evaluation pipeline over training images
+        return subset(build_dataset(d.name, "train", augment=False, **common), indices)
+
+    if s.few_sample:
+        if s.size is None or s.size <= 1 or s.size != int(s.size):
+            raise ConfigError(f"dataset.subset.size: few_sample draws a count of images (> 1), got {s.size}")
+        if s.size > len(train_set):
+            raise ConfigError(f"dataset.subset.size: {int(s.size)} is larger than the {len(train_set)} training "
+                              f"images of {d.name}")
+        try:
+            keep, held_out = few_sample_split(train_set.targets, int(s.size),
+                                              s.val if s.val is not None else FEW_SAMPLE_VAL,
+                                              few_sample_seed(seed, s.seed))
+        except DatasetError as err:
+            raise ConfigError(f"dataset.subset.size: {err}") from None
+        return subset(train_set, keep), held_out_set(held_out)
+    if s.val is not None:
+        keep, held_out = split_train_val(train_set.targets, s.val, s.seed)
+        val_set = held_out_set(held_out)
+        train_set = subset(train_set, keep)
+    if s.size is not None:
+        if s.size > 1 and s.size != int(s.size):
+            raise ConfigError(f"dataset.subset.size: a fraction <= 1 or a whole count > 1, got {s.size}")
+        size = int(s.size) if s.size > 1 else s.size
+        train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=s.seed))
+    return train_set, val_set
 
 
 def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channels_last: bool = False,
@@ -32,30 +66,7 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
         builder = _builder(d.name)
         train_set = MultiViewDataset(raw, {name: pipeline(p, builder, raw.info, d.augment)
                                            for name, p in views.items()})
-    val_set = None
-    if d.subset_size is not None:
-        clash = [k for k in ("subset", "fraction", "val_fraction") if getattr(d, k) is not None]
-        if clash:
-            raise ConfigError(f"dataset.{clash[0]}: give either subset_size (its own train/val split) or {clash[0]}")
-        if d.subset_size > len(train_set):
-            raise ConfigError(f"dataset.subset_size: {d.subset_size} is larger than the {len(train_set)} training "
-                              f"images of {d.name}")
-        try:
-            keep, held_out = few_sample_split(train_set.targets, d.subset_size, d.subset_val_fraction,
-                                              few_sample_seed(seed, d.subset_seed))
-        except DatasetError as err:
-            raise ConfigError(f"dataset.subset_size: {err}") from None
-        val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)
-        train_set = subset(train_set, keep)
-    if d.val_fraction is not None:
-        keep, held_out = split_train_val(train_set.targets, d.val_fraction, d.subset_seed)
-        val_set = subset(build_dataset(d.name, "train", augment=False, **common), held_out)
-        train_set = subset(train_set, keep)
-    if d.subset is not None and d.fraction is not None:
-        raise ConfigError("dataset.fraction: give either subset or fraction, not both")
-    if d.subset is not None or d.fraction is not None:
-        size = d.fraction if d.fraction is not None else (int(d.subset) if d.subset > 1 else d.subset)
-        train_set = subset(train_set, stratified_subset(train_set.targets, size, seed=d.subset_seed))
+    train_set, val_set = subset_streams(d, train_set, seed, common)
     test_set = build_dataset(d.name, "test", augment=False, **common)
     if len(test_set) == 0 or len(train_set) == 0:
         raise DatasetError(f"{d.name}: the {'test' if len(test_set) == 0 else 'training'} split is empty")

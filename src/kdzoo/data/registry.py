@@ -1,4 +1,4 @@
-"""The dataset registry and the entry points that use it: `build_dataset`, `dataset_info`, `default_transform`."""
+"""The dataset registry and the entry points that use it: `build_dataset`, `dataset_info`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -53,15 +53,6 @@ def _check_split(name: str, split: str) -> None:
 def dataset_info(name: str, root: str | None = None) -> DatasetInfo:
     """Static facts for `name`; for `imagefolder` this scans the class folders under `root`."""
     return _builder(name).info(root)
-
-
-def default_transform(name: str, split: str, info: DatasetInfo, augment: bool = True) -> Callable:
-    """The standard transform of `name` for `split`, producing `info.image_size` images.
-
-    Augmentation is applied only when `split == "train"` and `augment`.
-    """
-    _check_split(name, split)
-    return _builder(name).transform(split, info, augment)
 
 
 def build_dataset(

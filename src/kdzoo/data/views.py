@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-
 from torch.utils.data import Dataset
 
 from kdzoo.data.info import DatasetInfo

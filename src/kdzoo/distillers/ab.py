@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import InitStage, Method
+from kdzoo.distillers.base import InitStage, Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs, student_body
@@ -88,7 +88,7 @@ class AB(Method):
     teacher_needs = Needs(preact=True)
     main_stage = False
     Params = ABParams
-    recipe_loss = {"ce": 1.0, "ab": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "ab": 1.0})
 
     def __init__(self, params: ABParams, ctx):
         super().__init__(params, ctx)

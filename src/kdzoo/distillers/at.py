@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
@@ -52,7 +52,7 @@ class AT(Method):
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
     Params = ATParams
-    recipe_loss = {"ce": 1.0, "at": 1000.0}
+    recipes = Recipes(loss={"ce": 1.0, "at": 1000.0})
 
     def __init__(self, params: ATParams, ctx):
         super().__init__(params, ctx)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.data.input_mixing import PixelStats, check_mode, mix_inputs
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -55,10 +55,10 @@ class Augment(Method):
     paper = "Wang et al., What Makes a 'Good' Data Augmentation in Knowledge Distillation, NeurIPS 2022"
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
-    own_recipes = True
-    cache_safe = False  # x_aug is made in the step: the teacher runs live
+    requires = Requires(live_teacher=True)
+    recipes = Recipes(apart=True, loss={"ce": 0.1, "augment": 0.9})
+    # live_teacher: x_aug is made in the step: the teacher runs live
     Params = AugmentParams
-    recipe_loss = {"ce": 0.1, "augment": 0.9}
 
     def __init__(self, params: AugmentParams, ctx):
         super().__init__(params, ctx)

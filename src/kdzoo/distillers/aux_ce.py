@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from kdzoo.distillers.base import Method, NoParams
+from kdzoo.distillers.base import Method, NoParams, Recipes, Requires
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
@@ -29,9 +29,9 @@ class AuxCE(Method):
     selects = "heads_top1"  # HSAKD keeps the teacher epoch of its best head (train_teacher_cifar.py)
     paper = "Yang et al., Hierarchical Self-supervised Augmented Knowledge Distillation, IJCAI 2021"
     student_needs = Needs(heads=True)
-    batch_transform = "rotate4"
+    requires = Requires(batch_transform="rotate4")
+    recipes = Recipes(loss={"ce": 1.0, "aux_ce": 1.0})
     Params = NoParams
-    recipe_loss = {"ce": 1.0, "aux_ce": 1.0}
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

@@ -6,10 +6,9 @@ weights the terms by the recipe's `loss:` mapping and never refers to a method b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
-import torch
 from torch import Tensor, nn
 
 from kdzoo.core.batch import Batch, Binding, StepInfo
@@ -27,11 +26,8 @@ class SetupContext:
     teacher: Optional[nn.Module]  # frozen; never register it as a submodule of a method
     student_shapes: Features  # torch.Size per feature, from a probe forward of a batch of 2
     teacher_shapes: Optional[Features]
-    num_classes: int
-    train_targets: Tensor  # labels of the whole training set, index order
+    train_targets: Tensor  # labels of the whole training set, index order (its size: the dataset's)
     batch_size: int
-    epochs: int
-    device: torch.device
     teacher_checkpoint: Optional[str] = None  # where the teacher came from (for error messages)
     info: Optional[Any] = None  # the DatasetInfo of the training data (normalisation, input shape)
     teacher_logits_trained: bool = True  # False: a self-supervised teacher, whose classifier never trained
@@ -53,6 +49,29 @@ class NoParams:
     pass
 
 
+@dataclass(frozen=True)
+class Requires:
+    """What a method needs of the run, read when its program is built."""
+
+    index: bool = False  # batches carry dataset indices
+    full_batches: bool = False  # the last partial batch is dropped
+    batch_transform: Optional[str] = None  # e.g. "rotate4": the training batches it needs
+    labels: bool = True  # False: trains without labels (a self-supervised regime takes only these)
+    epoch_passes: bool = False  # on_epoch_start gets passes over the training images
+    live_teacher: bool = False  # the teacher runs live even when the recipe caches its outputs
+
+
+@dataclass(frozen=True)
+class Recipes:
+    """What only configs/make_recipes.py reads: the published loss weights (CIFAR-100), rows that add to them
+    (`crd_kd`), and recipes written apart (DS-SRD's: `apart`; CKD's few-sample ones: `few_sample`)."""
+
+    loss: dict[str, float] = field(default_factory=dict)
+    variants: dict[str, dict[str, float]] = field(default_factory=dict)
+    apart: bool = False
+    few_sample: bool = False
+
+
 class Method(nn.Module):
     """Base class of distillation methods. Subclasses set the class attributes and implement `losses`."""
 
@@ -62,21 +81,14 @@ class Method(nn.Module):
     terms: ClassVar[tuple[str, ...]] = ()  # loss terms it returns; defaults to (name,)
     student_needs: ClassVar[Needs] = Needs()
     teacher_needs: ClassVar[Needs] = Needs()  # Needs() = no teacher needed
-    needs_index: ClassVar[bool] = False  # batches carry dataset indices
-    fixed_batch: ClassVar[bool] = False  # drop the last partial batch
+    requires: ClassVar[Requires] = Requires()
     main_stage: ClassVar[bool] = True  # False: the method only acts in its init stage (AB, FSP)
-    batch_transform: ClassVar[Optional[str]] = None  # e.g. "rotate4": the training batches it needs
-    cache_safe: ClassVar[bool] = True  # False: the teacher must run live even when its outputs are cached
-    Params: ClassVar[type] = NoParams
-    # Published loss weights (CIFAR-100), used by configs/make_recipes.py; variants such as "crd_kd" add rows.
-    recipe_loss: ClassVar[dict[str, float]] = {}
-    recipe_variants: ClassVar[dict[str, dict[str, float]]] = {}
-    uses_labels: ClassVar[bool] = True  # False: trains without labels (the self_supervised regime takes only these)
-    epoch_passes: ClassVar[bool] = False  # True: on_epoch_start gets passes over the training images
     selects: ClassVar[Optional[str]] = None  # the metric that picks the best epoch where this method trains and no
     # val stream does (aux_ce: "heads_top1", as HSAKD keeps a teacher's best head)
-    own_recipes: ClassVar[bool] = False  # True: configs/make_recipes.py writes its recipes apart (DS-SRD)
-    few_sample: ClassVar[bool] = False  # True: its recipes are the few-sample ones (configs/<data>/ckd/)
+    synced_buffers: ClassVar[tuple[str, ...]] = ()  # buffers it keeps equal on every process itself (banks,
+    # queues updated from every rank's batch): DDP leaves them alone (core/dist.py)
+    Params: ClassVar[type] = NoParams
+    recipes: ClassVar[Recipes] = Recipes()
 
     def __init__(self, params: Any, ctx: SetupContext):
         super().__init__()
@@ -128,7 +140,7 @@ class Method(nn.Module):
     def reads_labels(self) -> bool:
         """Whether this instance reads labels (a method may read none with some parameters: CRD's instance
         negatives)."""
-        return self.uses_labels
+        return self.requires.labels
 
     def reads_teacher_logits(self) -> bool:
         """Whether it reads the teacher's classifier outputs (refused for a self-supervised teacher, whose
@@ -151,7 +163,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int, passes: Optional[Any] = None) -> Optional[dict[str, float]]:
-        """Called at the start of every main-phase epoch. A method with `epoch_passes = True` gets `passes`
+        """Called at the start of every main-phase epoch. A method that requires `epoch_passes` gets `passes`
         (program/epoch_pass.py EpochPasses: embeddings of the training images); it may return numbers to log."""
         return None
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -55,9 +55,8 @@ class Byol(Method):
     paper = "Grill et al., BYOL, NeurIPS 2020; Lee et al., i-Mix, ICLR 2021"
     student_needs = Needs(logits=True)  # the online projection
     teacher_needs = Needs(logits=True)  # the target projection
-    uses_labels = False
-    own_recipes = True
-    cache_safe = False
+    requires = Requires(labels=False, live_teacher=True)
+    recipes = Recipes(apart=True)
     Params = ByolParams
 
     def __init__(self, params: ByolParams, ctx):

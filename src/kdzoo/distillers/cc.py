@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed
+from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import embed_pair
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -32,13 +32,12 @@ class CC(Method):
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
     Params = CCParams
-    recipe_loss = {"ce": 1.0, "cc": 0.02}
+    recipes = Recipes(loss={"ce": 1.0, "cc": 0.02})
 
     def __init__(self, params: CCParams, ctx):
         super().__init__(params, ctx)
         # RepDistiller's LinearEmbed: a Linear layer without normalisation, one per network, both trained.
-        self.embed_s = Embed(ctx.student_shapes.pooled[1], params.feat_dim, normalize=False)
-        self.embed_t = Embed(ctx.teacher_shapes.pooled[1], params.feat_dim, normalize=False)
+        self.embed_s, self.embed_t = embed_pair(ctx, params.feat_dim)
 
     def losses(self, batch, s, t, step):
         return {"cc": cc_loss(self.embed_s(s.pooled), self.embed_t(t.pooled))}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.data.groups import GroupLayout
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import GroupedParams
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import METHODS, register_method
@@ -62,8 +62,7 @@ class CKD(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = CKDParams
-    few_sample = True
-    recipe_loss = {"ckd_cls": 1.0, "ckd_rel": 1.0}
+    recipes = Recipes(few_sample=True, loss={"ckd_cls": 1.0, "ckd_rel": 1.0})
 
     def group_layout(self) -> GroupLayout:
         p, n = group_sizes(self.params.pos_and_neg)
@@ -111,7 +110,7 @@ class CKDAdd(CKD):
     name = "ckd_add"
     description = "CKD with the two sides mixed by their mean instead of their difference"
     terms = ("ckd_add_cls", "ckd_add_rel", "ckd_add_kd")
-    recipe_loss = {"ckd_add_cls": 1.0, "ckd_add_rel": 1.0}
+    recipes = Recipes(few_sample=True, loss={"ckd_add_cls": 1.0, "ckd_add_rel": 1.0})
 
     def mix(self, x, y, lam):
         return 0.5 * x + 0.5 * y
@@ -122,7 +121,7 @@ class CKDMixup(CKD):
     name = "ckd_mixup"
     description = "CKD with the two sides mixed by mixup weights (one lambda ~ Beta(1, 1) per batch)"
     terms = ("ckd_mixup_cls", "ckd_mixup_rel", "ckd_mixup_kd")
-    recipe_loss = {"ckd_mixup_cls": 1.0, "ckd_mixup_rel": 1.0}
+    recipes = Recipes(few_sample=True, loss={"ckd_mixup_cls": 1.0, "ckd_mixup_rel": 1.0})
 
     def mix(self, x, y, lam):
         return lam * x + (1 - lam) * y
@@ -147,7 +146,8 @@ class CKDInter(CKD):
     student_needs = Needs(logits=True, stages=True, pooled=True)
     teacher_needs = Needs(logits=True, stages=True, pooled=True)
     Params = CKDInterParams
-    recipe_loss = {"ckd_inter_cls": 1.0, "ckd_inter_rel": 1.0, "ckd_inter_feat": 100.0}  # hint: CKD's w_inter 100
+    recipes = Recipes(few_sample=True, loss={"ckd_inter_cls": 1.0, "ckd_inter_rel": 1.0, "ckd_inter_feat": 100.0})
+    # ckd_inter_feat 100: CKD's w_inter for hint
     WEIGHT = {"hint": 100.0, "vid": 1.0, "cc": 0.02}  # CKD's w_inter defaults per inner method
 
     def __init__(self, params, ctx):

@@ -1,6 +1,7 @@
 """Pieces several methods share: embeddings, spatial matching, pairwise distances, warm-up ramps."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -13,16 +14,20 @@ from kdzoo.data.groups import MAX_GROUPS
 
 
 class Embed(nn.Module):
-    """Linear projection of a (flattened) feature, optionally L2-normalised (CRD, RRD, DCD, CC)."""
+    """Linear projection of a (flattened) feature; the losses normalise where they say so (CRD, RRD, DCD, CC)."""
 
-    def __init__(self, dim_in: int, dim_out: int = 128, normalize: bool = True):
+    def __init__(self, dim_in: int, dim_out: int = 128):
         super().__init__()
         self.linear = nn.Linear(dim_in, dim_out)
-        self.normalize = normalize
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.linear(x.flatten(1))
-        return F.normalize(x, dim=1) if self.normalize else x
+        return self.linear(x.flatten(1))
+
+
+def embed_pair(ctx, dim: int) -> tuple[Embed, Embed]:
+    """The student's and the teacher's embedding of their pooled features into `dim` (built in that order)."""
+    width = lambda shape: int(math.prod(shape[1:]))  # noqa: E731
+    return Embed(width(ctx.student_shapes.pooled), dim), Embed(width(ctx.teacher_shapes.pooled), dim)
 
 
 class PendingUpdate:

@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from kdzoo.core.batch import Batch, StepInfo
+from kdzoo.core.batch import Batch, Binding, StepInfo
 from kdzoo.models.features import Features
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.core.dist import all_gather_cat
-from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed, PendingUpdate
+from kdzoo.distillers.base import Method, Recipes, Requires
+from kdzoo.distillers.common import PendingUpdate, embed_pair
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Needs
@@ -96,21 +96,8 @@ def gather_scores(anchor: Tensor, bank: Tensor, idx: Tensor) -> Tensor:
     return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
 
 
-def nce_loss(x: Tensor, n_data: int) -> Tensor:
-    """RepDistiller's ContrastLoss: x (B, K+1) = exp(s / T) / Z with the positive in column 0.
-
-    -(sum_b log(x_b0 / (x_b0 + K P_n + eps)) + sum_{b, k>0} log(K P_n / (x_bk + K P_n + eps))) / B, P_n = 1/n_data.
-    """
-    m = x.shape[1] - 1
-    m_pn = m / float(n_data)
-    pos = x[:, 0]
-    log_d1 = torch.log(pos / (pos + (m_pn + EPS)))
-    log_d0 = torch.log(m_pn / (x[:, 1:] + (m_pn + EPS)))
-    return -(log_d1.sum() + log_d0.sum()) / x.shape[0]
-
-
 def nce_loss_scores(s_pos: Tensor, s_neg: Tensor, log_z: Tensor, n_data: int) -> Tensor:
-    """`nce_loss` of x = exp(s - log Z) from the scaled scores s = v.m / T (positives (B,), negatives (B, K)).
+    """RepDistiller's ContrastLoss (NCE) of x = exp(s - log Z) from the scaled scores s = v.m / T (positives (B,), negatives (B, K)).
 
     In log space: with c = K P_n + eps, log(x + c) = log c + softplus(log x - log c), so
     log D1 = log x_pos - log c - softplus(log x_pos - log c) and log D0 = log(K P_n) - log c - softplus(log x - log c);
@@ -162,10 +149,9 @@ class CRD(Method):
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020"
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
-    needs_index = True
+    requires = Requires(index=True)
+    recipes = Recipes(loss={"ce": 1.0, "crd": 0.8}, variants={"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}})
     Params = CRDParams
-    recipe_loss = {"ce": 1.0, "crd": 0.8}
-    recipe_variants = {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}}
     # Equal on every process by construction (the tables) or by gathered updates (banks, Z): not broadcast by DDP.
     synced_buffers = ("labels", "order", "counts", "starts", "memory_s", "memory_t", "z_s", "z_t")
 
@@ -187,8 +173,7 @@ class CRD(Method):
                              "other classes)")
         self.n_data = n_data
         dim = params.feat_dim
-        self.embed_s = Embed(_dim(ctx.student_shapes.pooled), dim, normalize=False)
-        self.embed_t = Embed(_dim(ctx.teacher_shapes.pooled), dim, normalize=False)
+        self.embed_s, self.embed_t = embed_pair(ctx, dim)
         # Class-sorted sampling tables: derived from the training labels, rebuilt identically on resume.
         self.register_buffer("labels", targets, persistent=False)
         self.register_buffer("order", order, persistent=False)

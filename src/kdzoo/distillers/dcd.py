@@ -14,15 +14,14 @@ Under torchrun the contrast is over each process's own batch (B per process; no 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed
+from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import embed_pair
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
@@ -55,16 +54,14 @@ class DCD(Method):
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
     Params = DCDParams
-    recipe_loss = {"ce": 1.0, "dcd": 1.0}
-    recipe_variants = {"dcd_kd": {"ce": 1.0, "kd": 1.0, "dcd": 1.0}}
+    recipes = Recipes(loss={"ce": 1.0, "dcd": 1.0}, variants={"dcd_kd": {"ce": 1.0, "kd": 1.0, "dcd": 1.0}})
 
     def __init__(self, params: DCDParams, ctx):
         super().__init__(params, ctx)
         if params.feat_dim < 1 or params.max_tau <= 0:
             raise ConfigError("methods.dcd: feat_dim and max_tau must be positive")
         dim = params.feat_dim
-        self.embed_s = Embed(int(math.prod(ctx.student_shapes.pooled[1:])), dim, normalize=False)
-        self.embed_t = Embed(int(math.prod(ctx.teacher_shapes.pooled[1:])), dim, normalize=False)
+        self.embed_s, self.embed_t = embed_pair(ctx, dim)
         self.tau = nn.Parameter(torch.tensor(float(params.init_tau)))
         self.b = nn.Parameter(torch.tensor(float(params.init_b)))
 

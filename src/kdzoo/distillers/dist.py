@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -55,7 +55,7 @@ class DIST(Method):
     teacher_needs = Needs(logits=True)
     Params = DISTParams
     # DIST's CIFAR-100 recipe weights CE 1 and the DIST loss 2 (hunto/DIST_KD dist_cifar.yaml: ori/kd loss weights).
-    recipe_loss = {"ce": 1.0, "dist": 2.0}
+    recipes = Recipes(loss={"ce": 1.0, "dist": 2.0})
 
     def losses(self, batch, s, t, step):
         p = self.params

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import warmup_factor
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
@@ -79,7 +79,7 @@ class DKD(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = DKDParams
-    recipe_loss = {"ce": 1.0, "dkd": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "dkd": 1.0})
 
     @classmethod
     def pair_overrides(cls, teacher: str, student: str) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs
@@ -62,7 +62,7 @@ class FitNet(Method):
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
     Params = FitNetParams
-    recipe_loss = {"ce": 1.0, "fitnet": 100.0}
+    recipes = Recipes(loss={"ce": 1.0, "fitnet": 100.0})
 
     def __init__(self, params: FitNetParams, ctx):
         super().__init__(params, ctx)

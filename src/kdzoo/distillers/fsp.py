@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdzoo.distillers.base import InitStage, Method
+from kdzoo.distillers.base import InitStage, Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
@@ -58,7 +58,8 @@ class FSP(Method):
     teacher_needs = Needs(stages=True)
     main_stage = False
     Params = FSPParams
-    recipe_loss = {"ce": 1.0, "fsp": 50.0}  # RepDistiller's -b 50; the init stage itself uses weight 1
+    recipes = Recipes(loss={"ce": 1.0, "fsp": 50.0})
+    # loss: RepDistiller's -b 50; the init stage itself uses weight 1
 
     def __init__(self, params: FSPParams, ctx):
         super().__init__(params, ctx)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import InitStage, Method
+from kdzoo.distillers.base import InitStage, Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -92,7 +92,7 @@ class FT(Method):
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
     Params = FTParams
-    recipe_loss = {"ce": 1.0, "ft": 200.0}
+    recipes = Recipes(loss={"ce": 1.0, "ft": 200.0})
 
     def __init__(self, params: FTParams, ctx):
         super().__init__(params, ctx)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -39,9 +39,9 @@ class HSAKD(Method):
     terms = ("hsakd", "hsakd_logits")
     student_needs = Needs(logits=True, heads=True)
     teacher_needs = Needs(logits=True, heads=True)
-    batch_transform = "rotate4"
+    requires = Requires(batch_transform="rotate4")
+    recipes = Recipes(loss={"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0})
     Params = HSAKDParams
-    recipe_loss = {"ce": 1.0, "hsakd": 1.0, "hsakd_logits": 1.0}
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -31,7 +31,7 @@ class KD(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = KDParams
-    recipe_loss = {"ce": 0.1, "kd": 0.9}
+    recipes = Recipes(loss={"ce": 0.1, "kd": 0.9})
 
     def losses(self, batch, s, t, step):
         return {"kd": kd_loss(s.logits, t.logits, self.params.T)}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.data.groups import GroupLayout
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import GroupedParams
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
@@ -39,8 +39,7 @@ class Mixup(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = MixupParams
-    few_sample = True
-    recipe_loss = {"mixup_cls": 1.0, "mixup_rel": 1.0}
+    recipes = Recipes(few_sample=True, loss={"mixup_cls": 1.0, "mixup_rel": 1.0})
     members = 2
 
     @property
@@ -73,5 +72,5 @@ class Mixup3(Mixup):
     name = "mixup3"
     description = "mixup of three images with Dirichlet(1, 1, 1) weights"
     terms = ("mixup3_cls", "mixup3_rel", "mixup3_kd")
-    recipe_loss = {"mixup3_cls": 1.0, "mixup3_rel": 1.0}
+    recipes = Recipes(few_sample=True, loss={"mixup3_cls": 1.0, "mixup3_rel": 1.0})
     members = 3

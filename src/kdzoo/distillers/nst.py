@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
@@ -77,7 +77,7 @@ class NST(Method):
     paper = "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017"
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
-    recipe_loss = {"ce": 1.0, "nst": 50.0}
+    recipes = Recipes(loss={"ce": 1.0, "nst": 50.0})
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -40,7 +40,7 @@ class PKT(Method):
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
     Params = PKTParams
-    recipe_loss = {"ce": 1.0, "pkt": 30000.0}
+    recipes = Recipes(loss={"ce": 1.0, "pkt": 30000.0})
 
     def losses(self, batch, s, t, step):
         return {"pkt": pkt_loss(s.pooled, t.pooled, self.params.eps)}

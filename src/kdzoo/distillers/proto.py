@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -149,13 +149,11 @@ class Proto(Method):
     paper = "Xu et al., DS-SRD: a unified framework for structured representation distillation, 2023"
     student_needs = Needs(logits=True, pooled=True)
     teacher_needs = Needs(logits=True, pooled=True)
-    needs_index = True
-    epoch_passes = True
-    uses_labels = False  # the clusters come from the teacher's embedding; the key is a network's embedding
-    own_recipes = True
-    cache_safe = False  # the epoch pass runs the teacher over the images
+    requires = Requires(index=True, epoch_passes=True, labels=False, live_teacher=True)
+    recipes = Recipes(apart=True, loss={"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8})
+    # labels: the clusters come from the teacher's embedding; the key is a network's embedding
+    # live_teacher: the epoch pass runs the teacher over the images
     Params = ProtoParams
-    recipe_loss = {"ce": 1.0, "kd": 1.0, "crd": 0.8, "proto": 0.8}
 
     def __init__(self, params: ProtoParams, ctx):
         super().__init__(params, ctx)

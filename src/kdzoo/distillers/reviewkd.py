@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method, SetupContext
+from kdzoo.distillers.base import Method, Recipes, SetupContext
 from kdzoo.distillers.common import warmup_factor
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
@@ -130,7 +130,7 @@ class ReviewKD(Method):
     student_needs = Needs(logits=True, pooled=True, stages=True)
     teacher_needs = Needs(pooled=True, preact=True)
     Params = ReviewKDParams
-    recipe_loss = {"ce": 1.0, "reviewkd": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "reviewkd": 1.0})
 
     @classmethod
     def pair_overrides(cls, teacher: str, student: str) -> dict:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import pairwise_distances
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
@@ -61,7 +61,7 @@ class RKD(Method):
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
     Params = RKDParams
-    recipe_loss = {"ce": 1.0, "rkd": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "rkd": 1.0})
 
     def losses(self, batch, s, t, step):
         return {"rkd": rkd_loss(s.pooled, t.pooled, self.params.w_d, self.params.w_a)}

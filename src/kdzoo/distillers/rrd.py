@@ -17,15 +17,14 @@ all ranks hold the same queue, equal to a single process's over the global batch
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
-from kdzoo.distillers.common import Embed, PendingUpdate
+from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import PendingUpdate, embed_pair
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
@@ -64,8 +63,7 @@ class RRD(Method):
     student_needs = Needs(pooled=True)
     teacher_needs = Needs(pooled=True)
     Params = RRDParams
-    recipe_loss = {"ce": 1.0, "rrd": 1.0}
-    recipe_variants = {"rrd_kd": {"ce": 1.0, "kd": 1.0, "rrd": 1.0}}
+    recipes = Recipes(loss={"ce": 1.0, "rrd": 1.0}, variants={"rrd_kd": {"ce": 1.0, "kd": 1.0, "rrd": 1.0}})
     synced_buffers = ("queue", "queue_ptr")  # equal on every process through gathered updates: not broadcast by DDP
 
     def __init__(self, params: RRDParams, ctx):
@@ -75,8 +73,7 @@ class RRD(Method):
         if params.nce_t_s <= 0 or params.nce_t_t <= 0:
             raise ConfigError("methods.rrd: nce_t_s and nce_t_t must be positive")
         dim = params.feat_dim
-        self.embed_s = Embed(int(math.prod(ctx.student_shapes.pooled[1:])), dim, normalize=False)
-        self.embed_t = Embed(int(math.prod(ctx.teacher_shapes.pooled[1:])), dim, normalize=False)
+        self.embed_s, self.embed_t = embed_pair(ctx, dim)
         self.embed_t.requires_grad_(False)  # never receives a gradient in the original: a fixed random projection
         self.register_buffer("queue", F.normalize(torch.randn(params.nce_k, dim), dim=0))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))

@@ -14,7 +14,7 @@ d[b, i, j] = mean over (C, H, W) of (Proj_ij(f_s_i)[b] - f_t_j[b])^2,
     L_semckd = sum_{b,i,j} alpha[b, i, j] * d[b, i, j] / (B * n_student_layers)
 
 The attention is not detached: the loss trains the MLPs. Because the MLPs take B inputs the batch size is fixed
-(`fixed_batch`: the loader drops the last partial batch) and they are built from `ctx.batch_size`.
+(`requires.full_batches`: the loader drops the last partial batch) and they are built from `ctx.batch_size`.
 
 Follows DefangChen/SimKD (models/util.py SelfA, Proj, MLPEmbed; distiller_zoo/SemCKD.py); deviations: MLPEmbed's
 unused `regressor` Sequential is not created (it never runs, but its parameters joined the optimizer there), the L2
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError, KdzooError
@@ -86,10 +86,10 @@ class SemCKD(Method):
     paper = "Chen et al., Cross-Layer Distillation with Semantic Calibration, AAAI 2021"
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
-    fixed_batch = True
+    requires = Requires(full_batches=True)
+    recipes = Recipes(loss={"ce": 1.0, "kd": 1.0, "semckd": 400.0})
     Params = SemCKDParams
     # DefangChen/SimKD scripts/run_distill.sh: --distill semckd -c 1 -d 1 -b 400 (CE 1, KD 1 at T=4, beta 400)
-    recipe_loss = {"ce": 1.0, "kd": 1.0, "semckd": 400.0}
 
     def __init__(self, params: SemCKDParams, ctx):
         super().__init__(params, ctx)

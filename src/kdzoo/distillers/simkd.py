@@ -24,11 +24,17 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import FrozenRef, Method
+from kdzoo.distillers.base import FrozenRef, Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
-from kdzoo.models.features import FeatureModel, FeatureSpec, Needs, feature_spec, get_head
+from kdzoo.models.features import (
+    FeatureModel,
+    FeatureSpec,
+    Needs,
+    feature_spec,
+    get_head,
+)
 
 
 class SimKDProjector(nn.Sequential):
@@ -88,7 +94,7 @@ class SimKD(Method):
     teacher_needs = Needs(stages=True)
     Params = SimKDParams
     # DefangChen/SimKD scripts/run_distill.sh: --distill simkd -c 0 -d 0 -b 1 (no CE, no KD)
-    recipe_loss = {"simkd": 1.0}
+    recipes = Recipes(loss={"simkd": 1.0})
 
     def __init__(self, params: SimKDParams, ctx):
         super().__init__(params, ctx)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs
@@ -34,7 +34,7 @@ class SP(Method):
     paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
-    recipe_loss = {"ce": 1.0, "sp": 3000.0}
+    recipes = Recipes(loss={"ce": 1.0, "sp": 3000.0})
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

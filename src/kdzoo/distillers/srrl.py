@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from kdzoo.distillers.base import FrozenRef, Method, NoParams
+from kdzoo.distillers.base import FrozenRef, Method, NoParams, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs, get_head
@@ -45,7 +45,7 @@ class SRRL(Method):
     teacher_needs = Needs(pooled=True, logits=True)
     Params = NoParams
     # DefangChen/SimKD scripts/run_distill.sh: --distill srrl -c 1 -d 1 -b 1 (CE 1, KD 1 at T=4, SRRL 1)
-    recipe_loss = {"ce": 1.0, "kd": 1.0, "srrl": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "kd": 1.0, "srrl": 1.0})
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdzoo.distillers.base import Method
+from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import match_spatial
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -67,7 +67,7 @@ class VID(Method):
     student_needs = Needs(stages=True)
     teacher_needs = Needs(stages=True)
     Params = VIDParams
-    recipe_loss = {"ce": 1.0, "vid": 1.0}
+    recipes = Recipes(loss={"ce": 1.0, "vid": 1.0})
 
     def __init__(self, params: VIDParams, ctx):
         super().__init__(params, ctx)

@@ -3,74 +3,53 @@ once through `train_step`, its evaluators, the controller's decision and a check
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm import tqdm
 
+from kdzoo.config import Config
 from kdzoo.core.batch import StepInfo
 from kdzoo.core.dist import DistInfo, broadcast_unsynced_buffers
 from kdzoo.data.loaders import set_loader_epoch
+from kdzoo.engine.device import Precision
+from kdzoo.engine.recorder import RunRecorder
 from kdzoo.engine.rng import set_rng_state
 from kdzoo.engine.step import train_step
 from kdzoo.errors import KdzooError
-from kdzoo.program import Phase
+from kdzoo.program import Phase, Program, Runtime
 from kdzoo.program.controllers import Controller, constant
 from kdzoo.program.optim import build_optimizer
-
-if TYPE_CHECKING:
-    from kdzoo.engine.trainer import Engine
 
 
 class NonFiniteLoss(KdzooError):
     """The loss became NaN or Inf; the run stops and `last` stays the last good checkpoint."""
 
 
-@dataclass
-class Runtime:
-    """What evaluators and hooks may use: the device, the processes, the program's streams' loaders, and the
-    (0-based) epoch of the phase being run."""
-
-    engine: "Engine"
-    epoch: int = 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.engine.device
-
-    @property
-    def dist(self) -> DistInfo:
-        return self.engine.dist
-
-    @property
-    def channels_last(self) -> bool:
-        return self.engine.cfg.engine.channels_last
-
-    def loader(self, stream: str):
-        return self.engine.program.data[stream].loader(self.engine.dist)
-
-
 class PhaseRunner:
-    def __init__(self, engine: "Engine"):
-        self.engine, self.program, self.cfg = engine, engine.program, engine.cfg
-        self.runtime = Runtime(engine)
+    """Runs a program's phases on a device through a recorder; it knows the engine only through these."""
+
+    def __init__(self, program: Program, cfg: Config, device: torch.device, dist: DistInfo, precision: Precision,
+                 recorder: RunRecorder, quiet: bool = False, log: Callable[[str], None] = print):
+        self.program, self.cfg, self.device, self.dist, self.precision = program, cfg, device, dist, precision
+        self.recorder, self.progress, self.quiet, self.log = recorder, recorder.progress, quiet, log
+        self.runtime = Runtime(program, device, dist, channels_last=cfg.engine.channels_last)
         self.epochs_run = 0
         self.best_state: Optional[dict[str, Any]] = None  # kept when a controller may reload it
 
     def run(self, index: int, phase: Phase) -> None:
-        e, progress = self.engine, self.engine.progress
+        progress = self.progress
         stream = self.program.data[phase.stream]
-        loader = stream.loader(e.dist)
+        loader = stream.loader(self.dist)
         optimizer = build_optimizer(phase.params, self.cfg.optim, lr=phase.lr)
         controller: Controller = (phase.controller or constant(phase.epochs))(optimizer, len(loader))
-        scaler = e.precision.scaler()
+        scaler = self.precision.scaler()
         start_epoch = 0
-        state = e._resume_state
+        state = self.recorder.take_resume_state()
         inside = state is not None and progress.phase == index  # resumed inside (or at the end of) this phase
         if state is not None:  # the first phase run after --resume
             ranks = state.get("rng_ranks") or [state["rng"]]
-            set_rng_state(ranks[e.dist.rank] if e.dist.rank < len(ranks) else state["rng"])
+            set_rng_state(ranks[self.dist.rank] if self.dist.rank < len(ranks) else state["rng"])
             if inside:
                 optimizer.load_state_dict(state["optimizer"])
                 controller.load_state_dict(state.get("controller") or {"scheduler": state["scheduler"]})
@@ -79,9 +58,9 @@ class PhaseRunner:
                 self.best_state = state.get("best_state")
                 start_epoch = phase.epochs if progress.stopped else progress.epoch
             later = tuple(p.name for p in self.program.phases[index + 1:])
-            e.run.truncate_metrics(start_epoch, phase.name, later)
+            self.recorder.run.truncate_metrics(start_epoch, phase.name, later)
         if not inside and phase.evaluates:  # each evaluating phase selects its own best
-            progress.best_top1, progress.best_epoch, progress.best = -1.0, -1, {}
+            progress.best_value, progress.best_epoch, progress.best = -1.0, -1, {}
             self.best_state = None
         latest: dict[str, float] = {}  # the latest evaluation's metrics, stamped on every checkpoint after it
         for epoch in range(start_epoch, phase.epochs):
@@ -98,11 +77,11 @@ class PhaseRunner:
                 if phase.select not in metrics:
                     raise KdzooError(f"phase {phase.name}: its evaluators gave no {phase.select!r} "
                                      f"(they gave {', '.join(metrics)})")
-                improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_top1
+                improved = progress.best_epoch < 0 or metrics[phase.select] > progress.best_value
                 record.update(metrics)
                 progress.last = metrics
                 if improved:
-                    progress.best_top1, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
+                    progress.best_value, progress.best_epoch, progress.best = metrics[phase.select], epoch + 1, metrics
                     progress.best_reported = False
                     if controller.wants_best_state or phase.at_best:
                         self.best_state = self.program.snapshot()
@@ -111,18 +90,17 @@ class PhaseRunner:
                     self.program.load_state_dict(self.best_state)
                     record["reloaded_best"] = progress.best_epoch
                 stop = decision.stop
-            broadcast_unsynced_buffers(self.program.trainable, e.dist)  # every rank ends the epoch as rank 0
+            broadcast_unsynced_buffers(self.program.trainable, self.dist)  # every rank ends the epoch as rank 0
             progress.phase, progress.epoch, progress.stopped = index, epoch + 1, stop
-            e.run.log(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
-            e._save(phase, epoch, metrics, improved, optimizer, controller, scaler, self.best_state)
+            self.recorder.log_metrics(record, step=epoch + 1)  # before the checkpoint: a resume drops lines past it
+            self.recorder.checkpoint(phase, epoch, metrics, improved, optimizer, controller, scaler, self.best_state)
             self.epochs_run += 1
             self._print_epoch(phase, epoch, record)
             if stop:
-                e.log(f"{phase.name}: stopped by its controller after epoch {epoch + 1}")
+                self.log(f"{phase.name}: stopped by its controller after epoch {epoch + 1}")
                 break
         if phase.at_best and self.best_state is not None and not progress.best_reported:
             self._report_at_best(phase, optimizer, controller, scaler, latest)
-        e._resume_state = None
 
     def _evaluates_after(self, epoch: int, phase: Phase) -> bool:
         """Every eval_every epochs from (0-based) epoch eval_start on, and after the last; best selection sees
@@ -132,7 +110,7 @@ class PhaseRunner:
 
     def _report_at_best(self, phase: Phase, optimizer, controller, scaler, latest) -> None:
         """The at-best evaluators on the phase's best weights (then the weights it ended with are put back)."""
-        e, progress = self.engine, self.engine.progress
+        progress = self.progress
         ended = self.program.snapshot()
         self.program.load_state_dict(self.best_state)
         metrics: dict[str, float] = {}
@@ -141,32 +119,33 @@ class PhaseRunner:
         self.program.load_state_dict(ended)
         progress.best = {**progress.best, **metrics}
         progress.best_reported = True
-        e._save(phase, progress.epoch - 1, latest, False, optimizer, controller, scaler, self.best_state)
-        e.run.log({"phase": phase.name, "epoch": progress.best_epoch, "at_best": True, **metrics},
-                  step=progress.best_epoch)
-        if e.dist.is_main:
+        self.recorder.checkpoint(phase, progress.epoch - 1, latest, False, optimizer, controller, scaler,
+                                 self.best_state)
+        self.recorder.log_metrics({"phase": phase.name, "epoch": progress.best_epoch, "at_best": True, **metrics},
+                                  step=progress.best_epoch)
+        if self.dist.is_main:
             shown = f"{phase.report}_top1"
             text = f"  {shown} {metrics[shown]:.2f}" if shown in metrics else ""
-            (tqdm.write if not e.quiet else e.log)(f"{phase.name}: at the best {phase.select} (epoch "
+            (tqdm.write if not self.quiet else self.log)(f"{phase.name}: at the best {phase.select} (epoch "
                                                    f"{progress.best_epoch}){text}")
 
     def _train_epoch(self, phase: Phase, epoch: int, loader, stream, optimizer, controller: Controller,
                      scaler) -> dict[str, float]:
-        e, cfg = self.engine, self.cfg
+        cfg, device = self.cfg, self.device
         self.program.train(True)
         steps = len(loader)
-        check_every = 1 if e.device.type == "cpu" else max(cfg.engine.log_every, 1)
+        check_every = 1 if device.type == "cpu" else max(cfg.engine.log_every, 1)
         sums: dict[str, torch.Tensor] = {}
-        running = torch.zeros((), device=e.device)
+        running = torch.zeros((), device=device)
         seen, started = 0, time.time()
-        if e.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(e.device)  # the epoch's own peak
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # the epoch's own peak
         bar = tqdm(loader, total=steps, desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
-                   disable=e.quiet or not e.dist.is_main, leave=False, dynamic_ncols=True)
+                   disable=self.quiet or not self.dist.is_main, leave=False, dynamic_ncols=True)
         for i, raw in enumerate(bar):
             batch = stream.batch(raw)
             info = StepInfo(epoch=epoch, epochs=phase.epochs, step=epoch * steps + i, steps_per_epoch=steps)
-            total, terms = train_step(phase, batch, info, optimizer, e.precision, scaler, cfg.optim.grad_clip)
+            total, terms = train_step(phase, batch, info, optimizer, self.precision, scaler, cfg.optim.grad_clip)
             running = running + total
             if (i + 1) % check_every == 0 or i + 1 == steps:
                 if not torch.isfinite(running):
@@ -179,27 +158,26 @@ class PhaseRunner:
                 sums[key] = sums.get(key, 0.0) + value.detach().float()
             seen += batch.size
             if not bar.disable and (i % max(cfg.engine.log_every // 5, 1) == 0 or i + 1 == steps):
-                rate = seen * e.dist.world_size / max(time.time() - started, 1e-9)
+                rate = seen * self.dist.world_size / max(time.time() - started, 1e-9)
                 bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")
         elapsed = time.time() - started
         stats = {f"train_{k}": (v / steps).item() for k, v in sums.items()}
         stats["train_loss"] = running.item() / steps
         stats["lr"] = optimizer.param_groups[0]["lr"]
         stats["epoch_time_s"] = round(elapsed, 3)
-        stats["images_per_s"] = round(seen * e.dist.world_size / max(elapsed, 1e-9), 1)
-        stats.update(peak_memory(e.device))
+        stats["images_per_s"] = round(seen * self.dist.world_size / max(elapsed, 1e-9), 1)
+        stats.update(peak_memory(device))
         return stats
 
     def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in terms.items())
-        last = self.engine.store.weights_path("last")
+        last = self.recorder.store.weights_path("last")
         kept = f"; last good checkpoint: {last}" if last is not None else "; no checkpoint was written"
         return (f"loss became non-finite in {phase.name} epoch {epoch + 1}, step {i + 1} ({values}); "
                 f"stopping{kept}")
 
     def _print_epoch(self, phase: Phase, epoch: int, record: dict[str, Any]) -> None:
-        e = self.engine
-        if not e.dist.is_main:
+        if not self.dist.is_main:
             return
         parts = [f"{phase.name} epoch {epoch + 1}/{phase.epochs}", f"loss {record['train_loss']:.4f}"]
         shown = f"{phase.report}_top1"
@@ -208,11 +186,11 @@ class PhaseRunner:
         if phase.select != shown and phase.select in record:
             parts.append(f"{phase.select} {record[phase.select]:.2f}")
         if shown in record or phase.select in record:
-            parts.append(f"best {e.progress.best_top1:.2f}")
+            parts.append(f"best {self.progress.best_value:.2f}")
         if "reloaded_best" in record:
             parts.append(f"plateau: weights of epoch {record['reloaded_best']} reloaded")
         parts.append(f"{record['epoch_time_s']:.1f}s")
-        (tqdm.write if not e.quiet else e.log)("  ".join(parts))
+        (tqdm.write if not self.quiet else self.log)("  ".join(parts))
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

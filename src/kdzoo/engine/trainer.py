@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,32 +18,18 @@ from kdzoo.checkpoints.format import CHECKPOINT_DIR
 from kdzoo.checkpoints.run_folder import clear_run, open_run_folder
 from kdzoo.checkpoints.store import CheckpointStore
 from kdzoo.config import Config, config_to_yaml, to_dict
-from kdzoo.core.dist import DistInfo, barrier, gather_objects
+from kdzoo.core.dist import DistInfo, barrier
 from kdzoo.engine.device import Precision, resolve_device, resolve_precision
 from kdzoo.engine.distributed import init_distributed, wrap_ddp
 from kdzoo.engine.loop import PhaseRunner
+from kdzoo.engine.recorder import Progress, RunRecorder
 from kdzoo.engine.resume_rules import ResumeMismatch, check_resume_state
-from kdzoo.engine.rng import rng_state, seed_everything
-from kdzoo.engine.run_dir import RunDir, environment
+from kdzoo.engine.rng import seed_everything
+from kdzoo.engine.run_log import RunLog, environment
 from kdzoo.engine.signals import stop_on_sigterm
 from kdzoo.engine.wandb_log import check_wandb_section, open_wandb
 from kdzoo.errors import ConfigError, KdzooError
-from kdzoo.program import BuildContext, Phase, Program
-
-
-@dataclass
-class Progress:
-    """Where a run stands; saved in the resume state. `best_top1` is the best value of the phase's selection
-    metric (top-1 on the test stream unless the program selects on another) and `best` all metrics then."""
-
-    phase: int = 0
-    epoch: int = 0  # epochs of `phase` already completed
-    best_top1: float = -1.0
-    best_epoch: int = -1
-    last: dict = field(default_factory=dict)  # metrics of the latest evaluation
-    best: dict = field(default_factory=dict)
-    stopped: bool = False  # a controller ended `phase` early
-    best_reported: bool = False  # the phase's at-best evaluators have run on its best weights
+from kdzoo.program import BuildContext, Program
 
 
 def make_engine(cfg: Config, out: str | Path, **options) -> "Engine":
@@ -102,7 +88,7 @@ class Engine:
     def _start_run(self, resume: bool) -> None:
         cfg = self.cfg
         self.progress = Progress()
-        self._resume_state: Optional[dict[str, Any]] = None
+        resume_state: Optional[dict[str, Any]] = None
         if resume and not self.store.has_checkpoint():
             if self.store.weights_path("last") is not None or (self.out / "summary.json").is_file():
                 raise KdzooError(f"{self.out} holds trained weights but no resume state, so it cannot be continued; "
@@ -113,19 +99,16 @@ class Engine:
             barrier(self.dist)
             resume = False
         if resume:
-            self._resume_state = self.store.load_state()
-            check_resume_state(self._resume_state, to_dict(cfg), to_dict(type(cfg)()), self.data_identity(),
+            resume_state = self.store.load_state()
+            check_resume_state(resume_state, to_dict(cfg), to_dict(type(cfg)()), self.data_identity(),
                                self.dist.world_size)
-            self.program.load_state_dict(self._resume_state["regime"])
-            known = Progress.__dataclass_fields__
-            self.progress = Progress(**{k: v for k, v in self._resume_state["progress"].items() if k in known})
-            if "top1" in self.progress.last:  # saved before metrics were named by their stream
-                self.progress.last = {f"test_{k}": v for k, v in self.progress.last.items() if k != "n"}
+            self.program.load_state_dict(resume_state["regime"])
+            self.progress = Progress.from_state(resume_state["progress"])
             phase = self.program.phases[self.progress.phase]
             if phase.epochs < self.progress.epoch:
                 raise ResumeMismatch(f"epochs: {phase.epochs} is fewer than the {self.progress.epoch} epochs of "
                                      f"{phase.name} this run has already trained")
-        self.run = RunDir(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
+        self.run = RunLog(self.out, active=self.dist.is_main, tensorboard=cfg.engine.tensorboard)
         if self.dist.is_main:
             self.run.extra = open_wandb(cfg.logging.wandb, self.out, cfg.name, to_dict(cfg), self.log)
         self.run.write_text("config.yaml", config_to_yaml(cfg))  # unchanged text is not rewritten
@@ -134,6 +117,8 @@ class Engine:
                                              "precision": self.precision.name,
                                              "world_size": self.dist.world_size})
         self.run.write_json("model.json", self.program.describe())
+        self.recorder = RunRecorder(cfg, self.program, self.dist, self.store, self.run, self.progress, resume_state,
+                                    self.data_identity(), self.log)
 
     def data_identity(self) -> dict[str, Any]:
         """What a moved dataset must still be for a resume to continue the same run."""
@@ -170,7 +155,8 @@ class Engine:
 
     def _fit(self) -> dict[str, Any]:
         started = time.time()
-        runner = PhaseRunner(self)
+        runner = PhaseRunner(self.program, self.cfg, self.device, self.dist, self.precision, self.recorder,
+                             quiet=self.quiet, log=self.log)
         for index, phase in enumerate(self.program.phases):
             if index >= self.progress.phase:
                 runner.run(index, phase)
@@ -182,46 +168,40 @@ class Engine:
                 pass
         final = self.program.phases[-1]
         last, report = self.progress.last, final.report
+        best = self.progress.best
         summary = {
             "name": self.cfg.name, "dataset": self.info.name, "epochs": self.cfg.epochs, "seed": self.cfg.seed,
-            "best_top1": self.progress.best_top1, "best_epoch": self.progress.best_epoch,
-            "last_top1": last.get(f"{report}_top1"), "last_top5": last.get(f"{report}_top5"),
-            "precision": self.precision.name, "world_size": self.dist.world_size,
-            "wall_time_s": round(time.time() - started, 2), **self.program.describe(),
+            "selected_by": final.select, "best_value": self.progress.best_value, "best_epoch": self.progress.best_epoch,
+            "best_top1": best.get(f"{report}_top1"), "last_top1": last.get(f"{report}_top1"),
+            "last_top5": last.get(f"{report}_top5"), "precision": self.precision.name,
+            "world_size": self.dist.world_size, "wall_time_s": round(time.time() - started, 2),
+            **self.program.describe(),
         }
-        if final.select != f"{report}_top1":  # selected on one stream, reported on another
-            summary.update(selected_by=final.select, best_metrics=self.progress.best,
-                           result={"metric": f"{report}_top1", "value": self.progress.best.get(f"{report}_top1"),
-                                   "at": f"the best {final.select}", "epoch": self.progress.best_epoch})
+        if final.select != f"{report}_top1":  # selected on one stream or metric, reported on another
+            result = {"metric": f"{report}_top1", "value": best.get(f"{report}_top1"), "at": f"the best {final.select}",
+                      "epoch": self.progress.best_epoch}
+            summary.update(best_metrics=best, result=result)
         self.run.write_json("summary.json", summary)
         return summary
 
-    def _save(self, phase: Phase, epoch: int, metrics: dict[str, float], improved: bool, optimizer,
-              controller, scaler, best_state: Optional[dict[str, Any]] = None) -> None:
-        """Checkpoint the program's artifacts and the whole resume state (one atomic commit)."""
-        rng_ranks = gather_objects(rng_state(), self.dist)  # each rank's own, so a resume continues each one
-        if self.dist.is_main:
-            report = f"{phase.report}_"
-            common = {
-                "format": "kdzoo", "version": 1, "dataset": self.info.name, "dataset_root": self.cfg.dataset.root,
-                "image_size": self.cfg.dataset.image_size, "input_shape": list(self.info.input_shape),
-                "phase": phase.name, "epoch": epoch + 1, "run": self.cfg.name,
-                "metrics": {k[len(report):]: v for k, v in metrics.items() if k.startswith(report)},
-            }
-            artifacts = [(name, a.module().state_dict(), {**a.meta(), **common})
-                         for name, a in self.program.artifacts.items()]
-            (_, weights, meta), extra = artifacts[0], {name: (w, m) for name, w, m in artifacts[1:]}
-            state = {
-                "progress": vars(self.progress).copy(), "regime": self.program.state_dict(),
-                "optimizer": optimizer.state_dict(), "controller": controller.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_ranks[0],
-                "rng_ranks": rng_ranks,
-                "config": to_dict(self.cfg), "world_size": self.dist.world_size, "data": self.data_identity(),
-            }
-            if best_state is not None:
-                state["best_state"] = best_state
-            self.store.save(weights, meta, state, improved, extra=extra)
-        barrier(self.dist)
+
+def end_of_run(summary: dict) -> str:
+    """What a run selected on and what it reports, e.g. `best test_top1 93.10 (epoch 14), last test_top1 92.85`,
+    `best val_top1 80.00 (epoch 9; test_top1 there 78.40)`, `best test_knn_top1 71.20 (epoch 5)`."""
+    chosen = summary.get("selected_by", "test_top1")
+    value = summary.get("best_value", summary.get("best_top1"))
+    text = f"best {chosen} {_number(value)} (epoch {summary['best_epoch']}"
+    reported = (summary.get("result") or {}).get("metric", chosen)
+    if reported != chosen and summary.get("best_top1") is not None:
+        text += f"; {reported} there {_number(summary['best_top1'])}"
+    text += ")"
+    if summary.get("last_top1") is not None:
+        text += f", last {reported} {_number(summary['last_top1'])}"
+    return text
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _local_rank() -> int:

@@ -2,7 +2,14 @@
 from kdzoo.core.batch import Binding
 from kdzoo.data.stream import DataStream, to_batch
 from kdzoo.distillers.context import StepContext
-from kdzoo.program.program import Artifact, BuildContext, ModelSlot, Phase, Program
+from kdzoo.program.program import (
+           Artifact,
+           BuildContext,
+           ModelSlot,
+           Phase,
+           Program,
+           Runtime,
+)
 
-__all__ = ["Artifact", "Binding", "BuildContext", "DataStream", "ModelSlot", "Phase", "Program", "StepContext",
-           "to_batch"]
+__all__ = ["Artifact", "Binding", "BuildContext", "DataStream", "ModelSlot", "Phase", "Program", "Runtime",
+           "StepContext", "to_batch"]

@@ -23,12 +23,13 @@ from typing import Any, Callable, ClassVar, Optional
 import torch
 from torch import nn
 
-from kdzoo.config.validate import to_dict
+from kdzoo.config.validate import from_dict, to_dict
 from kdzoo.core.dist import barrier
 from kdzoo.data.info import DatasetInfo
 from kdzoo.data.recipe_streams import recipe_streams
 from kdzoo.data.stream import DataStream
 from kdzoo.distillers import Method, SetupContext
+from kdzoo.distillers.base import NoParams
 from kdzoo.errors import ConfigError
 from kdzoo.models import FeatureModel, FeatureSpec, Needs
 from kdzoo.models.features import Features
@@ -41,7 +42,12 @@ from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.phases import init_phases, main_phase, needs_by_network
 from kdzoo.program.program import Artifact, BuildContext, ModelSlot, Program
 from kdzoo.program.teacher_sources import teacher_source
-from kdzoo.program.train_stream import attach_batch_transform, attach_groups, chosen_batch_transform, stream_needs
+from kdzoo.program.train_stream import (
+    attach_batch_transform,
+    attach_groups,
+    chosen_batch_transform,
+    stream_needs,
+)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,12 @@ class Regime:
     command: ClassVar[str] = "train"  # the CLI verb that runs it (train, distill or pretrain)
     verb_follows_teacher: ClassVar[bool] = False  # True: `train` runs it without a teacher term, `distill` with one
     hosts: ClassVar[Hosts] = Hosts()
+    Params: ClassVar[type] = NoParams  # its own parameters: the recipe's section named after it
+
+    @classmethod
+    def params(cls, cfg) -> Any:
+        """The regime's parameters from the recipe (`<regime name>:` section), validated; one-line errors."""
+        return from_dict(cls.Params, cfg.regime_params, cls.name)
 
     @classmethod
     def build(cls, ctx: BuildContext) -> Program:
@@ -183,6 +195,7 @@ def check_hosted(methods: dict[str, Method], regime: type[Regime]) -> None:
 def assemble(regime: type[Regime], ctx: BuildContext, given: Optional[tuple] = None) -> Program:
     """The regime's program; `given`: (streams, info) to build on instead of the recipe's (synthetic data)."""
     cfg, device = ctx.cfg, ctx.device
+    regime.params(cfg)  # unknown or out-of-range parameters fail first
     regime.check(cfg)
     loss, sections = regime.terms(cfg)
     classes = list(dict.fromkeys(c for _, c in method_instances(loss).values()))
@@ -202,8 +215,7 @@ def assemble(regime: type[Regime], ctx: BuildContext, given: Optional[tuple] = N
         seen = lambda net: net.setup_module if net.setup_module is not None else net.module  # noqa: E731
         return SetupContext(student=seen(student), teacher=seen(teacher) if teacher else None,
                             student_shapes=shapes[binding.student], teacher_shapes=shapes.get(binding.teacher),
-                            num_classes=info.num_classes, train_targets=images.targets,
-                            batch_size=cfg.dataset.batch_size, epochs=cfg.epochs, device=device,
+                            train_targets=images.targets, batch_size=cfg.dataset.batch_size,
                             teacher_checkpoint=cfg.teacher.checkpoint, info=info,
                             teacher_logits_trained=teacher.logits_trained if teacher else True)
 

@@ -19,7 +19,7 @@ PROBE = "probe"
 
 def attach_probe(streams: dict, methods, cfg, device, always: bool = False) -> None:
     """Add the probe stream when a method asks for epoch passes, or `always` (a stream the caller gave is kept)."""
-    if PROBE in streams or not (always or any(m.epoch_passes for m in methods)):
+    if PROBE in streams or not (always or any(m.requires.epoch_passes for m in methods)):
         return
     from kdzoo.data.recipe_streams import probe_stream
 
@@ -37,14 +37,14 @@ class EpochPasses:
 
     @property
     def size(self) -> int:
-        return len(self.runtime.engine.program.data[self.stream].dataset)
+        return len(self.runtime.stream(self.stream).dataset)
 
     @torch.no_grad()
     def embed(self, network: str, what: str = "pooled") -> Tensor:
-        stream = self.runtime.engine.program.data[self.stream]
+        stream = self.runtime.stream(self.stream)
         source = self.sources[network]
         if isinstance(source, torch.nn.Module):  # BN statistics a network keeps per process (BYOL's target)
-            broadcast_buffers(source, self.runtime.engine.dist)
+            broadcast_buffers(source, self.runtime.dist)
         modes = [(m, m.training) for m in source.modules()] if isinstance(source, torch.nn.Module) else []
         for module, _ in modes:
             module.train(False)

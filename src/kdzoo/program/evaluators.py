@@ -8,13 +8,16 @@ a function of the runtime that returns its metrics; `knn_monitor` is the kNN one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.core.dist import DistInfo, all_gather_cat, all_reduce_sum, broadcast_buffers
+
+if TYPE_CHECKING:
+    from kdzoo.program.program import Runtime
 
 
 @torch.inference_mode()
@@ -41,17 +44,6 @@ def evaluate(model: nn.Module, loader, device: torch.device, dist_info: DistInfo
     n = max(sums[3].item(), 1.0)
     return {"top1": 100.0 * sums[0].item() / n, "top5": 100.0 * sums[1].item() / n, "loss": sums[2].item() / n,
             "n": int(sums[3].item())}
-
-
-
-class Runtime(Protocol):
-    """What the engine lends an evaluator or a hook."""
-
-    device: torch.device
-    dist: DistInfo
-    channels_last: bool
-
-    def loader(self, stream: str): ...
 
 
 @dataclass

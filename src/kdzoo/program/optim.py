@@ -32,11 +32,3 @@ def lr_factor(cfg: ScheduleConfig, epoch_progress: float, epochs: int, base_lr: 
         floor = cfg.min_lr / base_lr if base_lr > 0 else 0.0
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
     return 1.0
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A scheduler stepped once per optimizer step."""
-    base_lr = optimizer.param_groups[0]["lr"]
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg, step / max(steps_per_epoch, 1), epochs, base_lr))

@@ -7,7 +7,13 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 from kdzoo.distillers import Method
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Needs
-from kdzoo.program.bundle import Bundle, main_body, method_step, step_sources, teacher_views
+from kdzoo.program.bundle import (
+    Bundle,
+    main_body,
+    method_step,
+    step_sources,
+    teacher_views,
+)
 from kdzoo.program.controllers import constant
 from kdzoo.program.epoch_pass import EpochPasses
 from kdzoo.program.methods import produced_terms
@@ -41,7 +47,7 @@ def method_hooks(methods: Iterable[Method], sources: Optional[Mapping[str, Calla
         stats: dict[str, float] = {}
         passes = EpochPasses(runtime, sources or {})
         for m in methods:
-            stats.update(m.on_epoch_start(epoch, passes if m.epoch_passes else None) or {})
+            stats.update(m.on_epoch_start(epoch, passes if m.requires.epoch_passes else None) or {})
         return stats
 
     return after_step, on_epoch_start

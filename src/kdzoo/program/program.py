@@ -187,3 +187,21 @@ class Program:
             return value
 
         return copy(self.state_dict())
+
+
+@dataclass
+class Runtime:
+    """What the engine lends a phase's hooks and evaluators while it runs: the device, the processes, the
+    program's streams and their loaders, and the (0-based) epoch of the phase being run."""
+
+    program: Program
+    device: torch.device
+    dist: DistInfo = field(default_factory=DistInfo)
+    channels_last: bool = False
+    epoch: int = 0
+
+    def stream(self, name: str) -> DataStream:
+        return self.program.data[name]
+
+    def loader(self, name: str):
+        return self.stream(name).loader(self.dist)

@@ -85,7 +85,7 @@ def refuse_uncacheable(methods, teacher: str = "teacher") -> None:
         if m.binding.teacher != teacher or not m.needs_teacher():
             continue
         asked = [f for f, on in vars(m.teacher_needs).items() if on and f not in CACHEABLE]
-        if asked or not m.cache_safe:
+        if asked or m.requires.live_teacher:
             what = f"the teacher's {asked[0]} features" if asked else "a live teacher"
             raise ConfigError(f"teacher.cache: method {name} needs {what}, which cached teacher outputs do not "
                               f"hold (the cache keeps {' and '.join(CACHEABLE)}); set teacher.cache: false")

@@ -24,117 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import Tensor
 
-from kdzoo.core.atomic import atomic_path
 from kdzoo.core.batch import Batch
 from kdzoo.core.dist import all_gather_cat
 from kdzoo.errors import ConfigError
 from kdzoo.models.features import Features, Needs
-from kdzoo.program.teacher_cache import DamagedStore, read_checked, write_checked
-
-META = "replay.json"
-ORIGIN = "kdzoo_replay"  # in each file's header: the replay's key digest and the epoch (a copied file is foreign)
-
-
-class ReplayCache:
-    def __init__(self, folder: Path, key: dict, is_main: bool = True):
-        self.folder, self.key, self.is_main = Path(folder), key, is_main
-        self.digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        meta = self.folder / META
-        if meta.is_file():
-            found = self._read_meta()
-            changed = [k for k in key if found["key"].get(k) != key[k]]
-            if changed:
-                raise ConfigError(f"teacher.cache: {self.folder} holds a replay of another {' and '.join(changed)}; "
-                                  "give another teacher.cache_dir (or remove that folder to record anew)")
-            self.done = set(found["epochs"])
-        else:
-            self.done = set()
-            if is_main:
-                self._write_meta()
-        self._params: dict[int, Tensor] = {}
-
-    def _read_meta(self) -> dict:
-        meta = self.folder / META
-        try:
-            found = json.loads(meta.read_text())
-            if isinstance(found["key"], dict) and all(isinstance(e, int) for e in found["epochs"]):
-                return found
-        except (OSError, ValueError, KeyError, TypeError):  # torn, not JSON, or not the replay's fields
-            pass
-        raise ConfigError(f"teacher.cache: {meta} is damaged (not the replay's key and epochs); restore it, or remove "
-                          f"it to record the replay in {self.folder} anew")
-
-    def _write_meta(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        meta = self.folder / META
-        if meta.is_file():  # another run sharing the folder may have finished epochs meanwhile: keep them
-            self.done |= set(self._read_meta()["epochs"])
-        with atomic_path(meta) as tmp:
-            Path(tmp).write_text(json.dumps({"key": self.key, "epochs": sorted(self.done)}, indent=1))
-
-    def complete(self, epoch: int) -> bool:
-        return epoch in self.done
-
-    def _path(self, kind: str, epoch: int) -> Path:
-        return self.folder / f"{kind}-{epoch}.safetensors"
-
-    def _read(self, kind: str, epoch: int) -> dict[str, Tensor]:
-        path = self._path(kind, epoch)
-        tensors, metadata = read_checked(path)
-        if metadata.get(ORIGIN) != f"{self.digest}:{epoch}":
-            raise DamagedStore(path, f"not written for epoch {epoch + 1} of this replay")
-        return tensors
-
-    def _write(self, kind: str, epoch: int, tensors: dict[str, Tensor]) -> None:
-        write_checked(self._path(kind, epoch), tensors, {ORIGIN: f"{self.digest}:{epoch}"})
-
-    def params(self, epoch: int) -> Optional[Tensor]:
-        """The augmentation rows of `epoch`, or None (memoised per process: workers read them once an epoch);
-        DamagedStore if the file cannot be trusted."""
-        if epoch not in self._params:
-            if not self._path("params", epoch).is_file():
-                return None
-            self._params = {epoch: self._read("params", epoch)["params"]}
-        return self._params[epoch]
-
-    def write_params(self, epoch: int, table: Tensor) -> None:
-        if self.is_main:
-            self._write("params", epoch, {"params": table})
-        self.remember(epoch, table)
-
-    def remember(self, epoch: int, table: Tensor) -> None:
-        """Hold `epoch`'s rows in this process without writing them (a worker's draw before rank 0 wrote)."""
-        self._params = {epoch: table}
-
-    def recording(self, epoch: int, n: int, k: int, num_classes: int) -> tuple[Tensor, Tensor]:
-        """A complete epoch's soft labels (values, classes), its rows and labels checked (checksums, shapes,
-        class range); DamagedStore naming the first file that cannot be replayed."""
-        params = self.params(epoch)
-        if params is None or params.dim() != 2 or len(params) != n:
-            raise DamagedStore(self._path("params", epoch), "missing" if params is None else f"not {n} rows")
-        path, soft = self._path("soft", epoch), self._read("soft", epoch)
-        values, classes = soft.get("values"), soft.get("classes")
-        if values is None or classes is None or values.shape != (n, k) or classes.shape != (n, k):
-            raise DamagedStore(path, f"not the top-{k} soft labels of {n} images")
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
-            raise DamagedStore(path, f"class indices outside 0..{num_classes - 1}")
-        return values, classes
-
-    def write_soft(self, epoch: int, values: Tensor, classes: Tensor) -> None:
-        if self.is_main:
-            self._write("soft", epoch, {"values": values, "classes": classes})
-            self.done.add(epoch)
-            self._write_meta()
-        else:
-            self.done.add(epoch)
-
-    def size_mb(self) -> float:
-        return sum(p.stat().st_size for p in self.folder.glob("*.safetensors")) / 2 ** 20
+from kdzoo.program.replay_store import ReplayCache
+from kdzoo.program.teacher_cache import DamagedStore
 
 
 def soft_labels(values: Tensor, classes: Tensor, num_classes: int) -> Tensor:
@@ -247,7 +146,7 @@ def replay_temperature(methods) -> float:
 def refuse_unreplayable(methods, views) -> None:
     for name, m in methods.items():
         if m.needs_teacher() and (any(v for f, v in vars(m.teacher_needs).items() if f != "logits")
-                                  or not m.cache_safe):
+                                  or m.requires.live_teacher):
             raise ConfigError(f"teacher.cache: replay holds the teacher's soft labels; method {name} needs more of "
                               "the teacher (features or a live network); use teacher.cache: false")
     if tuple(views) != ("x",):
@@ -257,7 +156,6 @@ def refuse_unreplayable(methods, views) -> None:
 def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_main: bool, log=print):
     """Put the replay in place: the training stream's images become replayed ones; returns the teacher's step
     source and the epoch hook (params of the epoch drawn or read, the clock set, replay or record)."""
-    import hashlib
 
     from kdzoo.data.registry import _builder, build_dataset
     from kdzoo.data.replay import EpochClock, ReplayAugment, ReplayDataset

@@ -10,7 +10,12 @@ from kdzoo.core.dist import barrier
 from kdzoo.data.info import DatasetInfo
 from kdzoo.models import Needs
 from kdzoo.program.program import BuildContext
-from kdzoo.program.teacher_cache import CachedTeacher, cache_key, refuse_uncacheable, teacher_cache
+from kdzoo.program.teacher_cache import (
+    CachedTeacher,
+    cache_key,
+    refuse_uncacheable,
+    teacher_cache,
+)
 from kdzoo.program.teacher_replay import replay_program_parts
 
 

@@ -15,7 +15,13 @@ from safetensors.torch import save_file
 
 from kdzoo.core.atomic import atomic_path
 from kdzoo.data.batch_transforms import batch_transform
-from kdzoo.data.groups import GroupDataset, GroupSampler, draw_groups, group_batch, one_layout
+from kdzoo.data.groups import (
+    GroupDataset,
+    GroupSampler,
+    draw_groups,
+    group_batch,
+    one_layout,
+)
 from kdzoo.data.stream import DataStream
 from kdzoo.data.wrappers import source_indices
 from kdzoo.errors import ConfigError
@@ -25,18 +31,18 @@ GROUPS_FILE = "groups.safetensors"
 
 def stream_needs(cfg, classes: list[type]) -> dict[str, bool]:
     """`recipe_streams` options for these method classes."""
-    return {"needs_index": any(c.needs_index for c in classes) or cfg.teacher.cache,
-            "drop_last": cfg.dataset.drop_last or any(c.fixed_batch for c in classes)}
+    return {"needs_index": any(c.requires.index for c in classes) or cfg.teacher.cache,
+            "drop_last": cfg.dataset.drop_last or any(c.requires.full_batches for c in classes)}
 
 
 def chosen_batch_transform(cfg, classes: list[type]) -> Optional[str]:
     """`dataset.batch_transform`, or the one the methods ask for (they must agree)."""
-    asked = list(dict.fromkeys(c.batch_transform for c in classes if c.batch_transform))
+    asked = list(dict.fromkeys(c.requires.batch_transform for c in classes if c.requires.batch_transform))
     chosen = cfg.dataset.batch_transform
     if chosen is None and len(asked) > 1:
         raise ConfigError(f"loss: its methods ask for different batch transforms ({', '.join(asked)})")
     if chosen is not None and asked and asked != [chosen]:
-        needing = next(c.name for c in classes if c.batch_transform and c.batch_transform != chosen)
+        needing = next(c.name for c in classes if c.requires.batch_transform not in (None, chosen))
         raise ConfigError(f"dataset.batch_transform: {chosen}, but method {needing} trains on {asked[0]} batches")
     return chosen or (asked[0] if asked else None)
 

@@ -18,8 +18,8 @@ the teacher and mean student are EMA slots in the resume state. Artifacts: the w
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -57,12 +57,27 @@ class WithHead(nn.Module):
         return replace(feats, logits=self.head(feats.logits))
 
 
+@dataclass
+class DoubleStudentParams:
+    """A strong student of the teacher's architecture (from the teacher's checkpoint) with a prediction head;
+    the teacher becomes an EMA of it after every step."""
+
+    ema_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})  # teacher <- d * teacher + (1 - d) * strong
+    # the teacher's BN statistics: averaged like its weights (ema), copied from the strong student (copy), or its
+    # own (keep, as DS-SRD's code: they go stale as the weights move; on Fashion-MNIST its teacher fell to 74%)
+    ema_buffers: Literal["ema", "copy", "keep"] = "ema"
+    head: bool = True  # the prediction head on the strong student's logits
+    mean_student: bool = False  # also keep `mean_student`, an EMA of the weak student (a key network)
+    mean_decay: float = field(default=0.99, metadata={"ge": 0, "le": 1})
+
+
 @register_regime
 class DoubleStudent(Regime):
     name = "double_student"
     description = "DS-SRD: weak student <- EMA teacher of a strong student (teacher arch + head, mixup CE)"
     command = "distill"
     hosts = Hosts()
+    Params = DoubleStudentParams
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -98,7 +113,7 @@ class DoubleStudent(Regime):
         teacher_shapes = probe_shapes(teacher_model, teacher_spec, example)
         if teacher_shapes.pooled is None:
             raise ConfigError(f"teacher: {arch} gives no pooled feature; the strong student's head needs its width")
-        s = cfg.double_student
+        s = cls.params(cfg)
         head = PredictionHead(info.num_classes, int(teacher_shapes.pooled[-1])) if s.head else nn.Identity()
         nets = {"student": Net(student, spec=student_spec, always=Needs(logits=True), shapes=student_shapes),
                 "strong": Net(strong_net, spec=teacher_spec, always=Needs(logits=True),
@@ -131,7 +146,7 @@ class DoubleStudent(Regime):
             return {"student": cfg.student.arch, "student_params": count_params(student), "teacher": arch,
                     "strong_params": count_params(strong.module), "head_params": count_params(strong.extra["head"]),
                     "teacher_params": count_params(teacher.module),
-                    "adapter_params": count_params(built.bundle.methods), "ema_decay": cfg.double_student.ema_decay,
+                    "adapter_params": count_params(built.bundle.methods), "ema_decay": cls.params(cfg).ema_decay,
                     "methods": built.method_params()}
 
         return Outputs(evaluators, {"student": Artifact(lambda: deployed, meta(deployed_arch)),

@@ -14,10 +14,12 @@ are saved as `peer<i>.last.safetensors` and, at the epoch of the best `test_top1
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from kdzoo.config.schema import ModelConfig
 from kdzoo.config.validate import to_dict
 from kdzoo.distillers.registry import method_for_term, split_term
 from kdzoo.errors import ConfigError
@@ -72,15 +74,22 @@ class BestPeer:
         return {**metrics, **{f"{s}_{k}": v for k, v in top.items()}, f"{s}_best_peer": float(best)}
 
 
+@dataclass
+class MutualParams:
+    peers: list[ModelConfig] = field(default_factory=list)  # the networks trained together (`peers:` in recipes)
+
+
 @register_regime
 class Mutual(Regime):
     name = "mutual"
     description = "N peers trained together from scratch, each distilled from the others (DML, HSAKD online)"
+    Params = MutualParams
 
     @classmethod
     def check(cls, cfg) -> None:
-        if len(cfg.peers) < 2:
-            raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(cfg.peers)}")
+        peers = cls.params(cfg).peers
+        if len(peers) < 2:
+            raise ConfigError(f"peers: the mutual regime trains 2 or more peers, got {len(peers)}")
         for which, given in (("student", to_dict(cfg.student) != to_dict(type(cfg)().student)),
                              ("teacher", bool(cfg.teacher.checkpoint))):
             if given:
@@ -89,19 +98,19 @@ class Mutual(Regime):
 
     @classmethod
     def terms(cls, cfg) -> tuple[dict[str, float], dict]:
-        return peer_terms(cfg.loss, cfg.methods, len(cfg.peers))
+        return peer_terms(cfg.loss, cfg.methods, len(cls.params(cfg).peers))
 
     @classmethod
     def networks(cls, ctx: BuildContext, info, streams) -> dict[str, Net]:
         nets = {}
-        for i, peer in enumerate(ctx.cfg.peers):
+        for i, peer in enumerate(cls.params(ctx.cfg).peers):
             model, spec = trained_network(peer, info, key=f"peers[{i}]", log=ctx.log)
             nets[f"peer{i}"] = Net(model, spec=spec, always=Needs(logits=True))
         return nets
 
     @classmethod
     def outputs(cls, built: Built) -> Outputs:
-        cfg, info = built.cfg, built.info
+        info, declared = built.info, cls.params(built.cfg).peers
         peers = {name: net.module for name, net in built.nets.items()}
         names = list(peers)
         built.bundle.register_buffer("best_peer", torch.zeros((), dtype=torch.long, device=built.ctx.device))
@@ -113,7 +122,7 @@ class Mutual(Regime):
                 evaluators.append(HeadsEvaluator((lambda v: lambda: v)(view), heads=named, rows_per_sample=4))
 
         def meta_of(i: int) -> dict[str, Any]:
-            return {"arch": cfg.peers[i].arch, "num_classes": info.num_classes, "in_channels": info.in_channels,
+            return {"arch": declared[i].arch, "num_classes": info.num_classes, "in_channels": info.in_channels,
                     "peer": i}
 
         best = lambda: int(built.bundle.best_peer)  # noqa: E731
@@ -122,7 +131,7 @@ class Mutual(Regime):
                           for i, (n, m) in enumerate(peers.items())})
 
         def describe() -> dict[str, Any]:
-            return {"peers": [p.arch for p in cfg.peers], "peer_params": [count_params(m) for m in peers.values()],
+            return {"peers": [p.arch for p in declared], "peer_params": [count_params(m) for m in peers.values()],
                     "methods": built.method_params()}
 
         return Outputs(evaluators, artifacts, describe=describe)

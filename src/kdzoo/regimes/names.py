@@ -15,6 +15,7 @@ def check_mode(cfg: Config, mode: Optional[str]) -> None:
     from kdzoo.distillers import method_for_term
 
     regime = REGIMES.get(cfg.regime)
+    regime.params(cfg)  # its own parameters, validated before anything is built
     needing = [t for t, w in cfg.loss.items() if w != 0 and method_for_term(t).needs_teacher()]
     if mode == "pretrain" and regime.command != "pretrain":
         made = [name for name in REGIMES.names() if REGIMES.get(name).command == "pretrain"]

@@ -11,8 +11,21 @@ from kdzoo.distillers import Method
 from kdzoo.errors import ConfigError
 from kdzoo.models import Needs
 from kdzoo.models.aux import AuxNet, RotatedHeads
-from kdzoo.program.assemble import Built, Hosts, Net, Outputs, Regime, assemble, count_params
-from kdzoo.program.evaluators import ClassifierEvaluator, HeadsEvaluator, MetricEvaluator, knn_monitor
+from kdzoo.program.assemble import (
+    Built,
+    Hosts,
+    Net,
+    Outputs,
+    Regime,
+    assemble,
+    count_params,
+)
+from kdzoo.program.evaluators import (
+    ClassifierEvaluator,
+    HeadsEvaluator,
+    MetricEvaluator,
+    knn_monitor,
+)
 from kdzoo.program.methods import method_instances
 from kdzoo.program.networks import frozen_teacher, trained_network
 from kdzoo.program.program import Artifact, BuildContext, Program

@@ -16,8 +16,8 @@ untrained: `kdzoo linear-eval` measures them.
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -62,12 +62,23 @@ class NoGrad(nn.Module):
             return self.net(x)
 
 
+@dataclass
+class SelfSupervisedParams:
+    """The target network's EMA and the projection width; `weak`: self-supervised DS-SRD's student (this arch),
+    distilled jointly, e.g. by `weak.crd` with instance negatives."""
+
+    ema_decay: float = field(default=0.999, metadata={"ge": 0, "le": 1})
+    dim: int = field(default=128, metadata={"ge": 1})  # projector / predictor output
+    weak: Optional[str] = None
+
+
 @register_regime
 class SelfSupervised(Regime):
     name = "self_supervised"
     description = "BYOL (+ i-Mix) without labels: online encoder + projector, EMA target; kNN monitor"
     command = "pretrain"
     hosts = Hosts(labels=False, batch_transform=False)
+    Params = SelfSupervisedParams
 
     @classmethod
     def stream_options(cls, cfg, classes) -> dict[str, bool]:
@@ -89,7 +100,7 @@ class SelfSupervised(Regime):
         shapes = probe_shapes(encoder, spec, torch.stack([sample, sample]))
         if shapes.pooled is None:
             raise ConfigError(f"student.arch: {cfg.student.arch} gives no pooled feature to project")
-        width, s = int(shapes.pooled[-1]), cfg.self_supervised
+        width, s = int(shapes.pooled[-1]), cls.params(cfg)
         target_encoder = copy.deepcopy(encoder)  # before any hooks: the copies share nothing
         online = Projected(encoder, spec, mlp_head(width, width, s.dim))
         target = Projected(target_encoder, spec, copy.deepcopy(online.projector))
@@ -108,7 +119,7 @@ class SelfSupervised(Regime):
 
     @classmethod
     def outputs(cls, built: Built) -> Outputs:
-        cfg, info, s = built.cfg, built.info, built.cfg.self_supervised
+        cfg, info, s = built.cfg, built.info, cls.params(built.cfg)
         online, target = built.nets["student"].module, built.nets["teacher"].module
 
         def meta() -> dict[str, Any]:

@@ -75,9 +75,8 @@ def _params(trial) -> dict[str, Any]:
 
 def claim(study) -> Optional[int]:
     """A waiting trial now marked running by this worker (atomically), or None when none waits."""
-    from optuna.trial import TrialState
-
     from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
     from sqlalchemy.exc import OperationalError
 
     storage = study._storage
@@ -198,13 +197,15 @@ def _run_claimed(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log) ->
         beating.set()
         thread.join()
     result = summary.get("result") or {}
-    test = result.get("value", summary.get("best_top1") if "selected_by" not in summary else None)
+    # the test top-1 at the best selected metric (summaries before `best_value`: best_top1 was the selected value)
+    test = result.get("value") if result else summary.get("best_top1")
+    selected = summary.get("best_value", summary["best_top1"])
     from optuna.exceptions import UpdateFinishedTrialError
 
     try:
         for key, value in (("test_top1", test), ("best_epoch", summary.get("best_epoch")),
                            ("selected_by", summary.get("selected_by", "test_top1"))):
             storage.set_trial_user_attr(trial_id, key, value)
-        storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(summary["best_top1"])])
+        storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(selected)])
     except UpdateFinishedTrialError:  # failed meanwhile as stale (no heartbeat): its retry resumes the folder
         log(f"sweep {cfg.name}: trial {number} finished after it was failed as stale; its retry will reuse {folder}")

@@ -1,4 +1,5 @@
-"""The run folder: resolved config, environment, metrics.jsonl, TensorBoard events, checkpoints."""
+"""A run's record in its folder: the resolved config, the environment, metrics.jsonl and TensorBoard events
+(the checkpoints are the store's, checkpoints/store.py; the folder's lock, checkpoints/run_folder.py)."""
 from __future__ import annotations
 
 import json
@@ -65,7 +66,7 @@ def git_commit() -> Optional[str]:
         return None
 
 
-class RunDir:
+class RunLog:
     """Writes a run's files; only the main process of a multi-process run creates one with `active=True`."""
 
     def __init__(self, path: str | Path, active: bool = True, tensorboard: bool = True):
