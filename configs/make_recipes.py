@@ -143,10 +143,13 @@ def write_all(root: Path = ROOT) -> list[Path]:
 # at 0.2 scaled linearly): loss weights and method parameters per row.
 IMAGENET_ROWS = {
     "kd": ({"ce": 0.5, "kd": 0.5}, {"kd": {"T": 1.0}}),
-    "dkd": ({"ce": 1.0, "dkd": 1.0}, {"dkd": {"alpha": 0.5, "beta": 0.5, "T": 1.0, "warmup": 1.0}}),
+    # r34_r18/dkd.yaml sets CE_WEIGHT 1, BETA 0.5, T 1, WARMUP 1 and leaves ALPHA at cfg.py's 1.0
+    "dkd": ({"ce": 1.0, "dkd": 1.0}, {"dkd": {"alpha": 1.0, "beta": 0.5, "T": 1.0, "warmup": 1.0}}),
     "reviewkd": ({"ce": 1.0, "reviewkd": 1.0}, {"reviewkd": {"warmup_epochs": 1.0}}),
     "crd": ({"ce": 1.0, "crd": 0.8}, {"crd": {"nce_k": 16384}}),
     "dist": ({"ce": 1.0, "dist": 1.0}, {"dist": {"beta": 1.0, "gamma": 1.0, "tau": 1.0}}),  # DIST's ImageNet setting
+    # yzd-v/cls_KD configs/distillers/imagenet/res34_distill_res18_img.py: NKD temp 1.0, gamma 1.5, weight 1
+    "nkd": ({"ce": 1.0, "nkd": 1.0}, {"nkd": {"T": 1.0, "gamma": 1.5}}),
 }
 IMAGENET_DATA = {"name": "imagenet", "root": "./data/imagenet", "batch_size": 256, "num_workers": 8}
 

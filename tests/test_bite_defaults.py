@@ -16,6 +16,9 @@ from tests.method_harness import probed_pair, setup_context
 
 PARAMS = {
     "ce": {"label_smoothing": 0.0},
+    "ttm": {"l": 0.1},  # zkxufo/TTM README: --ttm_l 0.1 (TTM), 0.2 (WTTM)
+    "wttm": {"l": 0.2},
+    "nkd": {"T": 1.0, "gamma": 1.5},  # yzd-v/cls_KD ImageNet config: temp 1.0, gamma 1.5
     "kd": {"T": 4.0},
     "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0},
     "dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0},
@@ -63,6 +66,9 @@ RECIPES = {
     "kd": {"ce": 0.1, "kd": 0.9},
     "dkd": {"ce": 1.0, "dkd": 1.0},
     "dist": {"ce": 1.0, "dist": 2.0},  # hunto/DIST_KD CIFAR config (see dist.py)
+    "ttm": {"ce": 1.0, "ttm": 45.0},  # zkxufo/TTM README: -r 1 -b 45
+    "wttm": {"ce": 1.0, "wttm": 4.0},  # its WTTM weight (-a 4, with CRD)
+    "nkd": {"ce": 1.0, "nkd": 1.0},  # yzd-v/cls_KD: classifier loss + NKD
     "fitnet": {"ce": 1.0, "fitnet": 100.0},
     "at": {"ce": 1.0, "at": 1000.0},
     "sp": {"ce": 1.0, "sp": 3000.0},

@@ -41,6 +41,9 @@ USED = {
     ("kd", "losses"): both("logits", None),
     ("dkd", "losses"): both("logits", None),
     ("dist", "losses"): both("logits", None),
+    ("ttm", "losses"): both("logits", None),
+    ("wttm", "losses"): both("logits", None),
+    ("nkd", "losses"): both("logits", None),
     ("fitnet", "losses"): both("stages", 2),  # hint layer 2 = feat[2]
     ("at", "losses"): both("stages", *MIDDLE),  # stage maps, not the stem
     ("nst", "losses"): both("stages", *MIDDLE),

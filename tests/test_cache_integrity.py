@@ -18,8 +18,8 @@ from kdzoo.data.transforms import PadRandomCrop, RandomHorizontalFlip
 from kdzoo.engine.trainer import make_engine
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.models.features import Features
-from kdzoo.program.teacher_cache import CACHE_FILE, read_cache, teacher_cache
 from kdzoo.program.replay_store import ReplayCache
+from kdzoo.program.teacher_cache import CACHE_FILE, read_cache, teacher_cache
 from kdzoo.program.teacher_replay import ReplayTeacher
 from tests.conftest import CONFIGS, FAST, run_cli
 

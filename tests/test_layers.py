@@ -13,7 +13,7 @@ from tests.conftest import REPO
 SRC = REPO / "src" / "kdzoo"
 # Bottom to top; a package may import its own layer's modules and any lower layer's.
 LAYERS = [
-    ("errors", "registry", "version"),
+    ("errors", "registry", "version", "plugins"),
     ("config",),
     ("core",),
     ("models",),
@@ -23,8 +23,8 @@ LAYERS = [
     ("program",),
     ("regimes",),
     ("engine",),
-    ("linear_eval", "demo", "bench", "sweep"),
-    ("cli", "kdzoo"),  # "kdzoo": the package's __init__, the public API
+    ("linear_eval", "demo", "bench", "sweep", "api"),
+    ("cli", "cli_examples", "kdzoo"),  # "kdzoo": the package's __init__, the public API
 ]
 LAYER = {package: i for i, names in enumerate(LAYERS) for package in names}
 

@@ -227,8 +227,9 @@ def test_ft_modules_follow_repdistiller():
     s = _shapes((2, 16, 8, 8), (2, 32, 4, 4))
     t = _shapes((2, 16, 8, 8), (2, 64, 2, 2))
     method = FT(FTParams(), setup_context(s, t))
-    convs = lambda seq: [(m.in_channels, m.out_channels, type(m)) for m in seq if isinstance(m, (nn.Conv2d,
-                                                                                                 nn.ConvTranspose2d))]
+    def convs(seq):
+        return [(m.in_channels, m.out_channels, type(m)) for m in seq
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     C, T = nn.Conv2d, nn.ConvTranspose2d
     assert convs(method.paraphraser.encoder) == [(64, 64, C), (64, 32, C), (32, 32, C)]
     assert convs(method.paraphraser.decoder) == [(32, 32, T), (32, 64, T), (64, 64, T)]

@@ -21,6 +21,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        from kdzoo.plugins import load_plugins
+
+        load_plugins()  # installed packages' methods, models and datasets, for every verb
         code = args.func(args) or 0
         sys.stdout.flush()  # a reader that left (`| head`) shows here, not as a message at exit
         return code
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     for name, helptext in (("train", "train a model from scratch (teachers, student baselines)"),
-                           ("distill", "train a student from a teacher checkpoint"),
+                           ("distill", "train a student from a teacher checkpoint (teacher.checkpoint=RUN)"),
                            ("pretrain", "train without labels (regime self_supervised: BYOL / i-Mix)")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("-c", "--config", help="YAML recipe")
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     from kdzoo.sweep.cli import add_commands as add_sweep
 
     add_sweep(sub)
+    from kdzoo.cli_examples import epilog
+
+    for verb, command in sub.choices.items():  # every verb ends its help with examples
+        command.epilog = epilog(verb)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = "`kdzoo <command> --help` shows each command's options and examples; docs/ has the guide."
     return parser
 
 

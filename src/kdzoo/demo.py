@@ -34,7 +34,8 @@ def hardware_line(cfg) -> str:
     else:
         where = (f"CPU {cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
                  f"{'with' if cpu_has_bf16() else 'without'} AVX512-BF16/AMX")
-    return f"hardware: {where}; precision {precision} (engine.precision={cfg.engine.precision}), torch {torch.__version__}"
+    return (f"hardware: {where}; precision {precision} (engine.precision={cfg.engine.precision}), "
+            f"torch {torch.__version__}")
 
 
 def replace_demo_run(folder: Path) -> None:

@@ -6,8 +6,9 @@ encoder's features are computed once); best and last top-1. `--dataset stl10` / 
 HSAKD's transfer probe (eval_rep.py): the images resized to the encoder's input size; `--protocol hsakd` takes its
 optimiser (batch 64, lr 0.1, x0.1 at 30/60/90 of 100 epochs, Nesterov, no weight decay). Its augmentation is
 RandomResizedCrop(32) + flip; kdzoo's is the dataset's pad-crop + flip after the resize. A run folder like every
-command's: `--resume RUN` continues an interrupted probe exactly. `--start-eval N` (i-Mix's): test-set evaluation only from
-(0-based) epoch N on and at the last epoch (engine.eval_start), the best epoch chosen among those.
+command's: `--resume RUN` continues an interrupted probe exactly. `--start-eval N` (i-Mix's): test-set
+evaluation only from (0-based) epoch N on and at the last epoch (engine.eval_start), the best epoch chosen
+among those.
 """
 from __future__ import annotations
 

@@ -26,6 +26,10 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        if name not in self._items:  # a process that has not loaded the installed plugins yet (a worker)
+            from kdzoo.plugins import load_plugins
+
+            load_plugins()
         try:
             return self._items[name]
         except KeyError:

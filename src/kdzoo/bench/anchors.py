@@ -31,11 +31,14 @@ dcd_kd|75.09|76.06|71.81|73.62|73.95|76.01|76.51|69.77|70.03|76.95
 rrd|74.48|75.33|70.71|73.10|73.99|74.11|74.98|67.93|68.84|74.80
 rrd_kd|75.08|75.66|72.19|73.54|74.32|75.18|76.31|69.98|69.13|76.83
 dkd|76.32|76.23|71.97|74.11|74.68|76.45|76.70|69.71|70.35|77.07
+ttm|76.17|76.23|71.83|73.97|74.33|74.18|75.39|68.98|69.24|76.57
+wttm|76.06|76.37|71.92|74.13|74.44|74.37|75.42|69.16|69.59|76.55
 """
 
 SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoumoglou/distillers README (e6bd9f9)",
            "dcd_kd": "giakoumoglou/distillers README (e6bd9f9)", "rrd": "giakoumoglou/distillers README (e6bd9f9)",
-           "rrd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dkd": "megvii-research/mdistiller README"}
+           "rrd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dkd": "megvii-research/mdistiller README",
+           "ttm": "zkxufo/TTM README", "wttm": "zkxufo/TTM README"}
 DEFAULT_SOURCE = "HobbitLong/RepDistiller README"
 
 
@@ -91,5 +94,6 @@ HSAKD_SOURCE = "winycg/HSAKD README"
 # weights (the teacher) have 73.31, its ResNet18 69.76.
 IMAGENET = {"student": (69.76, "torchvision ResNet18 weights"), "kd": (71.37, "torchdistill; mdistiller 71.03"),
             "dkd": (71.70, "megvii-research/mdistiller README"), "reviewkd": (71.61, "ReviewKD paper"),
-            "crd": (71.17, "CRD paper"), "dist": (72.07, "DIST paper"), "hsakd": (72.16, "winycg/HSAKD README")}
+            "crd": (71.17, "CRD paper"), "dist": (72.07, "DIST paper"), "hsakd": (72.16, "winycg/HSAKD README"),
+            "nkd": (71.96, "yzd-v/cls_KD nkd.md")}
 IMAGENET_TEACHER = 73.31

@@ -50,7 +50,8 @@ def load_bench_config(path: str | Path, overrides: list[str] = ()) -> BenchConfi
 
 
 def dotted(mapping: dict[str, Any]) -> list[str]:
-    """{"dataset.subset.size": 3000, "engine": {"progress": False}} -> ["dataset.subset.size=3000", "engine.progress=false"]
+    """{"dataset.subset.size": 3000, "engine": {"progress": False}}
+    -> ["dataset.subset.size=3000", "engine.progress=false"]
 
     Values are written as JSON, which the override parser reads back as YAML."""
     out = []

@@ -79,7 +79,8 @@ def _row_teachers(bench) -> list[str]:
         epochs = _epochs(folder)
         label = f"{label}, {epochs} epoch{'' if epochs == '1' else 's'}"
         if result:  # selected on another metric (an HSAKD teacher on its best head): the backbone at that epoch
-            heads = {k: v for k, v in (summary.get("best_metrics") or {}).items() if k.endswith("_top1") and "head" in k}
+            heads = {k: v for k, v in (summary.get("best_metrics") or {}).items()
+                     if k.endswith("_top1") and "head" in k}
             lines.append(f"- Teacher of {rows}: {summary.get('student', '?')} ({label}) — test top-1 "
                          f"{_num(result.get('value'))} at the best {summary.get('selected_by')} (epoch "
                          f"{result.get('epoch')}; " + ", ".join(f"{k[5:]} {v:.2f}" for k, v in heads.items()) + ").")

@@ -11,10 +11,12 @@ from kdzoo.checkpoints.format import load_state_dict_strict, load_weights, read_
 from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.errors import CheckpointError
 from kdzoo.models import create_model
+from kdzoo.plugins import import_modules
 
 
 def model_from_meta(meta: dict[str, Any]) -> nn.Module:
     """The deployable model a checkpoint describes (a zoo/tv/timm model, or a method's inference wrapper)."""
+    import_modules(meta.get("imports") or [], "checkpoint imports")  # the plugins its run named
     model = create_model(meta["arch"], num_classes=meta["num_classes"], in_channels=meta.get("in_channels", 3))
     wrapper = meta.get("wrapper")
     if wrapper:

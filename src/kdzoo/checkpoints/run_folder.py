@@ -36,11 +36,12 @@ def holds_run(path: Path) -> bool:
     return any((path / name).is_dir() and any((path / name).iterdir()) for name in RUN_DIRS)
 
 
-def refuse_existing_run(path: Path, what: str) -> None:
+def refuse_existing_run(path: Path, what: str, instead: str = "") -> None:
+    """`instead`: what to do about it (default: the CLI's options)."""
     check_out_path(path)
     if holds_run(path):
-        raise KdzooError(f"run folder {path} already holds a run; {what} will not overwrite it: "
-                         f"use another --out (or --resume {path} to continue a training run)")
+        instead = instead or f"use another --out (or --resume {path} to continue a training run)"
+        raise KdzooError(f"run folder {path} already holds a run; {what} will not overwrite it: {instead}")
 
 
 def remove_stray_temp_files(path: Path) -> None:

@@ -11,6 +11,7 @@ from kdzoo.config.schema import Config
 from kdzoo.config.subset_keys import subset_block, subset_override
 from kdzoo.config.validate import from_dict, to_dict
 from kdzoo.errors import ConfigError
+from kdzoo.plugins import import_modules
 
 
 def read_yaml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
@@ -116,7 +117,10 @@ _RETIRED = {("regime_args",): {}, ("engine", "wandb"): _ANY, ("peers",): [],
 
 
 def config_from_data(data: dict[str, Any]) -> Config:
-    return from_dict(Config, drop_retired(_student_alias(data)))
+    """The validated recipe; the plugins it names under `imports:` are imported (kdzoo.plugins)."""
+    config = from_dict(Config, drop_retired(_student_alias(data)))
+    import_modules(config.imports)
+    return config
 
 
 def regime_section(data: dict[str, Any]) -> dict[str, Any]:

@@ -128,6 +128,8 @@ class LoggingConfig:
 @dataclass
 class Config:
     name: str = "run"
+    # modules to import first: plugins that register methods, models or datasets (kdzoo.plugins)
+    imports: list[str] = field(default_factory=list)
     seed: int = field(default=0, metadata=SEED)
     epochs: int = field(default=240, metadata=POSITIVE_INT)
     regime: str = "offline"

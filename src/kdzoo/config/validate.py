@@ -100,7 +100,9 @@ def coerce(tp: Any, value: Any, path: str) -> Any:
                 return coerce(arg, value, path)
             except ConfigError as err:
                 errors.append(err)
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{path}: {_describe(value)} fits none of {_type_name(tp)}")
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{path}: {_describe(value)} fits none of {_type_name(tp)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, path)
     if origin is list or tp is list:

@@ -81,6 +81,7 @@ def ab_loss(sources: list[Tensor], targets: list[Tensor], margin: float) -> Tens
 @register_method
 class AB(Method):
     name = "ab"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "AB: activation boundaries of the teacher's pre-activations, taught in an init stage"
     paper = ("Heo et al., Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons, "
              "AAAI 2019")

@@ -47,6 +47,7 @@ class ATParams:
 @register_method
 class AT(Method):
     name = "at"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "attention transfer: normalised spatial attention maps of the stage outputs"
     paper = "Zagoruyko & Komodakis, Paying More Attention to Attention, ICLR 2017"
     student_needs = Needs(stages=True)

@@ -51,6 +51,7 @@ def per_sample_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: f
 @register_method
 class Augment(Method):
     name = "augment"
+    reference = "AiXia520/DS-SRD"  # the code its tests compare against
     description = "augmentation-driven KD: KD on an augmented/mixed copy of the batch (cutmix_pick, ...)"
     paper = "Wang et al., What Makes a 'Good' Data Augmentation in Knowledge Distillation, NeurIPS 2022"
     student_needs = Needs(logits=True)

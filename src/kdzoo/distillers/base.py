@@ -78,6 +78,7 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the original implementation its parity tests compare against
     terms: ClassVar[tuple[str, ...]] = ()  # loss terms it returns; defaults to (name,)
     student_needs: ClassVar[Needs] = Needs()
     teacher_needs: ClassVar[Needs] = Needs()  # Needs() = no teacher needed

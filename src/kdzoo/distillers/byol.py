@@ -43,6 +43,8 @@ def imix_lambdas(n: int, device) -> tuple[Tensor, Tensor]:
 
 
 def byol_imix_loss(q: Tensor, k: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
+    """BYOL with i-Mix: L = mean(2 - 2 (lam <q, k> + (1 - lam) <q, k[perm]>)) over L2-normalised predictions q and
+    targets k, where row i of the input was mixed with row perm[i] at weight lam (kibok90/imix, DS-SRD)."""
     q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
     agree = lam * (q * k).sum(1) + (1 - lam) * (q * k[perm]).sum(1)
     return (2 - 2 * agree).mean()
@@ -51,6 +53,7 @@ def byol_imix_loss(q: Tensor, k: Tensor, lam: Tensor, perm: Tensor) -> Tensor:
 @register_method
 class Byol(Method):
     name = "byol"
+    reference = "AiXia520/DS-SRD (BYOL / i-Mix)"  # the code its tests compare against
     description = "BYOL (+ i-Mix): predictor(online(view 1)) against the EMA target's view 2; no labels"
     paper = "Grill et al., BYOL, NeurIPS 2020; Lee et al., i-Mix, ICLR 2021"
     student_needs = Needs(logits=True)  # the online projection

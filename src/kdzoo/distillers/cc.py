@@ -27,6 +27,7 @@ class CCParams:
 @register_method
 class CC(Method):
     name = "cc"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "correlation congruence: linear embeds of the pooled features, correlated sample gaps"
     paper = "Peng et al., Correlation Congruence for Knowledge Distillation, ICCV 2019"
     student_needs = Needs(pooled=True)

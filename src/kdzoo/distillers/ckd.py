@@ -56,6 +56,7 @@ class CKDParams(GroupedParams):
 @register_method
 class CKD(Method):
     name = "ckd"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "comparative KD: MSE between student and teacher differences of positive/negative groups"
     paper = "Wilf et al., Comparative Knowledge Distillation, 2023"
     terms = ("ckd_cls", "ckd_rel", "ckd_kd")
@@ -108,6 +109,7 @@ class CKD(Method):
 @register_method
 class CKDAdd(CKD):
     name = "ckd_add"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "CKD with the two sides mixed by their mean instead of their difference"
     terms = ("ckd_add_cls", "ckd_add_rel", "ckd_add_kd")
     recipes = Recipes(few_sample=True, loss={"ckd_add_cls": 1.0, "ckd_add_rel": 1.0})
@@ -119,6 +121,7 @@ class CKDAdd(CKD):
 @register_method
 class CKDMixup(CKD):
     name = "ckd_mixup"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "CKD with the two sides mixed by mixup weights (one lambda ~ Beta(1, 1) per batch)"
     terms = ("ckd_mixup_cls", "ckd_mixup_rel", "ckd_mixup_kd")
     recipes = Recipes(few_sample=True, loss={"ckd_mixup_cls": 1.0, "ckd_mixup_rel": 1.0})
@@ -141,6 +144,7 @@ class CKDInterParams(CKDParams):
 @register_method
 class CKDInter(CKD):
     name = "ckd_inter"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "CKD plus the comparison of intermediate features through hint (FitNet), VID or CC"
     terms = ("ckd_inter_cls", "ckd_inter_rel", "ckd_inter_kd", "ckd_inter_feat")
     student_needs = Needs(logits=True, stages=True, pooled=True)

@@ -3,7 +3,7 @@ computed on demand and once per (network, view), so that two methods asking for 
 same view cost one forward."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -39,6 +39,10 @@ class StepContext:
         if key not in self._cache:
             self._cache[key] = self._run(model, view)
         return self._cache[key]
+
+    def cached(self, model: str = "student", view: str = "x") -> Optional[Features]:
+        """The features of (model, view) this step computed with a graph, or None (no forward is run)."""
+        return self._cache.get((model, view, True))
 
     def no_grad_features(self, model: str = "student", view: str = "x", keep_statistics: bool = False) -> Features:
         """Features without a graph (a forward the step already made is reused, detached). keep_statistics: a

@@ -97,7 +97,8 @@ def gather_scores(anchor: Tensor, bank: Tensor, idx: Tensor) -> Tensor:
 
 
 def nce_loss_scores(s_pos: Tensor, s_neg: Tensor, log_z: Tensor, n_data: int) -> Tensor:
-    """RepDistiller's ContrastLoss (NCE) of x = exp(s - log Z) from the scaled scores s = v.m / T (positives (B,), negatives (B, K)).
+    """RepDistiller's ContrastLoss (NCE) of x = exp(s - log Z) from the scaled scores s = v.m / T (positives (B,),
+    negatives (B, K)).
 
     In log space: with c = K P_n + eps, log(x + c) = log c + softplus(log x - log c), so
     log D1 = log x_pos - log c - softplus(log x_pos - log c) and log D0 = log(K P_n) - log c - softplus(log x - log c);
@@ -145,6 +146,7 @@ def _dim(shape) -> int:
 @register_method
 class CRD(Method):
     name = "crd"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "contrastive representation distillation: NCE against momentum memory banks of every sample"
     paper = "Tian et al., Contrastive Representation Distillation, ICLR 2020"
     student_needs = Needs(pooled=True)

@@ -37,6 +37,9 @@ class DCDParams:
 
 
 def dcd_loss(e_s: Tensor, e_t: Tensor, tau: Tensor, b: Tensor, max_tau: float, alpha: float) -> Tensor:
+    """DCD: contrastive CE over s_ij = e_s_i . e_t_j * min(exp(tau), max_tau) + b with the diagonal as labels, plus
+    alpha times a consistency KL between the student's and teacher's similarity distributions (see the module
+    docstring; giakoumoglou/distillers)."""
     logits = (e_s @ e_t.t()) * tau.exp().clamp(0, max_tau) + b
     labels = torch.arange(logits.shape[0], device=logits.device)
     contrastive = F.cross_entropy(logits, labels)
@@ -49,6 +52,7 @@ def dcd_loss(e_s: Tensor, e_t: Tensor, tau: Tensor, b: Tensor, max_tau: float, a
 @register_method
 class DCD(Method):
     name = "dcd"
+    reference = "giakoumoglou/distillers"  # the code its tests compare against
     description = "discriminative and consistent distillation: in-batch contrast with learnable temperature and bias"
     paper = "Giakoumoglou & Stathaki, Discriminative and Consistent Representation Distillation, 2024"
     student_needs = Needs(pooled=True)

@@ -35,6 +35,8 @@ def dist_parts(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tu
 
 
 def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float, gamma: float, tau: float) -> Tensor:
+    """DIST: tau^2 (beta * inter + gamma * intra), where inter is 1 - Pearson correlation of the softmax(z / tau)
+    rows (per sample, over classes) and intra the same per class over the batch (hunto/DIST_KD)."""
     inter, intra = dist_parts(student_logits, teacher_logits, tau)
     return tau**2 * (beta * inter + gamma * intra)
 
@@ -49,6 +51,7 @@ class DISTParams:
 @register_method
 class DIST(Method):
     name = "dist"
+    reference = "hunto/DIST_KD"  # the code its tests compare against
     description = "DIST: Pearson-correlation match of inter-class and intra-class relations of softened outputs"
     paper = "Huang et al., Knowledge Distillation from A Stronger Teacher, NeurIPS 2022"
     student_needs = Needs(logits=True)

@@ -59,6 +59,8 @@ def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T:
 
 def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, alpha: float, beta: float,
              T: float) -> Tensor:
+    """DKD = alpha * TCKD + beta * NCKD at temperature T: the binary target/non-target KL and the KL among the
+    non-target classes, each times T^2 (megvii-research/mdistiller mdistiller/distillers/DKD.py)."""
     tckd, nckd = dkd_parts(student_logits, teacher_logits, target, T)
     return alpha * tckd + beta * nckd
 
@@ -74,6 +76,7 @@ class DKDParams:
 @register_method
 class DKD(Method):
     name = "dkd"
+    reference = "megvii-research/mdistiller"  # the code its tests compare against
     description = "decoupled KD: target-class (TCKD) and non-target-class (NCKD) KL terms weighted separately"
     paper = "Zhao et al., Decoupled Knowledge Distillation, CVPR 2022"
     student_needs = Needs(logits=True)

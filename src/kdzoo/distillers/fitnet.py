@@ -57,6 +57,7 @@ class FitNetParams:
 @register_method
 class FitNet(Method):
     name = "fitnet"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "FitNet hints: a regressed student stage map matches the teacher's by MSE"
     paper = "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015"
     student_needs = Needs(stages=True)

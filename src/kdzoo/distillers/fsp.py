@@ -41,6 +41,8 @@ def fsp_matrices(maps: list[Tensor]) -> list[Tensor]:
 
 
 def fsp_loss(student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
+    """FSP: sum over stage pairs of mean((G_s - G_t)^2), where G is the flow (Gram) matrix between the first and
+    last map of a stage, pooled to a common size (RepDistiller FSP)."""
     total = None
     for g_s, g_t in zip(fsp_matrices(student_maps), fsp_matrices(teacher_maps)):
         loss = (g_s - g_t).pow(2).mean()
@@ -51,6 +53,7 @@ def fsp_loss(student_maps: list[Tensor], teacher_maps: list[Tensor]) -> Tensor:
 @register_method
 class FSP(Method):
     name = "fsp"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "FSP: Gram matrices between consecutive stage maps, matched in an init stage"
     paper = ("Yim et al., A Gift from Knowledge Distillation: Fast Optimization, Network Minimization and "
              "Transfer Learning, CVPR 2017")

@@ -79,6 +79,9 @@ def factor(x: Tensor, p1: float) -> Tensor:
 
 
 def factor_transfer_loss(u: Tensor, e: Tensor, p1: float = 2.0, p2: float = 1.0) -> Tensor:
+    """Factor transfer: mean |F(u) - F(e)|^p2 between the L2-normalised (p1) flattened factors of the student's
+    translator output u and the teacher's paraphraser code e, the larger map pooled to the smaller
+    (RepDistiller FactorTransfer)."""
     u, e = match_spatial(u, e)
     diff = (factor(u, p1) - factor(e, p1)).abs()
     return (diff if p2 == 1 else diff.pow(p2)).mean()
@@ -87,6 +90,7 @@ def factor_transfer_loss(u: Tensor, e: Tensor, p1: float = 2.0, p2: float = 1.0)
 @register_method
 class FT(Method):
     name = "ft"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "FT: a translator of the student's last map imitates the factors of a teacher paraphraser"
     paper = "Kim et al., Paraphrasing Complex Network: Network Compression via Factor Transfer, NeurIPS 2018"
     student_needs = Needs(stages=True)

@@ -34,6 +34,7 @@ class HSAKDParams:
 @register_method
 class HSAKD(Method):
     name = "hsakd"
+    reference = "winycg/HSAKD"  # the code its tests compare against
     description = "KD of the self-supervised augmented distributions: every aux head and the backbone logits"
     paper = "Yang et al., Hierarchical Self-supervised Augmented Knowledge Distillation, IJCAI 2021"
     terms = ("hsakd", "hsakd_logits")

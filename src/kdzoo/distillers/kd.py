@@ -26,6 +26,7 @@ class KDParams:
 @register_method
 class KD(Method):
     name = "kd"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "Hinton KD: temperature-softened teacher outputs as soft targets"
     paper = "Hinton et al., Distilling the Knowledge in a Neural Network, 2015"
     student_needs = Needs(logits=True)

@@ -33,6 +33,7 @@ class MixupParams(GroupedParams):
 @register_method
 class Mixup(Method):
     name = "mixup"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "mixup baseline: the student on a mix of two images learns the mixed labels and teacher outputs"
     paper = "Zhang et al., mixup, 2018; as a KD baseline in Wilf et al., Comparative Knowledge Distillation, 2023"
     terms = ("mixup_cls", "mixup_rel", "mixup_kd")
@@ -70,6 +71,7 @@ class Mixup(Method):
 @register_method
 class Mixup3(Mixup):
     name = "mixup3"
+    reference = "alextxu/ckd"  # the code its tests compare against
     description = "mixup of three images with Dirichlet(1, 1, 1) weights"
     terms = ("mixup3_cls", "mixup3_rel", "mixup3_kd")
     recipes = Recipes(few_sample=True, loss={"mixup3_cls": 1.0, "mixup3_rel": 1.0})

@@ -73,6 +73,7 @@ def nst_loss(g_s: list[Tensor], g_t: list[Tensor]) -> Tensor:
 @register_method
 class NST(Method):
     name = "nst"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "neuron selectivity transfer: polynomial-kernel MMD between channel activation maps"
     paper = "Huang & Wang, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer, 2017"
     student_needs = Needs(stages=True)

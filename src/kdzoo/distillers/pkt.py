@@ -35,6 +35,7 @@ class PKTParams:
 @register_method
 class PKT(Method):
     name = "pkt"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "probabilistic knowledge transfer: cosine-similarity distributions of the pooled features"
     paper = "Passalis & Tefas, Learning Deep Representations with Probabilistic Knowledge Transfer, ECCV 2018"
     student_needs = Needs(pooled=True)

@@ -134,6 +134,9 @@ def sample_negatives(c: Clustering, positives: Tensor, count: int, original: boo
 
 def proto_loss(student: Tensor, key: Tensor, index: Tensor, clusterings: list[Clustering], negatives: int,
                temperature: float, original_negatives: bool = False) -> Tensor:
+    """ProtoNCE over every clustering: the student embedding against its image's prototype among `negatives`
+    sampled others, prototypes scaled by their concentration phi (PCL, as DS-SRD uses it; see the module
+    docstring)."""
     total = 0.0
     for c in clusterings:
         positives = c.assign[index]
@@ -145,6 +148,7 @@ def proto_loss(student: Tensor, key: Tensor, index: Tensor, clusterings: list[Cl
 @register_method
 class Proto(Method):
     name = "proto"
+    reference = "AiXia520/DS-SRD"  # the code its tests compare against
     description = "DS-SRD local structure: KD between student and key scores against the teacher's k-means prototypes"
     paper = "Xu et al., DS-SRD: a unified framework for structured representation distillation, 2023"
     student_needs = Needs(logits=True, pooled=True)

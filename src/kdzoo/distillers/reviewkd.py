@@ -125,6 +125,7 @@ class ReviewKDParams:
 @register_method
 class ReviewKD(Method):
     name = "reviewkd"
+    reference = "dvlab-research/ReviewKD"  # the code its tests compare against
     description = "ReviewKD: ABF-fused multi-level student features matched to teacher levels by HCL"
     paper = "Chen et al., Distilling Knowledge via Knowledge Review, CVPR 2021"
     student_needs = Needs(logits=True, pooled=True, stages=True)

@@ -42,6 +42,8 @@ def rkd_angle_loss(e_s: Tensor, e_t: Tensor) -> Tensor:
 
 
 def rkd_loss(e_s: Tensor, e_t: Tensor, w_d: float = 25.0, w_a: float = 50.0) -> Tensor:
+    """RKD = w_d * distance loss + w_a * angle loss: Huber losses between the normalised pairwise distances and
+    between the triplet angle cosines of student and teacher embeddings (RepDistiller RKDLoss)."""
     if e_s.shape[0] < 2:  # no pairs in a batch of one
         return e_s.float().sum() * 0.0
     return w_d * rkd_distance_loss(e_s, e_t) + w_a * rkd_angle_loss(e_s, e_t)
@@ -56,6 +58,7 @@ class RKDParams:
 @register_method
 class RKD(Method):
     name = "rkd"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "relational KD: distance and angle relations among the pooled features of a batch"
     paper = "Park et al., Relational Knowledge Distillation, CVPR 2019"
     student_needs = Needs(pooled=True)

@@ -58,6 +58,7 @@ def enqueue(queue: Tensor, ptr: Tensor, keys: Tensor) -> None:
 @register_method
 class RRD(Method):
     name = "rrd"
+    reference = "giakoumoglou/distillers"  # the code its tests compare against
     description = "relational representation distillation: similarity distributions over a queue of teacher embeddings"
     paper = "Giakoumoglou & Stathaki, Relational Representation Distillation, 2024"
     student_needs = Needs(pooled=True)

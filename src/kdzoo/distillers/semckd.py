@@ -82,6 +82,7 @@ class SemCKDParams:
 @register_method
 class SemCKD(Method):
     name = "semckd"
+    reference = "DefangChen/SemCKD"  # the code its tests compare against
     description = "SemCKD: every student stage to every teacher stage, weighted by per-sample layer attention"
     paper = "Chen et al., Cross-Layer Distillation with Semantic Calibration, AAAI 2021"
     student_needs = Needs(stages=True)

@@ -80,6 +80,12 @@ class SimKDStudent(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
+def simkd_loss(projected: Tensor, teacher_map: Tensor) -> Tensor:
+    """L_simkd = mean((P(pool(f_s)) - pool(f_t))^2): nn.MSELoss (mean over every element) between the projected
+    student map and the teacher's map of the same shape, in fp32 (DefangChen/SimKD helper/loops.py)."""
+    return F.mse_loss(projected.float(), teacher_map.float())
+
+
 @dataclass
 class SimKDParams:
     factor: int = 2  # bottleneck reduction of the projector: mid channels C_t // factor
@@ -88,6 +94,7 @@ class SimKDParams:
 @register_method
 class SimKD(Method):
     name = "simkd"
+    reference = "DefangChen/SimKD"  # the code its tests compare against
     description = "SimKD: project the last student stage onto the teacher's; reuse the frozen teacher classifier"
     paper = "Chen et al., Knowledge Distillation with the Reused Teacher Classifier, CVPR 2022"
     student_needs = Needs(stages=True)
@@ -128,7 +135,7 @@ class SimKD(Method):
 
     def losses(self, batch, s, t, step):
         projected, target = self.project(s.stages[-1], t.stages[-1])
-        return {"simkd": F.mse_loss(projected.float(), target.float())}
+        return {"simkd": simkd_loss(projected, target)}
 
     # Deployment ----------------------------------------------------------------------------------------------
     def inference_wrapper(self, student: nn.Module) -> SimKDStudent:

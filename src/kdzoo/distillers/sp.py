@@ -30,6 +30,7 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 @register_method
 class SP(Method):
     name = "sp"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "similarity-preserving KD: batch similarity matrices of the last stage map"
     paper = "Tung & Mori, Similarity-Preserving Knowledge Distillation, ICCV 2019"
     student_needs = Needs(stages=True)

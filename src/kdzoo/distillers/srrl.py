@@ -14,13 +14,20 @@ term flows through it into the connector and the student.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from kdzoo.distillers.base import FrozenRef, Method, NoParams, Recipes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs, get_head
 
+
+def srrl_loss(h: Tensor, teacher_pooled: Tensor, h_through_teacher_head: Tensor, teacher_logits: Tensor) -> Tensor:
+    """L_srrl = mean((h - f_t)^2) + mean((W_t h + b_t - z_t)^2): the connector output h against the teacher's pooled
+    feature, and h through the frozen teacher classifier against the teacher's logits; both nn.MSELoss with mean
+    reduction, fp32, weight 1 (DefangChen/SimKD helper/loops.py)."""
+    return F.mse_loss(h.float(), teacher_pooled.float()) + F.mse_loss(h_through_teacher_head.float(),
+                                                                      teacher_logits.float())
 
 class SRRLConnector(nn.Module):
     """1x1 conv (no bias) + BN + ReLU from the student's pooled width to the teacher's, on Cx1x1 maps."""
@@ -39,6 +46,7 @@ class SRRLConnector(nn.Module):
 @register_method
 class SRRL(Method):
     name = "srrl"
+    reference = "jingyang2017/SRRL"  # the code its tests compare against
     description = "SRRL: connector to the teacher's pooled width; feature MSE + MSE through the teacher head"
     paper = "Yang et al., Knowledge Distillation via Softmax Regression Representation Learning, ICLR 2021"
     student_needs = Needs(pooled=True)
@@ -62,5 +70,4 @@ class SRRL(Method):
     def losses(self, batch, s, t, step):
         h = self.connector(s.pooled)
         pred = self.teacher_head(h)  # gradient flows through the frozen head (its weights need no grad)
-        loss = F.mse_loss(h.float(), t.pooled.float()) + F.mse_loss(pred.float(), t.logits.float())
-        return {"srrl": loss}
+        return {"srrl": srrl_loss(h, t.pooled, pred, t.logits)}

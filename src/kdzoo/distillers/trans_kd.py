@@ -23,6 +23,7 @@ class TransKDParams:
 @register_method
 class TransKD(Method):
     name = "trans_kd"
+    reference = "AiXia520/DS-SRD"  # the code its tests compare against
     description = "CNN-Transformer student: CE of its transformer branch and KD from the branch to its CNN"
     paper = "Xu et al., DS-SRD: a unified framework for structured representation distillation, 2023"
     terms = ("trans_ce", "trans_kd")

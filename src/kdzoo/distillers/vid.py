@@ -62,6 +62,7 @@ class VIDRegressor(nn.Module):
 @register_method
 class VID(Method):
     name = "vid"
+    reference = "HobbitLong/RepDistiller"  # the code its tests compare against
     description = "VID: Gaussian likelihood of the teacher's stage maps under a regressor of the student's"
     paper = "Ahn et al., Variational Information Distillation for Knowledge Transfer, CVPR 2019"
     student_needs = Needs(stages=True)

@@ -66,6 +66,7 @@ class RunRecorder:
                 "format": "kdzoo", "version": 1, "dataset": info.name, "dataset_root": cfg.dataset.root,
                 "image_size": cfg.dataset.image_size, "input_shape": list(info.input_shape),
                 "phase": phase.name, "epoch": epoch + 1, "run": cfg.name,
+                **({"imports": list(cfg.imports)} if cfg.imports else {}),  # plugins that build its network
                 "metrics": {k[len(report):]: v for k, v in metrics.items() if k.startswith(report)},
             }
             artifacts = [(name, a.module().state_dict(), {**a.meta(), **common})

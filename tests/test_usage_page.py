@@ -1,6 +1,7 @@
-"""The README's Usage commands run as written, in order, in a fresh working directory.
+"""The command-line guide's first block (docs/usage.md, the README's Usage section before it moved) runs as written,
+in order, in a fresh working directory, `torchrun` included (tests/test_docs_pages.py runs the other blocks).
 
-Each `kdzoo ...` / `torchrun ...` line of the Usage code block runs as a subprocess; fresh train/distill runs
+Each `kdzoo ...` / `torchrun ...` line of that block runs as a subprocess; fresh train/distill runs
 get `epochs=1` and quiet engine overrides appended (everything else stays exactly as the README writes it), so a
 README command that breaks (a refused --out, a --resume that makes no sense, a recipe nobody created a teacher
 for) fails this test.
@@ -18,15 +19,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-README = REPO / "README.md"
+README = REPO / "docs" / "usage.md"
 # Appended to fresh train/distill runs only (resume accepts just epochs= and engine.*; eval and list take none).
 FAST = ["epochs=1", "engine.progress=false", "engine.tensorboard=false", "engine.precision=fp32"]
 
 
 def usage_commands(text: str) -> list[list[str]]:
-    """The kdzoo/torchrun command lines of the first shell block under '## Usage', comments dropped."""
-    section = text.split("\n## Usage", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    """The kdzoo/torchrun command lines of the page's first shell block, comments dropped."""
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     commands = []
     for line in block.splitlines():
         line = line.strip()
@@ -58,7 +58,7 @@ def test_usage_block_lists_the_newcomer_path():
     commands = usage_commands(README.read_text())
     verbs = [c[1] if c[0] == "kdzoo" else "torchrun" for c in commands]
     for verb in ("list", "train", "distill", "eval", "torchrun"):
-        assert verb in verbs, f"README Usage block lost its `{verb}` example"
+        assert verb in verbs, f"the usage page's first block lost its `{verb}` example"
     assert any("--resume" in c for c in commands)
 
 

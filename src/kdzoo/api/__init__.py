@@ -1,0 +1,1 @@
+"""The Python API, re-exported from `kdzoo` (see docs/api.md)."""
