@@ -62,23 +62,18 @@ class TTM(Method):
     Params = TTMParams
     # the README's command (vgg13 -> vgg8): --ttm_l 0.1 -r 1 -b 45
     recipes = Recipes(loss={"ce": 1.0, "ttm": 45.0})
+    weighted = False
 
     def losses(self, batch, s, t, step):
-        return {"ttm": ttm_loss(s.logits, t.logits, self.params.l)}
+        return {self.name: ttm_loss(s.logits, t.logits, self.params.l, weighted=self.weighted)}
 
 
 @register_method
-class WTTM(Method):
+class WTTM(TTM):
     name = "wttm"
-    reference = "zkxufo/TTM"  # the code its tests compare against
     description = "weighted TTM: each sample's TTM term weighted by the power sum of its teacher probabilities"
-    paper = "Zheng & Yang, Knowledge Distillation Based on Transformed Teacher Matching, ICLR 2024"
-    student_needs = Needs(logits=True)
-    teacher_needs = Needs(logits=True)
     Params = WTTMParams
     # the README's WTTM weight and exponent (its WTTM + CRD command: --add wttm --ttm_l 0.2 -a 4); the paper's
     # per-pair values are in its appendix, not in the code
     recipes = Recipes(loss={"ce": 1.0, "wttm": 4.0})
-
-    def losses(self, batch, s, t, step):
-        return {"wttm": ttm_loss(s.logits, t.logits, self.params.l, weighted=True)}
+    weighted = True
