@@ -55,6 +55,12 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     return rows
 
 
+def row_params(cls, row: str) -> dict:
+    """The `methods:` section a variant row sets (e.g. kd_ls: T 2, standardize), else {}."""
+    params = cls.recipes.variant_params.get(row)
+    return {"methods": {cls.name: dict(params)}} if params else {}
+
+
 def _init_params(cls, epochs: int) -> dict:
     fields = {f.name for f in dataclasses.fields(cls.Params)}
     return {"init_epochs": epochs} if "init_epochs" in fields else {}
@@ -89,6 +95,7 @@ def cpu_recipe(dataset: str, row: str, cls, loss: dict) -> tuple[str, dict]:
     params = _init_params(cls, spec["init_epochs"])
     if params:
         data["methods"] = {cls.name: params}
+    data = _merge(data, row_params(cls, row))
     data.update({"optim": {"lr": spec["lr"], "momentum": 0.9, "weight_decay": 5.0e-4},
                  "schedule": dict(spec["schedule"])})
     return _header(cls, row, spec["note"]), data
@@ -103,6 +110,7 @@ def cifar_recipe(row: str, cls, loss: dict, teacher: str, student: str) -> tuple
                       "weight_decay": 5.0e-4},
             "schedule": {"name": "multistep", "milestones": [150, 180, 210], "gamma": 0.1}}
     data = _merge(data, cls.pair_overrides(teacher, student))
+    data = _merge(data, row_params(cls, row))  # a variant's own parameters win over the pair's (LS: beta x 9)
     anchor = published(row, teacher, student)
     note = (f"published top-1 {anchor[0]:.2f} ({anchor[1]}, teacher {TEACHERS.get(teacher, '?')})" if anchor
             else "no published CIFAR-100 number for this pair in our anchors")

@@ -19,8 +19,8 @@ PARAMS = {
     "ttm": {"l": 0.1},  # zkxufo/TTM README: --ttm_l 0.1 (TTM), 0.2 (WTTM)
     "wttm": {"l": 0.2},
     "nkd": {"T": 1.0, "gamma": 1.5},  # yzd-v/cls_KD ImageNet config: temp 1.0, gamma 1.5
-    "kd": {"T": 4.0},
-    "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0},
+    "kd": {"T": 4.0, "standardize": False},  # LS (logit standardization) off unless a recipe asks
+    "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "standardize": False},
     "dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0},
     "fitnet": {"hint_layer": 2},
     "at": {"p": 2.0},
@@ -106,7 +106,12 @@ RECIPES = {
 
 VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},
             "rrd": {"rrd_kd": {"ce": 1.0, "kd": 1.0, "rrd": 1.0}},
-            "dcd": {"dcd_kd": {"ce": 1.0, "kd": 1.0, "dcd": 1.0}}}
+            "dcd": {"dcd_kd": {"ce": 1.0, "kd": 1.0, "dcd": 1.0}},
+            # logit standardization's README: --logit-stand --base-temp 2 --kd-weight 9
+            "kd": {"kd_ls": {"ce": 0.1, "kd": 9.0}},
+            "dkd": {"dkd_ls": {"ce": 1.0, "dkd": 1.0}}}
+VARIANT_PARAMS = {"kd": {"kd_ls": {"T": 2.0, "standardize": True}},
+                  "dkd": {"dkd_ls": {"alpha": 9.0, "beta": 72.0, "T": 2.0, "standardize": True}}}  # 1 x 9, 8 x 9
 
 
 def test_tables_cover_every_method():
@@ -125,6 +130,7 @@ def test_recipe_weights(name):
     cls = METHODS.get(name)
     assert cls.recipes.loss == RECIPES[name]
     assert cls.recipes.variants == VARIANTS.get(name, {})
+    assert cls.recipes.variant_params == VARIANT_PARAMS.get(name, {})
 
 
 def test_dkd_and_reviewkd_pair_overrides():

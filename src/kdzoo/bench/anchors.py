@@ -33,12 +33,16 @@ rrd_kd|75.08|75.66|72.19|73.54|74.32|75.18|76.31|69.98|69.13|76.83
 dkd|76.32|76.23|71.97|74.11|74.68|76.45|76.70|69.71|70.35|77.07
 ttm|76.17|76.23|71.83|73.97|74.33|74.18|75.39|68.98|69.24|76.57
 wttm|76.06|76.37|71.92|74.13|74.44|74.37|75.42|69.16|69.59|76.55
+kd_ls|76.62|-|-|-|-|-|-|-|-|-
+dkd_ls|77.01|-|-|-|-|-|-|-|-|-
 """
 
 SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoumoglou/distillers README (e6bd9f9)",
            "dcd_kd": "giakoumoglou/distillers README (e6bd9f9)", "rrd": "giakoumoglou/distillers README (e6bd9f9)",
            "rrd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dkd": "megvii-research/mdistiller README",
-           "ttm": "zkxufo/TTM README", "wttm": "zkxufo/TTM README"}
+           "ttm": "zkxufo/TTM README", "wttm": "zkxufo/TTM README",
+           "kd_ls": "sunshangquan/logit-standardization-KD README",
+           "dkd_ls": "sunshangquan/logit-standardization-KD README"}
 DEFAULT_SOURCE = "HobbitLong/RepDistiller README"
 
 

@@ -64,10 +64,12 @@ class Requires:
 @dataclass(frozen=True)
 class Recipes:
     """What only configs/make_recipes.py reads: the published loss weights (CIFAR-100), rows that add to them
-    (`crd_kd`), and recipes written apart (DS-SRD's: `apart`; CKD's few-sample ones: `few_sample`)."""
+    (`crd_kd`) with the method parameters a row sets (`kd_ls`: `variant_params`), and recipes written apart
+    (DS-SRD's: `apart`; CKD's few-sample ones: `few_sample`)."""
 
     loss: dict[str, float] = field(default_factory=dict)
     variants: dict[str, dict[str, float]] = field(default_factory=dict)
+    variant_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     apart: bool = False
     few_sample: bool = False
 

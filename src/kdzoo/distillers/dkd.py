@@ -15,6 +15,7 @@ from torch import Tensor
 
 from kdzoo.distillers.base import Method, Recipes
 from kdzoo.distillers.common import warmup_factor
+from kdzoo.distillers.kd import standardize_logits
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -71,6 +72,7 @@ class DKDParams:
     beta: float = 8.0  # NCKD weight (per-pair values in the CIFAR-100 recipes)
     T: float = 4.0  # temperature
     warmup: float = 20.0  # epochs of linear ramp: min((epoch + 1) / warmup, 1)
+    standardize: bool = False  # logit standardization (LS, CVPR 2024): z-scored logits, as in kd.py
 
 
 @register_method
@@ -82,7 +84,9 @@ class DKD(Method):
     student_needs = Needs(logits=True)
     teacher_needs = Needs(logits=True)
     Params = DKDParams
-    recipes = Recipes(loss={"ce": 1.0, "dkd": 1.0})
+    # dkd_ls: logit standardization's `--logit-stand --base-temp 2 --kd-weight 9` (alpha and beta times 9, T 2)
+    recipes = Recipes(loss={"ce": 1.0, "dkd": 1.0}, variants={"dkd_ls": {"ce": 1.0, "dkd": 1.0}},
+                      variant_params={"dkd_ls": {"alpha": 9.0, "beta": 72.0, "T": 2.0, "standardize": True}})
 
     @classmethod
     def pair_overrides(cls, teacher: str, student: str) -> dict:
@@ -91,5 +95,8 @@ class DKD(Method):
 
     def losses(self, batch, s, t, step):
         p = self.params
-        loss = dkd_loss(s.logits, t.logits, batch.targets, p.alpha, p.beta, p.T)
+        z_s, z_t = s.logits, t.logits
+        if p.standardize:
+            z_s, z_t = standardize_logits(z_s.float()), standardize_logits(z_t.float())
+        loss = dkd_loss(z_s, z_t, batch.targets, p.alpha, p.beta, p.T)
         return {"dkd": warmup_factor(step.epoch, p.warmup) * loss}
