@@ -157,7 +157,7 @@ def _ddp_worker(rank: int, world: int, store: str, out: str) -> None:
     distiller = Distiller(student, teacher, loss={"ce": 1.0, "kd": 1.0, "fitnet": 10.0},
                           example=torch.zeros(2, 1, 8, 8)).train(False)  # eval: BN statistics stay out of it
     ddp = DistributedDataParallel(distiller)
-    x, y = torch.load(f"{out}/batch.pt")
+    x, y = torch.load(f"{out}/batch.pt", weights_only=True)
     half = slice(rank * 4, rank * 4 + 4)
     ddp(x[half], y[half]).loss.backward()
     torch.save([p.grad for p in distiller.trainable_parameters()], f"{out}/grads{rank}.pt")
@@ -173,7 +173,7 @@ def test_under_ddp_each_rank_gets_the_gradient_of_the_whole_batch(tmp_path):
     x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
     torch.save((x, y), tmp_path / "batch.pt")
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"grads{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"grads{r}.pt", weights_only=True) for r in (0, 1)]
     student, teacher = _pair()
     alone = Distiller(student, teacher, loss={"ce": 1.0, "kd": 1.0, "fitnet": 10.0},
                       example=torch.zeros(2, 1, 8, 8)).train(False)

@@ -24,7 +24,7 @@ from kdzoo.models import FeatureModel, FeatureSpec, Needs
 from kdzoo.models.features import feature_spec
 from kdzoo.models.frozen import FrozenTeacher
 from kdzoo.models.probe import probe_shapes
-from kdzoo.program.bundle import Bundle, main_body, step_sources, teacher_views
+from kdzoo.program.bundle import Bundle, main_body, run_step, step_sources, teacher_views
 from kdzoo.program.methods import build_methods, check_views, method_instances
 from kdzoo.program.phases import main_phase, needs_by_network
 
@@ -199,9 +199,7 @@ class Distiller(nn.Module):
     def _step(self, batch: Batch, info: StepInfo) -> tuple[dict[str, Tensor], Optional[Tensor]]:
         """The main phase's step (program.bundle.method_step), keeping the step's context for the logits."""
         ctx = StepContext(batch, info, self.sources)
-        for name, view in self.prefetch:  # the teacher first, under inference mode: less live memory
-            ctx.features(name, view)
-        terms = self.bundle(ctx, self.body)
+        terms = run_step(ctx, self.bundle, self.body, self.prefetch)  # the teacher first, under inference mode
         cached = ctx.cached("student", "x")
         if cached is None:  # no term ran the student on x (mixup_ce alone): a forward without a graph
             cached = ctx.no_grad_features("student", "x", keep_statistics=True)

@@ -73,11 +73,16 @@ def method_step(bundle: Bundle, frozen: dict[str, Callable], body: StepBody,
     sources = step_sources(bundle, frozen)
 
     def step(batch: Batch, info: StepInfo) -> dict[str, Tensor]:
-        ctx = StepContext(batch, info, sources)
-        for name, view in prefetch:
-            ctx.features(name, view)
-        return bundle.runner(ctx, body)
+        return run_step(StepContext(batch, info, sources), bundle, body, prefetch)
 
     return step
+
+
+def run_step(ctx: StepContext, bundle: Bundle, body: StepBody, prefetch: Iterable[tuple[str, str]]
+             ) -> dict[str, Tensor]:
+    """One step in `ctx`: the prefetched (frozen network, view) pairs first, then `body` under the bundle's runner."""
+    for name, view in prefetch:
+        ctx.features(name, view)
+    return bundle.runner(ctx, body)
 
 
