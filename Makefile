@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test,speech]'
+	$(VENV)/bin/pip install -q -e '.[test,speech,postgres]'
 	touch $(STAMP)
 
 $(VENV)/.lint: $(STAMP)

@@ -45,6 +45,9 @@ SHELL_ONLY = {
     "python benchmarks/": "benchmarks take minutes to hours (their scripts are imported in tests/test_benchmark_scripts.py)",
     "mkdocs": "builds this site (make docs)",
     "git": "clones or commits",
+    "sudo": "installs and configures a system package (tests/pg_server.py starts the same PostgreSQL server)",
+    "export": "sets a variable in the user's shell",
+    "sbatch": "submits to a cluster's scheduler",
 }
 # kdzoo commands that run for hours as written, with the test that runs the same command on tiny input
 TOO_LONG = {
@@ -53,6 +56,8 @@ TOO_LONG = {
     "kdzoo report runs/bench/fashion_mnist": "reads that leaderboard's runs; tests/test_bench.py runs `kdzoo report`",
     "kdzoo import-checkpoint --format torchvision resnet34-b627a593.pth": "torchvision's published file, whose "
     "hash the importer checks; tests/test_imagenet.py imports torchvision-format files",
+    "kdzoo sweep -c sweep.yaml": "needs a PostgreSQL server: tests/test_sweep_postgres.py runs these very lines "
+                                 "against a real one",
 }
 
 

@@ -8,6 +8,7 @@
     out: runs/sweeps/ckd-resnet32        # run folders, the SQLite storage, the report
     storage: null                        # null: sqlite:///<out>/sweep.db; any SQLAlchemy URL (postgresql://...)
     heartbeat: {interval: 10, grace: 60} # seconds: a trial whose worker stopped beating is re-run
+    retry: 600                           # seconds a worker waits for a database server that went away
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from kdzoo.config.load import read_yaml
 from kdzoo.config.validate import to_dict
 from kdzoo.errors import ConfigError, KdzooError
 
-KEYS = ("name", "recipe", "grid", "seeds", "overrides", "out", "storage", "heartbeat", "description")
+KEYS = ("name", "recipe", "grid", "seeds", "overrides", "out", "storage", "heartbeat", "retry", "description")
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SweepConfig:
     storage: Optional[str] = None
     heartbeat: int = 10
     grace: int = 60
+    retry: float = 600.0  # seconds of retries when a database server is unreachable mid-sweep
 
     @property
     def storage_url(self) -> str:
@@ -91,10 +93,13 @@ def load_sweep(path: str | Path, storage: Optional[str] = None) -> SweepConfig:
     if recipe is None and "recipe" not in grid:
         raise ConfigError(f"{path}: recipe: give the recipe to sweep (or a list of recipes under grid.recipe)")
     beat = data.get("heartbeat") or {}
+    retry = data.get("retry", 600)
+    if not isinstance(retry, (int, float)) or isinstance(retry, bool) or retry < 0:
+        raise ConfigError(f"{path}: retry: seconds to wait for the storage server (a number >= 0), got {retry!r}")
     cfg = SweepConfig(name=str(name), recipe=recipe, grid=grid, seeds=seeds, overrides=data.get("overrides") or {},
                       out=Path(data.get("out") or Path("runs") / "sweeps" / str(name)),
                       storage=storage or data.get("storage"), heartbeat=int(beat.get("interval", 10)),
-                      grace=int(beat.get("grace", 60)))
+                      grace=int(beat.get("grace", 60)), retry=float(retry))
     check_grid(cfg, path)
     return cfg
 

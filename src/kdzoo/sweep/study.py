@@ -14,6 +14,7 @@ import hashlib
 import json
 import random
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -21,7 +22,12 @@ from typing import Any, Callable, Optional
 
 from kdzoo.errors import ConfigError, KdzooError
 from kdzoo.sweep.config import SweepConfig
-from kdzoo.sweep.storage import load_optuna, not_started, open_storage  # noqa: F401 (open_storage: re-exported)
+from kdzoo.sweep.storage import (  # noqa: F401 (open_storage: re-exported)
+    load_optuna,
+    not_started,
+    open_storage,
+    retrying,
+)
 
 
 def search_space(cfg: SweepConfig) -> dict[str, list]:
@@ -121,13 +127,17 @@ def work(study, cfg: SweepConfig, train: TrialFn, log=print, wait: bool = True) 
     from optuna.trial import TrialState
 
     ran = 0
+
+    def db(fn):  # a database server that went away: wait for it (cfg.retry), one line per retry
+        return retrying(cfg, fn, log)
+
     while True:
-        trial_id = claim(study)
+        trial_id = db(lambda: claim(study))
         if trial_id is None:
-            fail_stale_trials(study)  # a dead worker's trial comes back as a waiting copy
-            if _has_waiting(study):
+            db(lambda: fail_stale_trials(study))  # a dead worker's trial comes back as a waiting copy
+            if db(lambda: _has_waiting(study)):
                 continue
-            if wait and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if wait and db(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
                 time.sleep(min(cfg.heartbeat, 5))
                 continue
             return ran
@@ -147,7 +157,7 @@ def run_trial(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log=print)
     try:
         _run_claimed(study, cfg, trial_id, train, log)
     except KeyboardInterrupt:
-        _fail(study._storage, trial_id, "interrupted")
+        retrying(cfg, lambda: _fail(study._storage, trial_id, "interrupted"), log)
         raise
 
 
@@ -168,12 +178,17 @@ def _run_claimed(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log) ->
     from optuna.trial import TrialState
 
     storage = study._storage
-    frozen = storage.get_trial(trial_id)
+
+    def db(fn):
+        return retrying(cfg, fn, log)
+
+    frozen = db(lambda: storage.get_trial(trial_id))
     params = _params(frozen)
     number = frozen.number
     folder = run_folder(cfg, params)
-    _record_params(storage, trial_id, cfg, params)
-    storage.set_trial_user_attr(trial_id, "run", str(folder))
+    db(lambda: _record_params(storage, trial_id, cfg, params))
+    db(lambda: storage.set_trial_user_attr(trial_id, "run", str(folder)))
+    db(lambda: storage.set_trial_user_attr(trial_id, "host", socket.gethostname()))
     beating = threading.Event()
 
     def beat():
@@ -183,14 +198,15 @@ def _run_claimed(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log) ->
             except Exception as err:  # a busy database: beat again next time, well inside the grace period
                 log(f"sweep {cfg.name}: trial {number}: heartbeat not recorded ({type(err).__name__})")
 
-    storage.record_heartbeat(trial_id)
+    db(lambda: storage.record_heartbeat(trial_id))
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
     log(f"sweep {cfg.name}: trial {number} {params_key(params)} -> {folder}")
     try:
         summary = train(cfg.recipe_of(params), cfg.overrides_of(params), folder)
     except (KdzooError, RuntimeError, ValueError, OSError) as err:
-        _fail(storage, trial_id, str(err).splitlines()[0] if str(err) else type(err).__name__)
+        error = str(err).splitlines()[0] if str(err) else type(err).__name__
+        db(lambda: _fail(storage, trial_id, error))
         log(f"sweep {cfg.name}: trial {number} failed: {err}")
         return
     finally:
@@ -202,10 +218,13 @@ def _run_claimed(study, cfg: SweepConfig, trial_id: int, train: TrialFn, log) ->
     selected = summary.get("best_value", summary["best_top1"])
     from optuna.exceptions import UpdateFinishedTrialError
 
-    try:
+    def record() -> None:
         for key, value in (("test_top1", test), ("best_epoch", summary.get("best_epoch")),
                            ("selected_by", summary.get("selected_by", "test_top1"))):
             storage.set_trial_user_attr(trial_id, key, value)
         storage.set_trial_state_values(trial_id, state=TrialState.COMPLETE, values=[float(selected)])
+
+    try:
+        db(record)
     except UpdateFinishedTrialError:  # failed meanwhile as stale (no heartbeat): its retry resumes the folder
         log(f"sweep {cfg.name}: trial {number} finished after it was failed as stale; its retry will reuse {folder}")
