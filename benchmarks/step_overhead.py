@@ -109,11 +109,18 @@ def main(argv=None) -> int:
             for method in methods:
                 if options.get("compile") and method not in args.compile_methods.split(","):
                     continue
-                loss = {"ce": 1.0, **{term: 1.0 for term in METHODS.get(method).term_names()}}
+                cls = METHODS.get(method)
+                loss = {"ce": 1.0, **{term: 1.0 for term in cls.term_names()}}
+                sections = None
+                if cls.term_names() == ():  # an optimizer step (DOT): the loss it steps, its section names it
+                    loss, sections = dict(cls.recipes.loss), {method: {}}
+                if method == "nd":  # class means come from an epoch pass before the first step: the step is the
+                    sections = {"nd": {"centers": "head"}}  # same with the classifier's rows as centres
                 pair = (f"{args.student}_aux", aux_teacher_file) if method in aux else (args.student, teacher_file)
                 try:  # a method whose step needs data this harness does not make (grouped, unlabelled) is named
                     step = regime_step(args, info, targets, engine, precision, loss, pair[1], student=pair[0],
-                                       compiled=options.get("compile", False))
+                                       compiled=options.get("compile", False), methods=sections,
+                                       views=tuple(cls.recipes.dataset.get("views", {"x": "train"})))
                     step()
                 except Exception as err:  # noqa: BLE001 - reported under the table, never silently dropped
                     skipped[method] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
@@ -207,11 +214,12 @@ def sample(timers: dict, args) -> dict:
 
 
 def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False,
-                teacher_options=None):
+                teacher_options=None, methods=None, views=("x",)):
     """A closure running one real training step of the offline regime (the engine's own step code), on the
-    batch its train stream gives (rotate4 makes it 4x the rows); `teacher_options`: more of the teacher section."""
+    batch its train stream gives (rotate4 makes it 4x the rows); `teacher_options`: more of the teacher section;
+    `methods`: the recipe's methods section; `views`: the named views each batch carries (MLKD's strong one)."""
     data = {"student": {"arch": student or args.student}, "loss": loss, "engine": engine, "epochs": 240,
-            "dataset": {"name": "cifar100", "batch_size": args.batch}}
+            "dataset": {"name": "cifar100", "batch_size": args.batch}, "methods": methods or {}}
     if teacher_file is not None:
         data["teacher"] = {"checkpoint": str(teacher_file), **(teacher_options or {})}
     cfg = config_from_data(data)
@@ -219,15 +227,17 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
     images = torch.zeros(len(targets), 3, 32, 32)
     dataset = InMemoryImageDataset(images, targets, classes=[str(c) for c in range(args.classes)])
     dataset.info = info
-    streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True),
+    streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True, views=tuple(views)),
                "test": DataStream(dataset, args.batch)}
     program = offline_program(BuildContext(cfg=cfg, device=device, dist=DistInfo()),
                               streams, info)
     if compiled:
         compile_program(program)
     phase = program.phases[-1]
-    optimizer = build_optimizer(phase.params, cfg.optim)
+    optimizer = (phase.make_optimizer or build_optimizer)(phase.params, cfg.optim, cfg.optim.lr)
     images = torch.randn(args.batch, 3, 32, 32)
+    if tuple(views) != ("x",):
+        images = {view: torch.randn(args.batch, 3, 32, 32) for view in views}
     labels = torch.randint(0, args.classes, (args.batch,))
     index = torch.randint(0, len(targets), (args.batch,))
     stream = program.data["train"]

@@ -34,7 +34,8 @@ CPU_DATASETS = {
 
 
 # FSP needs equal channel counts stage by stage: the digits teacher (resnet32x4) fits resnet8x4, not resnet8.
-CPU_STUDENT_OVERRIDES = {("fsp", "digits"): "resnet8x4"}
+# DIST+'s map terms need equal last stage maps (no adapter), so do FSP's: the same student there.
+CPU_STUDENT_OVERRIDES = {("fsp", "digits"): "resnet8x4", ("dist_plus", "digits"): "resnet8x4"}
 # SemCKD's nine pair projectors (3x3 convs at twice the resnet32x4 teacher's widths) make a digits epoch ~4 s:
 # fewer epochs keep its digits recipe under a minute.
 CPU_EPOCH_OVERRIDES = {("semckd", "digits"): 12}
@@ -45,7 +46,7 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
     rows = {}
     for name in METHODS.names():
         cls = METHODS.get(name)
-        if not cls.needs_teacher() or not cls.recipes.loss or cls.student_needs.heads or cls.recipes.few_sample:
+        if not cls.recipes.loss or cls.student_needs.heads or cls.recipes.few_sample:
             continue  # methods on _aux models (hsakd) and few-sample ones (ckd) have their own recipes
         if cls.recipes.apart:
             continue  # DS-SRD's pieces: write_dssrd
@@ -58,6 +59,8 @@ def recipe_rows() -> dict[str, tuple[type, dict[str, float]]]:
 def row_params(cls, row: str) -> dict:
     """The `methods:` section a variant row sets (e.g. kd_ls: T 2, standardize), else {}."""
     params = cls.recipes.variant_params.get(row)
+    if not params and cls.term_names() == ():  # named by its section alone (DOT): its published parameters
+        params = dataclasses.asdict(cls.Params())
     return {"methods": {cls.name: dict(params)}} if params else {}
 
 
@@ -89,9 +92,11 @@ def _dump(path: Path, header: str, data: dict) -> None:
 
 def cpu_recipe(dataset: str, row: str, cls, loss: dict) -> tuple[str, dict]:
     spec = CPU_DATASETS[dataset]
-    data = {"name": f"{dataset}-{row}", "seed": 0, "epochs": CPU_EPOCH_OVERRIDES.get((row, dataset), spec["epochs"]), "dataset": dict(spec["dataset"]),
+    data = {"name": f"{dataset}-{row}", "seed": 0, "epochs": CPU_EPOCH_OVERRIDES.get((row, dataset), spec["epochs"]), "dataset": {**spec["dataset"], **cls.recipes.dataset},
             "student": {"arch": CPU_STUDENT_OVERRIDES.get((row, dataset), spec["student"])},
             "teacher": {"checkpoint": spec["teacher"]}, "loss": loss}
+    if teacher_free(cls):
+        del data["teacher"]
     params = _init_params(cls, spec["init_epochs"])
     if params:
         data["methods"] = {cls.name: params}
@@ -103,7 +108,8 @@ def cpu_recipe(dataset: str, row: str, cls, loss: dict) -> tuple[str, dict]:
 
 def cifar_recipe(row: str, cls, loss: dict, teacher: str, student: str) -> tuple[str, dict]:
     data = {"name": f"cifar100-{row}-{teacher}-{student}", "seed": 0, "epochs": 240,
-            "dataset": {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64},
+            "dataset": {"name": "cifar100", "root": "./data", "download": True, "batch_size": 64,
+                        **cls.recipes.dataset},
             "student": {"arch": student}, "teacher": {"checkpoint": f"runs/cifar100/teachers/{teacher}"},
             "loss": loss,
             "optim": {"lr": 0.01 if student in SMALL_LR_STUDENTS else 0.05, "momentum": 0.9,
@@ -117,7 +123,22 @@ def cifar_recipe(row: str, cls, loss: dict, teacher: str, student: str) -> tuple
     return _header(cls, row, note), data
 
 
-def cifar_pairs(row: str) -> list[tuple[str, str]]:
+def teacher_free(cls) -> bool:
+    """A method that distils from the student itself (USKD); DOT reads no teacher but steps a KD loss that does."""
+    return not any(METHODS.get(m).needs_teacher() for m in {cls.name, *(_term_method(t) for t in cls.recipes.loss)})
+
+
+def _term_method(term: str) -> str:
+    from kdzoo.distillers import method_for_term
+
+    return method_for_term(term).name
+
+
+def cifar_pairs(row: str, cls=None) -> list[tuple[str, str]]:
+    if cls is not None and teacher_free(cls):
+        return []  # no teacher pairs; its CPU and ImageNet recipes train the student alone
+    if cls is not None and cls.recipes.pairs is not None:  # the pairs the method can take (CAT-KD, DIST+)
+        return list(cls.recipes.pairs)
     pairs = [p for p in PAIRS.values() if published(row, *p)]
     pairs += [p for p in EXTRA_PAIRS + SIMKD_PAIRS if published(row, *p) and p not in pairs]
     if not pairs:  # methods without a CIFAR-100 anchor (ReviewKD, DIST): the ten standard pairs
@@ -133,7 +154,7 @@ def write_all(root: Path = ROOT) -> list[Path]:
             path = root / dataset / f"{row}.yaml"
             _dump(path, header, data)
             written.append(path)
-        for teacher, student in cifar_pairs(row):
+        for teacher, student in cifar_pairs(row, cls):
             header, data = cifar_recipe(row, cls, loss, teacher, student)
             path = root / "cifar100" / row / f"{teacher}-{student}.yaml"
             _dump(path, header, data)
@@ -158,6 +179,19 @@ IMAGENET_ROWS = {
     "dist": ({"ce": 1.0, "dist": 1.0}, {"dist": {"beta": 1.0, "gamma": 1.0, "tau": 1.0}}),  # DIST's ImageNet setting
     # yzd-v/cls_KD configs/distillers/imagenet/res34_distill_res18_img.py: NKD temp 1.0, gamma 1.5, weight 1
     "nkd": ({"ce": 1.0, "nkd": 1.0}, {"nkd": {"T": 1.0, "gamma": 1.5}}),
+    # mdistiller configs/imagenet/r34_r18/dot.yaml: KD (CE 0.5, KD 0.5, T 1) with DOT delta 0.09
+    "dot": ({"ce": 0.5, "kd": 0.5}, {"kd": {"T": 1.0}, "dot": {"delta": 0.09}}),
+    # zhengli97/CTKD ImageNet: -r 1 -a 1 (KD with the learned temperature), the curriculum over 5 epochs
+    "ctkd": ({"ce": 1.0, "ctkd": 1.0}, {"ctkd": {"decay_loops": 5.0}}),
+    # KD++ (WangYZ1608/Knowledge-Distillation-via-ND) R34 -> R18: cls 1, kd 2.5 (T 1), nd 1
+    "nd": ({"ce": 1.0, "kd": 2.5, "nd": 1.0}, {"kd": {"T": 1.0}}),
+    # GzyAftermath/CAT-KD configs/imagenet/r34_r18: CAT_loss_weight 0.5, resolution 4, no normalisation
+    "catkd": ({"ce": 1.0, "catkd": 0.5}, {"catkd": {"resolution": 4, "normalize": False}}),
+    # torchdistill configs/official/ilsvrc2012/.../srd and sample dist_plus: CE 1 + SRD 1; CE 1 + DIST+ 2
+    "srd": ({"ce": 1.0, "srd": 1.0}, {"srd": {"exponent": 4.0, "T": 1.0}}),
+    "dist_plus": ({"ce": 1.0, "dist_plus": 2.0}, {}),
+    # USKD trains ResNet18 alone (yzd-v/cls_KD res18_sd_img.py: alpha 1, beta 0.1, mu 0.005)
+    "uskd": ({"ce": 1.0, "uskd": 1.0}, {}),
 }
 IMAGENET_DATA = {"name": "imagenet", "root": "./data/imagenet", "batch_size": 256, "num_workers": 8}
 
@@ -180,6 +214,8 @@ def write_imagenet(root: Path = ROOT) -> list[Path]:
                 "loss": loss, "methods": methods,
                 "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
                 "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
+        if teacher_free(METHODS.get(row)):
+            del data["teacher"]
         path = root / "imagenet" / row / "resnet34-resnet18.yaml"
         _dump(path, header, data)
         written.append(path)

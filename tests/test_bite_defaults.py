@@ -19,6 +19,21 @@ PARAMS = {
     "ttm": {"l": 0.1},  # zkxufo/TTM README: --ttm_l 0.1 (TTM), 0.2 (WTTM)
     "wttm": {"l": 0.2},
     "nkd": {"T": 1.0, "gamma": 1.5},  # yzd-v/cls_KD ImageNet config: temp 1.0, gamma 1.5
+    "dot": {"delta": 0.075},  # mdistiller configs/cifar100/dot: DOT.DELTA 0.075
+    # yzd-v/cls_KD USKDLoss defaults (its ImageNet configs); the CIFAR-100 row sets 0.1/0.1/0.1
+    "uskd": {"alpha": 1.0, "beta": 0.1, "mu": 0.005, "stage": -2, "rank_log_probs": True},
+    # zhengli97/CTKD: T = 1 + 20 sigmoid(.), lambda 0 -> -1 over 10 epochs (cosine), global temperature
+    "ctkd": {"temperature": "global", "t_start": 1.0, "t_end": 20.0, "decay_max": 0.0, "decay_min": -1.0,
+             "decay_loops": 10.0, "instance_hidden": 128, "base": "kd", "dkd_alpha": 1.0, "dkd_beta": 2.0},
+    "ofd": {"connector_kernel": 1},  # mdistiller configs/cifar100/ofd.yaml: CONNECTOR.KERNEL_SIZE 1
+    "nd": {"centers": "class_mean", "refresh": False},  # KD++: the teacher's class-mean embeddings
+    "catkd": {"resolution": 2, "normalize": False, "binarize": False, "student_bias": False},  # res32x4 config
+    "ickd": {"kernel_size": 3, "batch_power": 2, "stage": -1},  # torchdistill ICKD: 3x3 embed, / (C B^2)
+    "srd": {"exponent": 4.0, "T": 1.0},  # torchdistill SRDLoss official ImageNet config
+    "dist_plus": {"beta": 2.0, "gamma": 2.0, "iota": 1.0, "kappa": 1.0, "tau": 1.0, "channel_term": "corr"},
+    # Jin-Ying/Multi-Level-Logit-Distillation: T 4 plus 3, 5, 2, 6; the strong view; the masks as the code
+    "mlkd": {"T": 4.0, "more_temperatures": [3.0, 5.0, 2.0, 6.0], "strong_view": "strong", "masks": True,
+             "strong_tail_on_weak": True},
     "kd": {"T": 4.0, "standardize": False},  # LS (logit standardization) off unless a recipe asks
     "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "standardize": False},
     "dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0},
@@ -69,6 +84,16 @@ RECIPES = {
     "ttm": {"ce": 1.0, "ttm": 45.0},  # zkxufo/TTM README: -r 1 -b 45
     "wttm": {"ce": 1.0, "wttm": 4.0},  # its WTTM weight (-a 4, with CRD)
     "nkd": {"ce": 1.0, "nkd": 1.0},  # yzd-v/cls_KD: classifier loss + NKD
+    "dot": {"ce": 0.1, "kd": 0.9},  # mdistiller's KD + DOT: KD's weights, DOT changes the step
+    "uskd": {"ce": 1.0, "uskd": 1.0},  # the classifier loss + USKD (alpha, beta, mu inside)
+    "ctkd": {"ce": 0.1, "ctkd": 0.9},  # CTKD run_cifar_distill.sh: -r 0.1 -a 0.9
+    "ofd": {"ce": 1.0, "ofd": 0.001},  # mdistiller OFD: CE 1, FEAT 0.001
+    "nd": {"ce": 1.0, "kd": 3.5, "nd": 2.0},  # KD++ resnet32x4 -> resnet8x4
+    "catkd": {"ce": 1.0, "catkd": 15.0},  # CAT-KD res32x4 -> res8x4: CAT_loss_weight 15
+    "ickd": {"ce": 1.0, "ickd": 2.5},  # ICKD CIFAR: -r 1 -a 0 -b 2.5
+    "srd": {"ce": 1.0, "srd": 1.0},  # torchdistill SRD: CE 1 + SRD 1
+    "dist_plus": {"ce": 1.0, "dist_plus": 2.0},  # torchdistill DIST+: CE 1 + DIST+ 2
+    "mlkd": {"ce": 0.1, "mlkd_strong_ce": 0.1, "mlkd_instance": 0.9, "mlkd_batch": 0.9, "mlkd_class": 0.9},
     "fitnet": {"ce": 1.0, "fitnet": 100.0},
     "at": {"ce": 1.0, "at": 1000.0},
     "sp": {"ce": 1.0, "sp": 3000.0},
@@ -109,9 +134,13 @@ VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},
             "dcd": {"dcd_kd": {"ce": 1.0, "kd": 1.0, "dcd": 1.0}},
             # logit standardization's README: --logit-stand --base-temp 2 --kd-weight 9
             "kd": {"kd_ls": {"ce": 0.1, "kd": 9.0}},
-            "dkd": {"dkd_ls": {"ce": 1.0, "dkd": 1.0}}}
+            "dkd": {"dkd_ls": {"ce": 1.0, "dkd": 1.0}},
+            "ickd": {"ickd_kd": {"ce": 1.0, "kd": 1.0, "ickd": 2.5}}}  # ICKD-C + KL: -a 1
 VARIANT_PARAMS = {"kd": {"kd_ls": {"T": 2.0, "standardize": True}},
-                  "dkd": {"dkd_ls": {"alpha": 9.0, "beta": 72.0, "T": 2.0, "standardize": True}}}  # 1 x 9, 8 x 9
+                  "dkd": {"dkd_ls": {"alpha": 9.0, "beta": 72.0, "T": 2.0, "standardize": True}},  # 1 x 9, 8 x 9
+                  "uskd": {"uskd": {"alpha": 0.1, "beta": 0.1, "mu": 0.1}},  # cls_KD res18_sd_cifar.py
+                  # ICKD's CIFAR code: a 1x1 embed and / (C B), the form its weight 2.5 was tuned for
+                  "ickd": {"ickd": {"kernel_size": 1, "batch_power": 1}, "ickd_kd": {"kernel_size": 1, "batch_power": 1}}}
 
 
 def test_tables_cover_every_method():

@@ -44,6 +44,13 @@ USED = {
     ("ttm", "losses"): both("logits", None),
     ("wttm", "losses"): both("logits", None),
     ("nkd", "losses"): both("logits", None),
+    ("ctkd", "losses"): both("logits", None),
+    ("uskd", "losses"): {("s", "logits", None), ("s", "stages", LAST - 1)},  # its weak head: stages[-2] pooled
+    ("ofd", "losses"): both("preact", *MIDDLE),  # pre-ReLU stage maps past the stem
+    ("catkd", "losses"): both("stages", LAST),  # CAMs of the last stage map
+    ("ickd", "losses"): both("stages", LAST),
+    ("srd", "losses"): both("pooled", None) | both("logits", None),
+    ("dist_plus", "losses"): both("logits", None) | both("stages", LAST),
     ("fitnet", "losses"): both("stages", 2),  # hint layer 2 = feat[2]
     ("at", "losses"): both("stages", *MIDDLE),  # stage maps, not the stem
     ("nst", "losses"): both("stages", *MIDDLE),
@@ -124,7 +131,10 @@ GROUPED = {"ckd", "ckd_add", "ckd_mixup", "ckd_inter", "mixup", "mixup3"}
 
 # Methods that derive inputs in their step (augment's x_aug, mixup_ce's mix), score prototypes (proto) or read a
 # _trans model's branch (trans_kd): tests/test_dssrd_*.py check what they read against hand computations.
-OWN_STEP = {"augment", "proto", "mixup_ce", "trans_kd", "byol"}  # byol: tests/test_self_supervised.py
+OWN_STEP = {"augment", "proto", "mixup_ce", "trans_kd", "byol",  # byol: tests/test_self_supervised.py
+            "dot",  # no loss: an optimizer step (tests/test_methods_dot.py)
+            "nd",  # class centres from an epoch pass first (tests/test_methods_nd.py checks it reads pooled only)
+            "mlkd"}  # two views per network (tests/test_methods_mlkd.py: one program step, each view once)
 
 
 def test_table_covers_every_method():

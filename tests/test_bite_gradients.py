@@ -34,7 +34,8 @@ STUDENT, TEACHER = "resnet8", "resnet14"
 # (consistency) are invariant to a constant shift, so d loss / d b = 0 identically.
 NO_GRAD_BY_DESIGN = {"dcd": {"b"}}
 HEAD_TERMS = {"aux_ce", "hsakd"}  # terms on an _aux model's rotation heads alone
-EPOCH_PASS_PARAMS = {"proto": {"proto": {"clusters": [2, 4], "warmup_epochs": 1, "negatives": 1, "redo": 1}}}
+EPOCH_PASS_PARAMS = {"proto": {"proto": {"clusters": [2, 4], "warmup_epochs": 1, "negatives": 1, "redo": 1}},
+                     "nd": {"nd": {}}}
 POOLED_TERMS = {"proto", "trans_ce"}  # proto scores pooled features; trans_ce trains the transformer branch
 FEATURE_TERMS = {"ckd_inter_feat"}  # CKD's comparison of intermediate features: no logits, the inner adapters
 
@@ -79,14 +80,16 @@ def test_every_method_is_covered():
 
 
 # Methods of another regime than offline, with their routing tests there.
-OTHER_REGIME = {"byol": "tests/test_self_supervised.py (online network and predictor trained, target none)"}
+OTHER_REGIME = {"byol": "tests/test_self_supervised.py (online network and predictor trained, target none)",
+                "mlkd": "tests/test_methods_mlkd.py (batches with the strong view: one program step)",
+                "dot": "tests/test_methods_dot.py (no loss term: the optimizer step)"}
 
 
 @pytest.mark.parametrize("name", sorted(set(METHODS.names()) - set(OTHER_REGIME)))
 def test_each_term_alone_trains_student_and_adapters_not_teacher(folder, name):
     aux = "_aux" if METHODS.get(name).student_needs.heads else ""  # methods on rotation heads need _aux models
     student = STUDENT + ("_trans" if name == "trans_kd" else aux)  # the transformer branch is a _trans model's
-    teacher = None if name in ("ce", "trans_kd", "mixup_ce") else TEACHER + aux
+    teacher = None if name in ("ce", "trans_kd", "mixup_ce", "uskd") else TEACHER + aux
     regime = build_regime(folder, student, teacher, _loss_for(name), EPOCH_PASS_PARAMS.get(name), batch_size=8,
                           n_train=40)
     if name in EPOCH_PASS_PARAMS:

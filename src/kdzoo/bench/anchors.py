@@ -35,6 +35,13 @@ ttm|76.17|76.23|71.83|73.97|74.33|74.18|75.39|68.98|69.24|76.57
 wttm|76.06|76.37|71.92|74.13|74.44|74.37|75.42|69.16|69.59|76.55
 kd_ls|76.62|-|-|-|-|-|-|-|-|-
 dkd_ls|77.01|-|-|-|-|-|-|-|-|-
+dot|75.12|-|-|-|73.77|-|-|-|-|75.55
+ctkd|-|75.45|71.19|73.52|73.52|74.48|75.78|68.46|68.47|75.31
+mlkd|77.08|76.63|72.19|74.11|75.18|-|-|70.57|71.04|78.44
+nd|75.54|-|72.53|-|-|75.45|-|-|70.10|76.42
+catkd|76.91|-|-|-|-|-|-|-|-|-
+ickd|75.25|75.64|71.76|73.89|73.42|-|-|-|-|-
+ickd_kd|75.48|75.57|71.69|74.11|73.88|-|-|-|-|-
 """
 
 SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoumoglou/distillers README (e6bd9f9)",
@@ -42,7 +49,14 @@ SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoum
            "rrd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dkd": "megvii-research/mdistiller README",
            "ttm": "zkxufo/TTM README", "wttm": "zkxufo/TTM README",
            "kd_ls": "sunshangquan/logit-standardization-KD README",
-           "dkd_ls": "sunshangquan/logit-standardization-KD README"}
+           "dkd_ls": "sunshangquan/logit-standardization-KD README",
+           "dot": "megvii-research/mdistiller README (KD+DOT)",
+           "ctkd": "zhengli97/CTKD paper and project page (KD+CTKD)",
+           "mlkd": "MLKD paper, as quoted by the sunshangquan/logit-standardization-KD README",
+           "nd": "WangYZ1608/Knowledge-Distillation-via-ND README (KD++)",
+           "catkd": "CAT-KD paper (Guo et al., CVPR 2023)",
+           "ickd": "ADLab-AutoDrive/ICKD Cifar100 README (ICKD-C)",
+           "ickd_kd": "ADLab-AutoDrive/ICKD Cifar100 README (ICKD-C + KL)"}
 DEFAULT_SOURCE = "HobbitLong/RepDistiller README"
 
 
@@ -60,7 +74,9 @@ def _parse() -> dict[tuple[str, str, str], float]:
 CIFAR100 = _parse()
 CIFAR100.update({("kd", "wrn_40_2", "wrn_40_1"): 73.54, ("crd", "wrn_40_2", "wrn_40_1"): 74.14,
                  ("dkd", "wrn_40_2", "wrn_40_1"): 74.81, ("dcd_kd", "wrn_40_2", "wrn_40_1"): 74.76,
-                 ("rrd_kd", "wrn_40_2", "wrn_40_1"): 74.67})
+                 ("rrd_kd", "wrn_40_2", "wrn_40_1"): 74.67, ("ctkd", "wrn_40_2", "wrn_40_1"): 73.93,
+                 ("mlkd", "wrn_40_2", "wrn_40_1"): 75.35, ("nd", "wrn_40_2", "wrn_40_1"): 74.59,
+                 ("ickd", "wrn_40_2", "wrn_40_1"): 74.33, ("ickd_kd", "wrn_40_2", "wrn_40_1"): 74.63})
 
 # SimKD's table: teacher resnet32x4 (79.42), its own student baselines.
 SIMKD = {("student", "resnet8x4"): 73.09, ("student", "vgg8"): 70.46, ("student", "ShuffleV2_1_5"): 74.15,
@@ -99,5 +115,10 @@ HSAKD_SOURCE = "winycg/HSAKD README"
 IMAGENET = {"student": (69.76, "torchvision ResNet18 weights"), "kd": (71.37, "torchdistill; mdistiller 71.03"),
             "dkd": (71.70, "megvii-research/mdistiller README"), "reviewkd": (71.61, "ReviewKD paper"),
             "crd": (71.17, "CRD paper"), "dist": (72.07, "DIST paper"), "hsakd": (72.16, "winycg/HSAKD README"),
-            "nkd": (71.96, "yzd-v/cls_KD nkd.md")}
+            "nkd": (71.96, "yzd-v/cls_KD nkd.md"), "dot": (71.72, "megvii-research/mdistiller README (KD+DOT)"),
+            "ctkd": (71.32, "zhengli97/CTKD README (KD+CTKD; its teacher 73.96)"),
+            "nd": (71.98, "WangYZ1608/Knowledge-Distillation-via-ND README (KD++)"),
+            "catkd": (71.26, "CAT-KD paper"), "srd": (71.63, "SRD paper (torchdistill reproduces 71.92)"),
+            "dist_plus": (72.39, "DIST+ paper (torchdistill's DISTPlusLoss: 71.37)"),
+            "uskd": (70.79, "yzd-v/cls_KD nkd.md (ResNet18 alone: 69.90)")}
 IMAGENET_TEACHER = 73.31

@@ -25,6 +25,7 @@ def aux_ce_loss(heads, joint_targets):
 @register_method
 class AuxCE(Method):
     name = "aux_ce"
+    task_terms = ("aux_ce",)
     reference = "winycg/HSAKD"  # the code its tests compare against
     description = "CE of an _aux model's rotation heads with joint (class, rotation) labels"
     selects = "heads_top1"  # HSAKD keeps the teacher epoch of its best head (train_teacher_cifar.py)

@@ -65,13 +65,16 @@ class Requires:
 class Recipes:
     """What only configs/make_recipes.py reads: the published loss weights (CIFAR-100), rows that add to them
     (`crd_kd`) with the method parameters a row sets (`kd_ls`: `variant_params`), and recipes written apart
-    (DS-SRD's: `apart`; CKD's few-sample ones: `few_sample`)."""
+    (DS-SRD's: `apart`; CKD's few-sample ones: `few_sample`), and what its recipes' `dataset:` section needs
+    beside the dataset's own settings (MLKD's two views: `dataset={"views": {"x": "train", "strong": "strong"}}`)."""
 
     loss: dict[str, float] = field(default_factory=dict)
     variants: dict[str, dict[str, float]] = field(default_factory=dict)
     variant_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     apart: bool = False
     few_sample: bool = False
+    dataset: dict[str, Any] = field(default_factory=dict)  # merged into the generated recipes' dataset section
+    pairs: Optional[tuple[tuple[str, str], ...]] = None  # the CIFAR-100 (teacher, student) pairs it can run; None: all
 
 
 class Method(nn.Module):
@@ -81,7 +84,8 @@ class Method(nn.Module):
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     reference: ClassVar[str] = ""  # the original implementation its parity tests compare against
-    terms: ClassVar[tuple[str, ...]] = ()  # loss terms it returns; defaults to (name,)
+    terms: ClassVar[Optional[tuple[str, ...]]] = None  # loss terms it returns; None: (name,); (): none (DOT)
+    task_terms: ClassVar[tuple[str, ...]] = ()  # its terms that are the task loss (CE), not distillation
     student_needs: ClassVar[Needs] = Needs()
     teacher_needs: ClassVar[Needs] = Needs()  # Needs() = no teacher needed
     requires: ClassVar[Requires] = Requires()
@@ -99,7 +103,7 @@ class Method(nn.Module):
 
     @classmethod
     def term_names(cls) -> tuple[str, ...]:
-        return cls.terms or (cls.name,)
+        return (cls.name,) if cls.terms is None else cls.terms
 
     @classmethod
     def needs_teacher(cls) -> bool:
@@ -172,6 +176,12 @@ class Method(nn.Module):
 
     def after_step(self) -> None:
         """Called after every optimizer step (EMA, queue and memory-bank updates)."""
+
+    def make_optimizer(self, params: list, cfg: Any, lr: float) -> Optional[Any]:
+        """An optimizer of its own for the phase's `params` (DOT), built from the recipe's `optim:` section at lr
+        `lr`, or None. An optimizer with `loss_groups` (e.g. ("distill", "task")) gets each group's gradient
+        separately (engine/step.py grouped_step); at most one method of a run may bring one."""
+        return None
 
     def inference_wrapper(self, student: nn.Module) -> Optional[nn.Module]:
         """A module to deploy instead of the bare student (SimKD ships a projector and the teacher head)."""

@@ -18,6 +18,7 @@ class CEParams:
 @register_method
 class CrossEntropy(Method):
     name = "ce"
+    task_terms = ("ce",)
     reference = "torch.nn.functional.cross_entropy"  # the code its tests compare against
     description = "cross-entropy with the ground-truth labels"
     student_needs = Needs(logits=True)

@@ -15,6 +15,7 @@ from kdzoo.models.features import Needs
 @register_method
 class MixupCE(Method):
     name = "mixup_ce"
+    task_terms = ("mixup_ce",)
     reference = "AiXia520/DS-SRD"  # the code its tests compare against
     description = "mixup cross-entropy of one network (no teacher): DS-SRD's strong student"
     paper = "Zhang et al., mixup: Beyond Empirical Risk Minimization, ICLR 2018"

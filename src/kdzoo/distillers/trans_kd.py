@@ -27,6 +27,7 @@ class TransKD(Method):
     description = "CNN-Transformer student: CE of its transformer branch and KD from the branch to its CNN"
     paper = "Xu et al., DS-SRD: a unified framework for structured representation distillation, 2023"
     terms = ("trans_ce", "trans_kd")
+    task_terms = ("trans_ce",)
     student_needs = Needs(logits=True, heads=True)
     Params = TransKDParams
 

@@ -41,7 +41,8 @@ class PhaseRunner:
         progress = self.progress
         stream = self.program.data[phase.stream]
         loader = stream.loader(self.dist)
-        optimizer = build_optimizer(phase.params, self.cfg.optim, lr=phase.lr)
+        optimizer = (phase.make_optimizer or build_optimizer)(phase.params, self.cfg.optim,
+                                                              self.cfg.optim.lr if phase.lr is None else phase.lr)
         controller: Controller = (phase.controller or constant(phase.epochs))(optimizer, len(loader))
         scaler = self.precision.scaler()
         start_epoch = 0

@@ -12,7 +12,7 @@ teacher = "teacher", view = "x").
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from kdzoo.config.validate import from_dict
 from kdzoo.core.batch import Binding
@@ -23,8 +23,9 @@ from kdzoo.errors import ConfigError
 BINDING_KEYS = tuple(f.name for f in fields(Binding) if f.name != "namespace")
 
 
-def method_instances(loss: dict[str, float]) -> dict[str, tuple[str, type]]:
-    """{instance: (namespace, method class)} for the terms with a non-zero weight, in recipe order."""
+def method_instances(loss: dict[str, float], methods_cfg: Optional[dict] = None) -> dict[str, tuple[str, type]]:
+    """{instance: (namespace, method class)} for the terms with a non-zero weight, in recipe order, then the
+    methods without loss terms that `methods:` names (DOT)."""
     found: dict[str, tuple[str, type]] = {}
     for term, weight in loss.items():
         cls = method_for_term(term)
@@ -33,6 +34,10 @@ def method_instances(loss: dict[str, float]) -> dict[str, tuple[str, type]]:
             found.setdefault(f"{namespace}.{cls.name}" if namespace else cls.name, (namespace, cls))
     if not found:
         raise ConfigError("loss: every term has weight 0; nothing to train")
+    for key in flat_sections(methods_cfg or {}):
+        namespace, name = split_term(key)
+        if name in METHODS and METHODS.get(name).term_names() == ():
+            found.setdefault(key, (namespace, METHODS.get(name)))
     return found
 
 
@@ -53,6 +58,8 @@ def check_method_sections(methods_cfg: dict, instances: dict[str, tuple[str, typ
         namespace, name = split_term(key)
         METHODS.get(name)  # raises "unknown method"
         terms = METHODS.get(name).term_names()
+        if terms == ():  # a method without loss terms is asked for by its section alone
+            continue
         if not any(split_term(t)[1] in terms and (not namespace or split_term(t)[0] == namespace) for t in loss):
             if namespace:
                 spaces = sorted({split_term(t)[0] for t in loss if split_term(t)[0]})
@@ -103,7 +110,7 @@ def binding_for(instance: str, namespace: str, section: dict) -> Binding:
 def build_methods(loss: dict[str, float], methods_cfg: dict, setup_for: Callable[[Binding], SetupContext],
                   networks: Iterable[str]) -> dict[str, Method]:
     """Every method instance of the recipe, constructed and bound; `networks` are the slot names it may bind."""
-    instances = method_instances(loss)
+    instances = method_instances(loss, methods_cfg)
     methods_cfg = flat_sections(methods_cfg)
     check_method_sections(methods_cfg, instances, loss)
     networks = set(networks)

@@ -83,4 +83,15 @@ def main_phase(methods: dict[str, Method], loss: dict[str, float], bundle: Bundl
     first = teacher_views(main, frozen) if teacher_first else ()
     return Phase(name="main", epochs=epochs, params=list(bundle.parameters()),
                  step=method_step(bundle, frozen, lambda ctx: main_body(ctx, main), prefetch=first),
-                 weights=weights, on_epoch_start=on_epoch_start, after_step=after_step, **options)
+                 weights=weights, on_epoch_start=on_epoch_start, after_step=after_step,
+                 make_optimizer=own_optimizer(main), task_terms=frozenset(
+                     m.binding.term(t) for m in main for t in m.task_terms), **options)
+
+
+def own_optimizer(methods: list[Method]) -> Optional[Callable]:
+    """The optimizer factory of the one method that brings its own (DOT), or None."""
+    owners = [m for m in methods if type(m).make_optimizer is not Method.make_optimizer]
+    if len(owners) > 1:
+        raise ConfigError(f"methods: {owners[0].name} and {owners[1].name} each bring their own optimizer step; "
+                          "a run takes one")
+    return owners[0].make_optimizer if owners else None

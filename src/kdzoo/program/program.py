@@ -101,6 +101,8 @@ class Phase:
     lr: Optional[float] = None  # None: the recipe's optim.lr
     on_epoch_start: Optional[Callable[[int, Any], Optional[dict[str, float]]]] = None
     after_step: Optional[Callable[[], None]] = None
+    make_optimizer: Optional[Callable[[list, Any, Optional[float]], Any]] = None  # a method's own (DOT); None: optim:
+    task_terms: frozenset = frozenset()  # the weighted terms that are the task loss (an optimizer's loss groups)
 
     @property
     def evaluates(self) -> bool:
