@@ -24,7 +24,8 @@ PARAMS = {
     "uskd": {"alpha": 1.0, "beta": 0.1, "mu": 0.005, "stage": -2, "rank_log_probs": True},
     # zhengli97/CTKD: T = 1 + 20 sigmoid(.), lambda 0 -> -1 over 10 epochs (cosine), global temperature
     "ctkd": {"temperature": "global", "t_start": 1.0, "t_end": 20.0, "decay_max": 0.0, "decay_min": -1.0,
-             "decay_loops": 10.0, "instance_hidden": 128, "base": "kd", "dkd_alpha": 1.0, "dkd_beta": 2.0},
+             "decay_loops": 10.0, "instance_hidden": 128, "base": "kd", "dkd_alpha": 1.0, "dkd_beta": 2.0,
+             "standardize": False},
     "ofd": {"connector_kernel": 1},  # mdistiller configs/cifar100/ofd.yaml: CONNECTOR.KERNEL_SIZE 1
     "nd": {"centers": "class_mean", "refresh": False},  # KD++: the teacher's class-mean embeddings
     "catkd": {"resolution": 2, "normalize": False, "binarize": False, "student_bias": False},  # res32x4 config
@@ -33,7 +34,7 @@ PARAMS = {
     "dist_plus": {"beta": 2.0, "gamma": 2.0, "iota": 1.0, "kappa": 1.0, "tau": 1.0, "channel_term": "corr"},
     # Jin-Ying/Multi-Level-Logit-Distillation: T 4 plus 3, 5, 2, 6; the strong view; the masks as the code
     "mlkd": {"T": 4.0, "more_temperatures": [3.0, 5.0, 2.0, 6.0], "strong_view": "strong", "masks": True,
-             "strong_tail_on_weak": True},
+             "strong_tail_on_weak": True, "standardize": False},
     "kd": {"T": 4.0, "standardize": False},  # LS (logit standardization) off unless a recipe asks
     "dkd": {"alpha": 1.0, "beta": 8.0, "T": 4.0, "warmup": 20.0, "standardize": False},
     "dist": {"beta": 1.0, "gamma": 1.0, "tau": 4.0},
@@ -135,12 +136,18 @@ VARIANTS = {"crd": {"crd_kd": {"ce": 1.0, "kd": 1.0, "crd": 0.8}},
             # logit standardization's README: --logit-stand --base-temp 2 --kd-weight 9
             "kd": {"kd_ls": {"ce": 0.1, "kd": 9.0}},
             "dkd": {"dkd_ls": {"ce": 1.0, "dkd": 1.0}},
-            "ickd": {"ickd_kd": {"ce": 1.0, "kd": 1.0, "ickd": 2.5}}}  # ICKD-C + KL: -a 1
+            "ickd": {"ickd_kd": {"ce": 1.0, "kd": 1.0, "ickd": 2.5}},  # ICKD-C + KL: -a 1
+            # logit standardization's README: --logit-stand --base-temp 2 --kd-weight 9 (CE stays 0.1)
+            "mlkd": {"mlkd_ls": {"ce": 0.1, "mlkd_strong_ce": 0.1, "mlkd_instance": 9.0, "mlkd_batch": 9.0,
+                                 "mlkd_class": 9.0}},
+            "ctkd": {"ctkd_ls": {"ce": 0.1, "ctkd": 9.0}}}
 VARIANT_PARAMS = {"kd": {"kd_ls": {"T": 2.0, "standardize": True}},
                   "dkd": {"dkd_ls": {"alpha": 9.0, "beta": 72.0, "T": 2.0, "standardize": True}},  # 1 x 9, 8 x 9
                   "uskd": {"uskd": {"alpha": 0.1, "beta": 0.1, "mu": 0.1}},  # cls_KD res18_sd_cifar.py
                   # ICKD's CIFAR code: a 1x1 embed and / (C B), the form its weight 2.5 was tuned for
-                  "ickd": {"ickd": {"kernel_size": 1, "batch_power": 1}, "ickd_kd": {"kernel_size": 1, "batch_power": 1}}}
+                  "ickd": {"ickd": {"kernel_size": 1, "batch_power": 1}, "ickd_kd": {"kernel_size": 1, "batch_power": 1}},
+                  "mlkd": {"mlkd_ls": {"T": 2.0, "standardize": True}},
+                  "ctkd": {"ctkd_ls": {"t_start": 2.0, "standardize": True}}}
 
 
 def test_tables_cover_every_method():

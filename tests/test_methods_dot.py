@@ -148,3 +148,36 @@ def test_digits_run_with_dot_keeps_both_buffers_and_resumes_exactly(tmp_path, di
     a, b = (load_file(run / "checkpoints" / "last.safetensors") for run in (full, part))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_the_python_api_steps_dot_as_the_trainer_does():
+    """kdzoo.Distiller with methods={"dot": ...}: its optimizer is DOT's, and backward_step gives it the KD
+    gradient apart from the CE one - the same weights as doing mdistiller's sequence by hand."""
+    import copy
+
+    from kdzoo import Distiller
+    from kdzoo.models import create_model
+
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", num_classes=10), create_model("resnet14", num_classes=10)
+    twin, start = copy.deepcopy(student), copy.deepcopy(student)
+    x, y = torch.randn(6, 3, 16, 16), torch.arange(6) % 10
+    runs = []
+    for net in (student, twin):
+        d = Distiller(net, teacher, loss={"ce": 0.1, "kd": 0.9}, methods={"dot": {"delta": 0.075}}, example=x[:2])
+        runs.append((d, d.optimizer(lr=0.1, momentum=0.9, weight_decay=5e-4)))
+    (api, opt), (by_hand, opt2) = runs
+    assert isinstance(opt, DistillationOrientedTrainer)
+    assert (opt.param_groups[0]["momentum"], opt.param_groups[0]["momentum_kd"]) == pytest.approx((0.825, 0.975))
+    for _ in range(2):
+        api.backward_step(api(x, y), opt)
+        out = by_hand(x, y)
+        params = by_hand.trainable_parameters()
+        opt2.zero_grad(set_to_none=True)
+        kd = torch.autograd.grad(0.9 * out.terms["kd"], params, retain_graph=True, allow_unused=True)
+        opt2.keep_gradients("distill", params, list(kd))
+        (0.1 * out.terms["ce"]).backward()
+        opt2.step()
+    for a, b in zip(student.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(next(student.parameters()), next(start.parameters()))  # the steps moved the weights

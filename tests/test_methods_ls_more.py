@@ -104,7 +104,8 @@ def test_ctkd_with_ls_loss_and_reversed_temperature_gradient_equal_the_ls_code(c
 
 
 # Invariances ---------------------------------------------------------------------------------------------------
-def _row_changed(z: Tensor_like, row: int, scale: float, shift: float):
+def _row_changed(z: torch.Tensor, row: int, scale: float, shift: float) -> torch.Tensor:
+    """z with one row scaled and shifted (z-scoring undoes both, up to the 1e-7 added to the std)."""
     z = z.clone()
     z[row] = z[row] * scale + shift
     return z
@@ -118,7 +119,7 @@ def test_mlkd_ls_ignores_a_shift_of_a_student_row_everywhere_and_its_scale_in_th
     scaled = mlkd_step(on, _row_changed(s_w, 2, 3.5, 0.0), _row_changed(s_s, 5, 0.25, 0.0), t_w, t_s, y)
     for term in ("mlkd_instance", "mlkd_batch", "mlkd_class"):
         assert shifted[term].item() == pytest.approx(base[term].item(), rel=1e-9), term  # softmax: shift-free
-    assert scaled["mlkd_instance"].item() == pytest.approx(base["mlkd_instance"].item(), rel=1e-9)
+    assert scaled["mlkd_instance"].item() == pytest.approx(base["mlkd_instance"].item(), rel=1e-6)
     # the LS code leaves the relation terms on raw logits: a scale moves them, and the default moves the KLs too
     assert scaled["mlkd_batch"].item() != pytest.approx(base["mlkd_batch"].item(), rel=1e-3)
     off = MLKDParams(T=2.0)
@@ -134,7 +135,7 @@ def test_ctkd_ls_ignores_a_shift_and_a_scale_of_a_student_row():
     base = ctkd_loss(on, ys, yt, 5).item()
     for scale, shift in [(1.0, 6.0), (4.0, 0.0), (0.3, -2.0)]:
         changed = _row_changed(ys, 3, scale, shift)
-        assert ctkd_loss(on, changed, yt, 5).item() == pytest.approx(base, rel=1e-9)
+        assert ctkd_loss(on, changed, yt, 5).item() == pytest.approx(base, rel=1e-6)
     assert ctkd_loss(off, _row_changed(ys, 3, 4.0, 0.0), yt, 5).item() != \
         pytest.approx(ctkd_loss(off, ys, yt, 5).item(), rel=1e-3)
 
@@ -170,5 +171,3 @@ def test_ls_is_off_by_default_and_the_rows_follow_the_ls_readme_and_scripts():
     with pytest.raises(ConfigError, match="standardize"):
         build_ctkd(10, base="dkd", standardize=True)  # the LS code standardizes CTKD's KD only
 
-
-Tensor_like = torch.Tensor

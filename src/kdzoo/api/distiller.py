@@ -169,6 +169,30 @@ class Distiller(nn.Module):
         """The student's parameters and those of every method's adapters (regressors, embeddings)."""
         return [p for p in self.bundle.parameters() if p.requires_grad]
 
+    def optimizer(
+        self, lr: float, momentum: float = 0.9, weight_decay: float = 5e-4, nesterov: bool = False
+    ) -> torch.optim.Optimizer:
+        """SGD over `trainable_parameters()`, or the optimizer step a method brings (DOT, named in `methods=`):
+        step it with `backward_step`."""
+        from kdzoo.config.schema import OptimConfig
+        from kdzoo.program.optim import build_optimizer
+
+        cfg = OptimConfig(name="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+        return (self.phase.make_optimizer or build_optimizer)(self.trainable_parameters(), cfg, lr)
+
+    def backward_step(self, out: DistillerOutput, optimizer: torch.optim.Optimizer) -> None:
+        """`out.loss` backward and one optimizer step; an optimizer with loss groups (DOT) gets the task and the
+        distillation gradients apart, as `kdzoo.run` steps it. Then `after_step()`."""
+        if getattr(optimizer, "loss_groups", None):
+            from kdzoo.engine.step import grouped_step
+
+            grouped_step(self.phase, out.terms, optimizer, None, None)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+        self.after_step()
+
     def start_epoch(self, epoch: int, steps_per_epoch: Optional[int] = None) -> None:
         """Call at the start of each epoch: methods with warm-ups (DKD, ReviewKD) ramp by it."""
         self.epoch = epoch

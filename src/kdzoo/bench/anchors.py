@@ -42,6 +42,8 @@ nd|75.54|-|72.53|-|-|75.45|-|-|70.10|76.42
 catkd|76.91|-|-|-|-|-|-|-|-|-
 ickd|75.25|75.64|71.76|73.89|73.42|-|-|-|-|-
 ickd_kd|75.48|75.57|71.69|74.11|73.88|-|-|-|-|-
+mlkd_ls|78.28|76.95|72.33|74.32|75.22|-|-|70.94|71.19|78.76
+ctkd_ls|76.67|76.08|71.34|74.01|74.47|-|-|68.98|69.36|76.18
 """
 
 SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoumoglou/distillers README (e6bd9f9)",
@@ -56,7 +58,9 @@ SOURCES = {"crd_kd": "giakoumoglou/distillers README (e6bd9f9)", "dcd": "giakoum
            "nd": "WangYZ1608/Knowledge-Distillation-via-ND README (KD++)",
            "catkd": "CAT-KD paper (Guo et al., CVPR 2023)",
            "ickd": "ADLab-AutoDrive/ICKD Cifar100 README (ICKD-C)",
-           "ickd_kd": "ADLab-AutoDrive/ICKD Cifar100 README (ICKD-C + KL)"}
+           "ickd_kd": "ADLab-AutoDrive/ICKD Cifar100 README (ICKD-C + KL)",
+           "mlkd_ls": "sunshangquan/logit-standardization-KD README",
+           "ctkd_ls": "sunshangquan/logit-standardization-KD README"}
 DEFAULT_SOURCE = "HobbitLong/RepDistiller README"
 
 
@@ -76,7 +80,8 @@ CIFAR100.update({("kd", "wrn_40_2", "wrn_40_1"): 73.54, ("crd", "wrn_40_2", "wrn
                  ("dkd", "wrn_40_2", "wrn_40_1"): 74.81, ("dcd_kd", "wrn_40_2", "wrn_40_1"): 74.76,
                  ("rrd_kd", "wrn_40_2", "wrn_40_1"): 74.67, ("ctkd", "wrn_40_2", "wrn_40_1"): 73.93,
                  ("mlkd", "wrn_40_2", "wrn_40_1"): 75.35, ("nd", "wrn_40_2", "wrn_40_1"): 74.59,
-                 ("ickd", "wrn_40_2", "wrn_40_1"): 74.33, ("ickd_kd", "wrn_40_2", "wrn_40_1"): 74.63})
+                 ("ickd", "wrn_40_2", "wrn_40_1"): 74.33, ("ickd_kd", "wrn_40_2", "wrn_40_1"): 74.63,
+                 ("mlkd_ls", "wrn_40_2", "wrn_40_1"): 75.56, ("ctkd_ls", "wrn_40_2", "wrn_40_1"): 74.58})
 
 # SimKD's table: teacher resnet32x4 (79.42), its own student baselines.
 SIMKD = {("student", "resnet8x4"): 73.09, ("student", "vgg8"): 70.46, ("student", "ShuffleV2_1_5"): 74.15,
