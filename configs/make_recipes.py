@@ -203,20 +203,24 @@ def write_imagenet(root: Path = ROOT) -> list[Path]:
     written = []
     for row, (loss, methods) in IMAGENET_ROWS.items():
         top1, source = IMAGENET[row]
-        header = _header(METHODS.get(row), row, f"ImageNet ResNet34 -> ResNet18: published top-1 {top1:.2f} ({source}; "
-                         f"teacher {IMAGENET_TEACHER}, student alone {IMAGENET['student'][0]})") + (
+        alone = teacher_free(METHODS.get(row))  # USKD: the student distils from itself
+        pair, file = ("ResNet18 alone", "resnet18") if alone else ("ResNet34 -> ResNet18", "resnet34-resnet18")
+        header = _header(METHODS.get(row), row, f"ImageNet {pair}: published top-1 {top1:.2f} ({source}; " + (
+            "" if alone else f"teacher {IMAGENET_TEACHER}, ") + f"student alone {IMAGENET['student'][0]})") + (
+            "" if alone else
             "# Teacher: kdzoo import-checkpoint --format torchvision resnet34-b627a593.pth (or the older\n"
-            "# resnet34-333f7ec4.pth) --out runs/imagenet/teachers/resnet34. Several GPUs: torchrun --nproc_per_node 8\n"
-            f"# -m kdzoo.cli distill -c configs/imagenet/{row}/resnet34-resnet18.yaml dataset.batch_size=32 (batch_size\n"
-            "# is per process: 8 x 32 = the 256 that lr 0.1 is set for).\n")
-        data = {"name": f"imagenet-{row}-resnet34-resnet18", "seed": 0, "epochs": 100, "dataset": dict(IMAGENET_DATA),
+            "# resnet34-333f7ec4.pth) --out runs/imagenet/teachers/resnet34.") + (
+            f"{'#' if alone else ''} Several GPUs: torchrun --nproc_per_node 8\n"
+            f"# -m kdzoo.cli {'train' if alone else 'distill'} -c configs/imagenet/{row}/{file}.yaml "
+            "dataset.batch_size=32 (batch_size\n# is per process: 8 x 32 = the 256 that lr 0.1 is set for).\n")
+        data = {"name": f"imagenet-{row}-{file}", "seed": 0, "epochs": 100, "dataset": dict(IMAGENET_DATA),
                 "student": {"arch": "tv:resnet18"}, "teacher": {"checkpoint": "runs/imagenet/teachers/resnet34"},
                 "loss": loss, "methods": methods,
                 "optim": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
                 "schedule": {"name": "multistep", "milestones": [30, 60, 90], "gamma": 0.1}}
-        if teacher_free(METHODS.get(row)):
+        if alone:
             del data["teacher"]
-        path = root / "imagenet" / row / "resnet34-resnet18.yaml"
+        path = root / "imagenet" / row / f"{file}.yaml"
         _dump(path, header, data)
         written.append(path)
     return written

@@ -61,8 +61,12 @@ class PostgresServer:
         hba = "local all admin trust\nhost all all 127.0.0.1/32 scram-sha-256\n"  # passwords over TCP only
         self._run("sh", "-c", f"printf '{hba}' > {self.data}/pg_hba.conf")
         self.start()
-        self.sql(f"CREATE USER {USER} PASSWORD '{PASSWORD}'")
-        self.sql(f"CREATE DATABASE {DATABASE} OWNER {USER}")
+        try:
+            self.sql(f"CREATE USER {USER} PASSWORD '{PASSWORD}'")
+            self.sql(f"CREATE DATABASE {DATABASE} OWNER {USER}")
+        except Exception:  # a server that started must not outlive a failed setup
+            self.close()
+            raise
 
     @property
     def url(self) -> str:

@@ -18,6 +18,7 @@ from kdzoo.checkpoints.store import resolve_checkpoint
 from kdzoo.config import load_config
 from kdzoo.data import build_dataset
 from kdzoo.data.imagenet_valprep import lay_out_val
+from kdzoo.distillers import METHODS
 from kdzoo.errors import DatasetError
 from tests.conftest import CONFIGS, FAST, run_cli
 from tests.test_data import save_image
@@ -135,13 +136,17 @@ def test_torchvision_weights_import_as_a_teacher(tmp_path, capsys):
 
 @pytest.mark.parametrize("row", sorted(IMAGENET.keys() - {"student", "hsakd"}))
 def test_imagenet_recipes_cite_their_published_number(row):
-    path = CONFIGS / "imagenet" / row / "resnet34-resnet18.yaml"
+    alone = not (CONFIGS / "imagenet" / row / "resnet34-resnet18.yaml").exists()  # a teacher-free method (USKD)
+    path = CONFIGS / "imagenet" / row / ("resnet18.yaml" if alone else "resnet34-resnet18.yaml")
     text = path.read_text()
     assert f"published top-1 {IMAGENET[row][0]:.2f}" in text
     cfg = load_config(path)
     assert cfg.dataset.name == "imagenet" and cfg.student.arch == "tv:resnet18" and cfg.epochs == 100
     assert cfg.schedule.milestones == [30, 60, 90] and cfg.optim.weight_decay == 1.0e-4
-    assert yaml.safe_load(text)["teacher"]["checkpoint"] == "runs/imagenet/teachers/resnet34"
+    if alone:
+        assert "teacher" not in yaml.safe_load(text) and not METHODS.get(row).needs_teacher()
+    else:
+        assert yaml.safe_load(text)["teacher"]["checkpoint"] == "runs/imagenet/teachers/resnet34"
 
 
 def imported_resnet34(tmp_path):

@@ -104,7 +104,8 @@ def test_two_machines_share_one_study_and_a_third_reports_from_the_storage_alone
     from optuna.trial import TrialState
 
     commands = page_commands()
-    slow = {"overrides": {**TINY, "epochs": 3}}  # trials long enough that b, starting later, gets some of them
+    # trials long enough (600 images, 2 epochs: several seconds each) that b, starting later, gets some of them
+    slow = {"overrides": {**TINY, "dataset.subset.size": 600, "epochs": 2}}
     a, b, c = (machine(tmp_path / m, **slow) for m in "abc")
     first = launch(commands["start"], a, url, tmp_path / "a.log")
     wait_for(lambda: "to run" in (tmp_path / "a.log").read_text() or first.poll() is not None, 120, "the start")
