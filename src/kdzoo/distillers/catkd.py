@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import FrozenRef, Method, Recipes
+from kdzoo.distillers.common import wide
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError, KdzooError
 from kdzoo.models.features import FeatureModel, Needs, get_head
@@ -46,14 +47,10 @@ PAIR_SETTINGS = {
 }
 
 
-def _wide(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
-
-
 def class_activation_maps(feature_map: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """(N, K, H, W): the classifier (K, C) as a 1x1 conv over the (N, C, H, W) map it pools."""
-    cams = torch.einsum("nchw,kc->nkhw", _wide(feature_map), _wide(weight))
-    return cams if bias is None else cams + _wide(bias).view(1, -1, 1, 1)
+    cams = torch.einsum("nchw,kc->nkhw", wide(feature_map), wide(weight))
+    return cams if bias is None else cams + wide(bias).view(1, -1, 1, 1)
 
 
 def binarize(cams: Tensor) -> Tensor:
@@ -65,8 +62,8 @@ def binarize(cams: Tensor) -> Tensor:
 def cat_loss(student_cams: Tensor, teacher_cams: Tensor, resolution: int, normalize: bool) -> Tensor:
     """MSE between the CAMs average-pooled to resolution x resolution, each class map L2-normalised over its cells
     when `normalize` (CAT_KD.py CAT_loss / _Normalize)."""
-    s = F.adaptive_avg_pool2d(_wide(student_cams), (resolution, resolution))
-    t = F.adaptive_avg_pool2d(_wide(teacher_cams), (resolution, resolution))
+    s = F.adaptive_avg_pool2d(wide(student_cams), (resolution, resolution))
+    t = F.adaptive_avg_pool2d(wide(teacher_cams), (resolution, resolution))
     if normalize:
         s, t = F.normalize(s, dim=(2, 3)), F.normalize(t, dim=(2, 3))
     return F.mse_loss(s, t.to(s.dtype))

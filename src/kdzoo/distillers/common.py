@@ -88,3 +88,8 @@ class GroupedParams:
 
     T: float = field(default=4.0, metadata={"gt": 0})
     groups: int = field(default=MAX_GROUPS, metadata={"ge": 1})
+
+
+def wide(x: Tensor) -> Tensor:
+    """float32 at least: losses compute in float32 under bf16 autocast; float64 inputs (parity tests) stay float64."""
+    return x if x.dtype == torch.float64 else x.float()

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import wide
 from kdzoo.distillers.kd import standardize_logits
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -94,12 +95,8 @@ class InstanceTemperature(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * num_classes, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
     def forward(self, teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
-        probs = torch.cat([F.softmax(_wide(teacher_logits), dim=1), F.softmax(_wide(student_logits), dim=1)], 1)
+        probs = torch.cat([F.softmax(wide(teacher_logits), dim=1), F.softmax(wide(student_logits), dim=1)], 1)
         return self.mlp(probs.detach().to(self.mlp[0].weight.dtype)).squeeze(1)
-
-
-def _wide(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
 
 
 def ctkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tensor, eps: float = 0.0) -> Tensor:
@@ -107,12 +104,12 @@ def ctkd_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Te
     distiller_zoo/KD.py DistillKL, KLDivLoss batchmean * T * T) or [B] (instance). eps > 0 is the README's
     instance-wise KL_Loss, which adds eps to the teacher's probabilities (inside the log too)."""
     T = temperature.reshape(-1, 1)
-    log_p_s = F.log_softmax(_wide(student_logits) / T, dim=1)
+    log_p_s = F.log_softmax(wide(student_logits) / T, dim=1)
     if eps > 0:
-        p_t = F.softmax(_wide(teacher_logits) / T, dim=1) + eps
+        p_t = F.softmax(wide(teacher_logits) / T, dim=1) + eps
         kl = (p_t * (p_t.log() - log_p_s)).sum(dim=1)
     else:
-        log_p_t = F.log_softmax(_wide(teacher_logits) / T, dim=1)
+        log_p_t = F.log_softmax(wide(teacher_logits) / T, dim=1)
         kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return (T.squeeze(1) ** 2 * kl).mean()
 
@@ -124,7 +121,7 @@ def ctkd_dkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor
     non-target classes (the -1000 shift). Both sides in log space, so the temperature, which also scales the
     teacher, gets a finite gradient where a teacher probability is 0 (the original's kl_div under PyTorch 2: NaN)."""
     T = temperature.reshape(())
-    z_s, z_t = _wide(student_logits) / T, _wide(teacher_logits) / T
+    z_s, z_t = wide(student_logits) / T, wide(teacher_logits) / T
     gt = torch.zeros_like(z_s, dtype=torch.bool).scatter_(1, target.reshape(-1, 1), True)
 
     def split(log_p: Tensor) -> Tensor:  # log [p_target, p_rest]
@@ -194,7 +191,7 @@ class CTKD(Method):
             return {"ctkd": ctkd_dkd_loss(s.logits, t.logits, batch.targets, T, p.dkd_alpha, p.dkd_beta)}
         z_s, z_t = s.logits, t.logits
         if p.standardize:
-            z_s, z_t = standardize_logits(_wide(z_s)), standardize_logits(_wide(z_t))
+            z_s, z_t = standardize_logits(wide(z_s)), standardize_logits(wide(z_t))
         return {"ctkd": ctkd_kd_loss(z_s, z_t, T, eps=1e-7 if p.temperature == "instance" else 0.0)}
 
     def on_epoch_start(self, epoch: int, passes=None):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.distillers.base import Method, Recipes, Requires
+from kdzoo.distillers.common import wide
 from kdzoo.distillers.kd import standardize_logits
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError
@@ -53,13 +54,9 @@ ORIGINAL_PAIRS = {
 STRONG_VIEWS = {"x": "train", "strong": "strong"}
 
 
-def _wide(z: Tensor) -> Tensor:
-    return z if z.dtype == torch.float64 else z.float()
-
-
 def instance_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
     """T^2 KL(softmax(z_t/T) || softmax(z_s/T)), summed over classes, averaged over rows (KD_ours.py kd_loss)."""
-    log_p_s, log_p_t = F.log_softmax(_wide(z_s) / T, dim=1), F.log_softmax(_wide(z_t) / T, dim=1)
+    log_p_s, log_p_t = F.log_softmax(wide(z_s) / T, dim=1), F.log_softmax(wide(z_t) / T, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * T**2
 
 
@@ -67,21 +64,21 @@ def batch_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
     """||P_t P_t^T - P_s P_s^T||^2 / N, P = softmax(z/T) [N, C] (KD_ours.py bc_loss); float32 or wider, also under
     autocast (which would run the Gram products in bf16)."""
     with torch.autocast(z_s.device.type, enabled=False):
-        p_s, p_t = F.softmax(_wide(z_s) / T, dim=1), F.softmax(_wide(z_t) / T, dim=1)
+        p_s, p_t = F.softmax(wide(z_s) / T, dim=1), F.softmax(wide(z_t) / T, dim=1)
         return ((p_t @ p_t.T - p_s @ p_s.T) ** 2).sum() / z_s.shape[0]
 
 
 def class_loss(z_s: Tensor, z_t: Tensor, T: float) -> Tensor:
     """||P_t^T P_t - P_s^T P_s||^2 / C (KD_ours.py cc_loss); float32 or wider, also under autocast."""
     with torch.autocast(z_s.device.type, enabled=False):
-        p_s, p_t = F.softmax(_wide(z_s) / T, dim=1), F.softmax(_wide(z_t) / T, dim=1)
+        p_s, p_t = F.softmax(wide(z_s) / T, dim=1), F.softmax(wide(z_t) / T, dim=1)
         return ((p_t.T @ p_t - p_s.T @ p_s) ** 2).sum() / z_s.shape[1]
 
 
 def share_at_or_below_median(values: Tensor) -> Tensor:
     """The share of `values` <= their median (np.percentile(values, 50), linear interpolation): what KD_ours.py's
     `(loss * values.le(median)).mean()` multiplies a scalar loss by."""
-    values = _wide(values.detach())
+    values = wide(values.detach())
     return (values <= torch.quantile(values, 0.5)).to(values.dtype).mean()
 
 
@@ -89,11 +86,11 @@ def mlkd_losses(s_weak: Tensor, t_weak: Tensor, s_strong: Tensor, t_strong: Tens
                 masks: bool = True, strong_tail_on_weak: bool = True, standardize: bool = False) -> dict[str, Tensor]:
     """{instance, batch, class} as KD_ours.forward_train's loss_kd, loss_bc, loss_cc at KD_WEIGHT 1; `standardize`:
     the instance KLs on z-scored logits (the LS code's MLKD.py with logit_stand)."""
-    p_t = F.softmax(_wide(t_weak.detach()), dim=1)
+    p_t = F.softmax(wide(t_weak.detach()), dim=1)
     f_rows = share_at_or_below_median(p_t.max(dim=1).values) if masks else 1.0
     f_class = share_at_or_below_median(p_t.sum(dim=0)) if masks else 1.0
     on_strong = len(temperatures) if not strong_tail_on_weak else min(3, len(temperatures))
-    zs_weak, zt_weak, zs_strong, zt_strong = ((standardize_logits(_wide(z)) if standardize else z)
+    zs_weak, zt_weak, zs_strong, zt_strong = ((standardize_logits(wide(z)) if standardize else z)
                                               for z in (s_weak, t_weak, s_strong, t_strong))
     instance = f_rows * sum(instance_loss(zs_weak, zt_weak, T) for T in temperatures)
     instance = instance + sum(instance_loss(zs_strong, zt_strong, T) for T in temperatures[:on_strong])
@@ -165,5 +162,5 @@ class MLKD(Method):
             t_weak, t_strong = t_weak.detach(), t_strong.detach()
         terms = mlkd_losses(s_weak, t_weak, s_strong, t_strong, self.temperatures, p.masks, p.strong_tail_on_weak,
                             p.standardize)
-        terms["strong_ce"] = F.cross_entropy(_wide(s_strong), ctx.batch.targets_of(p.strong_view))
+        terms["strong_ce"] = F.cross_entropy(wide(s_strong), ctx.batch.targets_of(p.strong_view))
         return {b.term(f"{self.name}_{k}"): v for k, v in terms.items()}

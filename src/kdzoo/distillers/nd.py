@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import FrozenRef, Method, Recipes, Requires
+from kdzoo.distillers.common import wide
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import ConfigError, IncompatiblePairError
 from kdzoo.models.features import Needs, get_head
@@ -45,15 +46,10 @@ PAIR_WEIGHTS = {
 }
 
 
-def _wide(x: Tensor) -> Tensor:
-    """float32 at least (float64 stays float64)."""
-    return x if x.dtype == torch.float64 else x.float()
-
-
 def nd_loss(student_emb: Tensor, teacher_emb: Tensor, centers: Tensor, target: Tensor) -> Tensor:
     """mean_i [1 - <s_i, e_{y_i}> / max(|s_i|, |t_i|)], e_c = c_c / |c_c| (DirectNormLoss.project_center / len)."""
-    s, t = _wide(student_emb), _wide(teacher_emb).detach()
-    e = F.normalize(_wide(centers).detach()[target], dim=1)
+    s, t = wide(student_emb), wide(teacher_emb).detach()
+    e = F.normalize(wide(centers).detach()[target], dim=1)
     s_norm, t_norm = s.norm(dim=1), t.norm(dim=1)
     max_norm = torch.where(t_norm > s_norm, t_norm, s_norm)  # python max(a, b): a unless b > a
     return (1.0 - (s * e.to(s.dtype)).sum(dim=1) / max_norm).mean()

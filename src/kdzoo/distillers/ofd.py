@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import wide
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.bn_before_relu import bn_before_relu
@@ -44,14 +45,10 @@ def bn_margin(weight: Tensor, bias: Tensor) -> Tensor:
     return torch.where(below > 0.001, expected, -3 * std)
 
 
-def _wide(x: Tensor) -> Tensor:
-    return x if x.dtype == torch.float64 else x.float()
-
-
 def partial_l2(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
     """OFD's distance, summed over channels and positions, averaged over the batch (mdistiller feat_loss; computed
     in float32, or float64 for float64 inputs)."""
-    source, target = _wide(source), _wide(target)
+    source, target = wide(source), wide(target)
     margin = margin.to(source.dtype)
     target = torch.max(target, margin)
     keep = (source > target) | (target > 0)
@@ -61,9 +58,9 @@ def partial_l2(source: Tensor, target: Tensor, margin: Tensor) -> Tensor:
 def ofd_loss(connected: list[Tensor], teacher: list[Tensor], margins: list[Tensor]) -> Tensor:
     """sum_i partial_l2(student_i, teacher_i pooled to the student's size, margin_i) / 2^(n-1-i)."""
     n = len(connected)
-    total = _wide(connected[0]).new_zeros(())
+    total = wide(connected[0]).new_zeros(())
     for i, (s, t, m) in enumerate(zip(connected, teacher, margins)):
-        t = F.adaptive_avg_pool2d(_wide(t.detach()), s.shape[-2:])
+        t = F.adaptive_avg_pool2d(wide(t.detach()), s.shape[-2:])
         total = total + partial_l2(s, t, m) / 2 ** (n - 1 - i)
     return total
 
