@@ -214,25 +214,25 @@ def sample(timers: dict, args) -> dict:
 
 
 def regime_step(args, info, targets, engine, precision, loss, teacher_file, student=None, compiled=False,
-                teacher_options=None, methods=None, views=("x",)):
+                teacher_options=None, methods=None, views=("x",), device=torch.device("cpu"), compile_mode=None):
     """A closure running one real training step of the offline regime (the engine's own step code), on the
     batch its train stream gives (rotate4 makes it 4x the rows); `teacher_options`: more of the teacher section;
-    `methods`: the recipe's methods section; `views`: the named views each batch carries (MLKD's strong one)."""
+    `methods`: the recipe's methods section; `views`: the named views each batch carries (MLKD's strong one);
+    `device`: where the program and its batch live (benchmarks/gpu_check.py times it on a GPU)."""
     data = {"student": {"arch": student or args.student}, "loss": loss, "engine": engine, "epochs": 240,
             "dataset": {"name": "cifar100", "batch_size": args.batch}, "methods": methods or {}}
     if teacher_file is not None:
         data["teacher"] = {"checkpoint": str(teacher_file), **(teacher_options or {})}
     cfg = config_from_data(data)
-    device = torch.device("cpu")
     images = torch.zeros(len(targets), 3, 32, 32)
     dataset = InMemoryImageDataset(images, targets, classes=[str(c) for c in range(args.classes)])
     dataset.info = info
-    streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True, views=tuple(views)),
-               "test": DataStream(dataset, args.batch)}
+    streams = {"train": DataStream(IndexedDataset(dataset), args.batch, train=True, views=tuple(views), device=device),
+               "test": DataStream(dataset, args.batch, device=device)}
     program = offline_program(BuildContext(cfg=cfg, device=device, dist=DistInfo()),
                               streams, info)
     if compiled:
-        compile_program(program)
+        compile_program(program, mode=compile_mode)
     phase = program.phases[-1]
     optimizer = (phase.make_optimizer or build_optimizer)(phase.params, cfg.optim, cfg.optim.lr)
     images = torch.randn(args.batch, 3, 32, 32)
@@ -256,12 +256,12 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
     return run
 
 
-def teacher_inference(model, args, options, precision):
+def teacher_inference(model, args, options, precision, device=torch.device("cpu")):
     fmt = torch.channels_last if options["channels_last"] else torch.contiguous_format
-    teacher = FrozenTeacher(model, Needs(logits=True)).to(memory_format=fmt)
+    teacher = FrozenTeacher(model, Needs(logits=True)).to(device=device, memory_format=fmt)
     if options.get("compile"):
-        teacher.compile()
-    images = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=fmt)
+        teacher.compile(**({"mode": options["compile_mode"]} if options.get("compile_mode") else {}))
+    images = torch.randn(args.batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
 
     def run():
         with precision.autocast():

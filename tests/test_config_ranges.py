@@ -136,17 +136,20 @@ def test_max_seed_actually_seeds_everything():
 
     from kdzoo.data.loaders import (
         _RANK_SEED_STRIDE,
-        _worker_seed,
         make_loader,
         set_loader_epoch,
+        worker_seed,
     )
     from kdzoo.data.splits import stratified_subset
     from kdzoo.engine.rng import seed_everything
 
     seed_everything(SEED_MAX + 7)  # + rank
     stratified_subset([0, 1] * 10, 4, seed=SEED_MAX)
-    torch.Generator().manual_seed(_worker_seed(SEED_MAX, 10_000, 1024))
-    assert _worker_seed(SEED_MAX, 10_000, 1024) < 2**64 and _RANK_SEED_STRIDE == 2**32
+    torch.Generator().manual_seed(worker_seed(SEED_MAX, 10_000, 1024))
+    assert worker_seed(SEED_MAX, 10_000, 1024) < 2**32 and _RANK_SEED_STRIDE == 2**32
+    # torch's CPU generator keeps a seed's low 32 bits: the ranks' worker seeds must differ there
+    assert len({worker_seed(s, 0, r) for s in (0, 5, 2**40) for r in range(4)}) == 12
+    assert worker_seed(7, 3, 0) == 10  # rank 0's small seeds unchanged
     loader = make_loader(torch.utils.data.TensorDataset(torch.arange(8)), batch_size=4, train=True,
                          seed=SEED_MAX)
     set_loader_epoch(loader, 239)

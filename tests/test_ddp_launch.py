@@ -1,5 +1,5 @@
-"""DDP for kd, crd, mutual, the double student and the cached / replayed teacher under torchrun with 2 gloo
-processes: every rank ends with the same weights and the same method state (CRD's banks: gathered updates in rank
+"""DDP for kd, crd, mutual, the double student, the cached / replayed teacher and loader: device under torchrun
+with 2 gloo processes: every rank ends with the same weights and the same method state (CRD's banks: gathered updates in rank
 order; the peers of mutual learning; the EMA teacher; proto's clusters), and a two-node
 launch (--nnodes 2 --nproc_per_node 1, --node_rank, one rendezvous endpoint) equals the one-node launch
 (--nnodes 1 --nproc_per_node 2) within float tolerance."""
@@ -51,6 +51,8 @@ RECIPES = {
     "double_student": (CONFIGS / "digits" / "dssrd" / "dssrd.yaml", ["methods.crd.nce_k=64"]),
     "kd_cached": (CONFIGS / "digits" / "kd.yaml", ["teacher.cache=true"]),
     "kd_replay": (CONFIGS / "digits" / "kd.yaml", ["teacher.cache=replay"]),
+    # each rank's shard and draws from loader: device (data/device_loader.py)
+    "kd_device_loader": (CONFIGS / "digits" / "kd.yaml", ["dataset.loader=device"]),
 }
 
 

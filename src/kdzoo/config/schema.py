@@ -49,8 +49,9 @@ class DatasetConfig:
     # which part of the training set a run trains on, and which part it holds out as the `val` stream
     subset: SubsetConfig = field(default_factory=SubsetConfig)
     drop_last: bool = False
-    # torch (DataLoader) or dali (NVIDIA DALI's GPU decoding for imagenet / imagefolder; data/dali.py)
-    loader: Literal["torch", "dali"] = "torch"
+    # torch (DataLoader), dali (NVIDIA DALI's GPU decoding for imagenet / imagefolder; data/dali.py) or device
+    # (the whole dataset on the training device, augmented there in batches; data/device_loader.py)
+    loader: Literal["torch", "dali", "device"] = "torch"
 
 
 @dataclass
@@ -117,6 +118,8 @@ class EngineConfig:
     # torch.compile every network's forward (students, teachers; in place: checkpoints keep their keys)
     compile: bool = False
     compile_backend: str = "inductor"  # any torch.compile backend (eager / aot_eager check a setup quickly)
+    # torch.compile's mode: null (its default), reduce-overhead (CUDA graphs), max-autotune(-no-cudagraphs)
+    compile_mode: Optional[Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]] = None
 
 
 @dataclass

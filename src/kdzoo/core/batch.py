@@ -11,8 +11,9 @@ from torch import Tensor
 @dataclass
 class Batch:
     """One training batch. `index` holds dataset indices when some method needs them; `views` the named views
-    of the samples when the stream makes several (`inputs` is the first); `original` marks the rows that are
-    original samples where a batch function added others (rotations), `mixed_targets` and `mix_lambda` the
+    of the samples when the stream makes several (`inputs` is the first); `original` holds the indices of the rows
+    that are original samples where a batch function added others (rotations; indices, not a mask, so that
+    selecting them needs no host synchronisation), `mixed_targets` and `mix_lambda` the
     second labels and weight of mixed inputs (`mix_lambda`: one weight per mixed part for grouped batches),
     `groups` the GroupLayout of a grouped batch (data/groups.py) with `view_index`/`view_targets` the dataset
     indices and labels of every view's rows, `aux_targets` the labels of a self-supervised task."""

@@ -2,8 +2,8 @@
 
 rotate4 (HSAKD's self-supervised augmentation): each image under its 4 rotations, interleaved
 (x0 r0, x0 r1, x0 r2, x0 r3, x1 r0, ...), rotation k = rot90 by k quarter turns over (H, W); 4B rows, with
-`original` marking the unrotated rows 0::4, `targets` each image's class repeated, and `aux_targets` the joint
-label 4 * class + k.
+`original` the indices of the unrotated rows 0, 4, 8, ..., `targets` each image's class repeated, and
+`aux_targets` the joint label 4 * class + k.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def rotate4(batch: Batch) -> Batch:
     targets = batch.targets.repeat_interleave(4)
     return replace(batch, inputs=rotated.contiguous(memory_format=memory), targets=targets,
                    index=None if batch.index is None else batch.index.repeat_interleave(4),
-                   views={}, original=rotation == 0, aux_targets=targets * 4 + rotation)
+                   views={}, original=torch.arange(0, 4 * b, 4, device=x.device), aux_targets=targets * 4 + rotation)
 
 
 def batch_transform(name: str) -> Callable[[Batch], Batch]:

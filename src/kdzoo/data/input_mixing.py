@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
+from kdzoo.core.host_sync import host_side
 from kdzoo.errors import ConfigError
 
 MODES = ("identity", "flip", "crop+flip", "cutout", "autoaugment", "mixup", "cutmix", "cutmix_pick")
@@ -73,7 +74,9 @@ def derangement(n: int) -> Tensor:
         return torch.arange(n)
     while True:
         perm = torch.randperm(n)
-        if not bool((perm == torch.arange(n)).any()):
+        with host_side():  # torch's CPU generator: no device read
+            fixed = bool((perm == torch.arange(n)).any())
+        if not fixed:
             return perm
 
 
@@ -117,14 +120,16 @@ def cutmix_box(h: int, w: int, lam: float, centre: Optional[tuple[int, int]] = N
     ratio = (1.0 - lam) ** 0.5
     cut_h, cut_w = int(h * ratio), int(w * ratio)
     if centre is None:
-        centre = (int(torch.randint(0, h, ())), int(torch.randint(0, w, ())))
+        with host_side():
+            centre = (int(torch.randint(0, h, ())), int(torch.randint(0, w, ())))
     cy, cx = centre
     return (min(max(cy - cut_h // 2, 0), h), min(max(cy + cut_h // 2, 0), h),
             min(max(cx - cut_w // 2, 0), w), min(max(cx + cut_w // 2, 0), w))
 
 
 def beta_1_1() -> float:
-    return float(torch.rand(()))  # Beta(1, 1) is uniform on (0, 1)
+    with host_side():  # a CPU draw: no device read
+        return float(torch.rand(()))  # Beta(1, 1) is uniform on (0, 1)
 
 
 def cutmix(x: Tensor) -> Mixed:

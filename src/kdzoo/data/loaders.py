@@ -26,6 +26,7 @@ from kdzoo.errors import DatasetError
 
 # Offsets the per-rank worker seeds so ranks do not draw identical augmentations.
 _RANK_SEED_STRIDE = 1 << 32
+_FOLD = 0x9E3779B1  # odd (2**32 / golden ratio): folds a seed's high 32 bits into its low ones
 
 
 class ShardSampler(Sampler[int]):
@@ -66,8 +67,33 @@ def _check_rank(rank: int, world_size: int) -> None:
         raise DatasetError(f"invalid distributed setting rank={rank}, world_size={world_size}")
 
 
-def _worker_seed(seed: int, epoch: int, rank: int) -> int:
-    return seed + epoch + rank * _RANK_SEED_STRIDE
+def worker_seed(seed: int, epoch: int, rank: int) -> int:
+    """The 32-bit seed of (seed, epoch, rank)'s draws. torch's CPU generator keeps only a seed's low 32 bits, so
+    rank * 2**32 alone would give every rank the same draws: the high part is folded in with an odd multiplier
+    (rank 0's seeds below 2**32 are unchanged)."""
+    value = seed + epoch + rank * _RANK_SEED_STRIDE
+    return (value + (value >> 32) * _FOLD) % 2**32
+
+
+def make_sampler(dataset: Dataset, *, train: bool, seed: int, drop_last: bool = False, distributed: bool = False,
+                 rank: int = 0, world_size: int = 1,
+                 sampler: Sampler[int] | None = None) -> tuple[Sampler[int], torch.Generator | None]:
+    """(the sampler, the generator `set_loader_epoch` reseeds or None): training shuffles deterministically
+    (DistributedSampler's shard when distributed), evaluation reads in order (sharded when distributed);
+    `sampler`, the caller's own, is used as given. Both loaders, torch's and `loader: device`, draw from it."""
+    if distributed:
+        _check_rank(rank, world_size)
+    if sampler is not None:  # the stream's own (it shards and reseeds itself)
+        return sampler, None
+    if train and distributed:
+        return DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                  drop_last=drop_last), None
+    if train:
+        generator = torch.Generator().manual_seed(seed)
+        return RandomSampler(dataset, generator=generator), generator
+    if distributed:
+        return ShardSampler(dataset, rank, world_size), None
+    return SequentialSampler(dataset), None
 
 
 def make_loader(
@@ -91,22 +117,9 @@ def make_loader(
     """
     if batch_size < 1:
         raise DatasetError(f"batch_size must be positive, got {batch_size}")
-    if distributed:
-        _check_rank(rank, world_size)
-    sampler_generator = None
-    if sampler is not None:  # the stream's own (it shards and reseeds itself)
-        pass
-    elif train and distributed:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
-        )
-    elif train:
-        sampler_generator = torch.Generator().manual_seed(seed)
-        sampler = RandomSampler(dataset, generator=sampler_generator)
-    elif distributed:
-        sampler = ShardSampler(dataset, rank, world_size)
-    else:
-        sampler = SequentialSampler(dataset)
+    sampler, sampler_generator = make_sampler(dataset, train=train, seed=seed, drop_last=drop_last,
+                                              distributed=distributed, rank=rank, world_size=world_size,
+                                              sampler=sampler)
     return SeededDataLoader(
         dataset,
         seed=seed,
@@ -118,7 +131,8 @@ def make_loader(
         drop_last=drop_last,
         num_workers=num_workers,
         worker_init_fn=seed_worker if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(_worker_seed(seed, 0, rank if distributed else 0)),
+        generator=torch.Generator().manual_seed(worker_seed(seed, 0, rank if distributed else 0)),
+        # pinned host batches let to_batch's non_blocking copies overlap the step
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
@@ -126,6 +140,10 @@ def make_loader(
 
 def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
     """Make epoch `epoch`'s order a function of (seed, epoch) only; call before iterating each epoch."""
+    own = getattr(loader, "set_epoch", None)  # loader: device reseeds its sampler and its draws itself
+    if own is not None:
+        own(epoch)
+        return
     sampler = getattr(loader, "sampler", None)  # a DALI loader has none: it reshuffles itself
     if hasattr(sampler, "set_epoch"):  # DistributedSampler shuffles with seed + epoch itself
         sampler.set_epoch(epoch)
@@ -133,4 +151,4 @@ def set_loader_epoch(loader: DataLoader, epoch: int) -> None:
         if loader.sampler_generator is not None:
             loader.sampler_generator.manual_seed(loader.seed + epoch)
         # Worker seeds (drawn when workers start) then also depend only on (seed, epoch, rank).
-        loader.generator.manual_seed(_worker_seed(loader.seed, epoch, loader.rank))
+        loader.generator.manual_seed(worker_seed(loader.seed, epoch, loader.rank))

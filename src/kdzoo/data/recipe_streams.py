@@ -80,6 +80,12 @@ def recipe_streams(d: DatasetConfig, *, seed: int, device: torch.device, channel
     }
     if val_set is not None:
         streams["val"] = DataStream(val_set, d.eval_batch_size, **stream)
+    if d.loader == "device":
+        from kdzoo.data.device_loader import layout
+
+        for s in streams.values():
+            layout(s.dataset)  # what it cannot read fails now, in one line
+            s.on_device = True
     if d.loader == "dali":
         from kdzoo.data.dali import dali_streams
 
@@ -95,4 +101,4 @@ def probe_stream(d: DatasetConfig, train: DataStream, *, seed: int, device: torc
 
     plain = build_dataset(d.name, "train", augment=False, root=d.root, download=d.download, image_size=d.image_size)
     return DataStream(probe_dataset(train.dataset, plain), d.eval_batch_size, seed=seed, num_workers=d.num_workers,
-                      device=device, channels_last=channels_last)
+                      device=device, channels_last=channels_last, on_device=train.on_device)

@@ -46,17 +46,24 @@ class DataStream:
     transform: Optional[Callable[[Batch], Batch]] = None  # applied to every batch (data/batch_transforms.py)
     views: tuple[str, ...] = ("x",)  # the named views its batches carry ("x": the inputs)
     sampler_fn: Optional[Callable[[Any], Sampler]] = None  # (DistInfo) -> the training sampler (group streams)
+    on_device: bool = False  # dataset.loader: device (data/device_loader.py) instead of torch's DataLoader
     _loader: Optional[DataLoader] = field(default=None, init=False, repr=False)
 
-    def loader(self, dist) -> DataLoader:
+    def loader(self, dist) -> Any:
+        if self._loader is None and self.on_device:
+            from kdzoo.data.device_loader import DeviceLoader
+
+            self._loader = DeviceLoader(self.dataset, batch_size=self.batch_size, train=self.train, seed=self.seed,
+                                        drop_last=self.drop_last, device=self.device, dist=dist,
+                                        sampler=self.sampler_fn(dist) if self.sampler_fn is not None else None)
         if self._loader is None:
             self._loader = make_loader(self.dataset, batch_size=self.batch_size, train=self.train, seed=self.seed,
                                        num_workers=self.num_workers, drop_last=self.drop_last,
                                        distributed=dist.enabled, rank=dist.rank, world_size=dist.world_size,
                                        sampler=self.sampler_fn(dist) if self.sampler_fn is not None else None)
-            if self.train and len(self._loader) == 0:
-                raise ConfigError(f"{self.batch_size_key}: {self.batch_size} is larger than the {len(self.dataset)} "
-                                  "training samples and the last partial batch is dropped")
+        if self.train and len(self._loader) == 0:
+            raise ConfigError(f"{self.batch_size_key}: {self.batch_size} is larger than the {len(self.dataset)} "
+                              "training samples and the last partial batch is dropped")
         return self._loader
 
     def batch(self, raw: Any) -> Batch:

@@ -27,5 +27,5 @@ class CrossEntropy(Method):
     def losses(self, batch, s, t, step):
         logits, targets = s.logits, batch.targets
         if batch.original is not None:  # rows a batch function added (rotations) have no class label
-            logits, targets = logits[batch.original], targets[batch.original]
+            logits, targets = logits.index_select(0, batch.original), targets.index_select(0, batch.original)
         return {"ce": F.cross_entropy(logits, targets, label_smoothing=self.params.label_smoothing)}

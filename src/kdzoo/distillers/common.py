@@ -93,3 +93,14 @@ class GroupedParams:
 def wide(x: Tensor) -> Tensor:
     """float32 at least: losses compute in float32 under bf16 autocast; float64 inputs (parity tests) stay float64."""
     return x if x.dtype == torch.float64 else x.float()
+
+
+def non_target_classes(label: Tensor, classes: int) -> Tensor:
+    """(N, C - k): each row's classes but its k distinct labels (N, k), in order; what `z[mask].view(N, -1)` selects
+    with a mask of the non-target entries, as a gather (a boolean mask's selection synchronises a GPU with the host).
+    Each label, ascending, shifts the classes at or above it up by one."""
+    n, k = label.shape
+    others = torch.arange(classes - k, device=label.device).expand(n, classes - k)
+    for column in label.sort(dim=1).values.unbind(1):
+        others = others + (others >= column.unsqueeze(1)).long()
+    return others

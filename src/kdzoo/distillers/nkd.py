@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import non_target_classes
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
 
@@ -34,9 +34,9 @@ def nkd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, tem
     s_target = F.log_softmax(z_s, dim=1).gather(1, label)
     t_target = F.softmax(z_t, dim=1).gather(1, label).detach()
     loss_target = -(t_target * s_target).mean()
-    keep = torch.ones_like(z_s, dtype=torch.bool).scatter_(1, label, False)
-    non_s = F.log_softmax(z_s[keep].view(n, c - 1) / temperature, dim=1)
-    non_t = F.softmax(z_t[keep].view(n, c - 1) / temperature, dim=1)
+    others = non_target_classes(label, c)
+    non_s = F.log_softmax(z_s.gather(1, others) / temperature, dim=1)
+    non_t = F.softmax(z_t.gather(1, others) / temperature, dim=1)
     loss_non = -gamma * temperature**2 * (non_t * non_s).sum(dim=1).mean()
     return loss_target + loss_non
 

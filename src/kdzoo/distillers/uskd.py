@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdzoo.distillers.base import Method, Recipes
+from kdzoo.distillers.common import non_target_classes
 from kdzoo.distillers.registry import register_method
 from kdzoo.errors import IncompatiblePairError
 from kdzoo.models.features import Needs
@@ -72,10 +73,10 @@ def uskd_loss(logits: Tensor, weak_logits: Tensor, target: Tensor, alpha: float,
         score = prob_w / (1 - prob_w.gather(1, label).sum(1, keepdim=True) + 1e-6) \
             + s_rank / (1 - s_rank.gather(1, label).sum(1, keepdim=True) + 1e-6)
         position = score.argsort(dim=1, descending=True).argsort(dim=1)  # 0 for the highest-ranked class
-        keep = torch.ones_like(z, dtype=torch.bool).scatter_(1, label, False)
-        zipf = (1.0 / (position + 1).to(dtype))[keep].view(n, -1)
+        others = non_target_classes(label, z.shape[1])
+        zipf = (1.0 / (position + 1).to(dtype)).gather(1, others)
         zipf = zipf / zipf.sum(dim=1, keepdim=True)
-    log_non = F.log_softmax(z[keep].view(n, -1), dim=1)
+    log_non = F.log_softmax(z.gather(1, others), dim=1)
     loss_non = -(zipf * log_non).sum(dim=1).mean()
     return alpha * loss_target + beta * loss_non + loss_weak
 

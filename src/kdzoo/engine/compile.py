@@ -4,14 +4,17 @@ network and are skipped. The first steps are slow while the graphs compile; the 
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from kdzoo.errors import ConfigError
 
 
-def compile_program(program, backend: str = "inductor") -> list[str]:
-    """Compile each slot's forward (its feature wrapper where it has one); returns the slots compiled."""
+def compile_program(program, backend: str = "inductor", mode: Optional[str] = None) -> list[str]:
+    """Compile each slot's forward (its feature wrapper where it has one) with torch.compile's `mode` (None: its
+    default); returns the slots compiled."""
     if backend not in torch._dynamo.list_backends(exclude_tags=()):
         known = ", ".join(sorted(torch._dynamo.list_backends(exclude_tags=())))
         raise ConfigError(f"engine.compile_backend: unknown backend {backend!r} (torch has: {known})")
@@ -20,6 +23,6 @@ def compile_program(program, backend: str = "inductor") -> list[str]:
         if slot.role == "cached":
             continue
         target = slot.features if isinstance(slot.features, nn.Module) else slot.module
-        target.compile(backend=backend)
+        target.compile(backend=backend, **({"mode": mode} if mode else {}))
         done.append(name)
     return done

@@ -144,23 +144,20 @@ class PhaseRunner:
         bar = tqdm(loader, total=steps, desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
                    disable=self.quiet or not self.dist.is_main, leave=False, dynamic_ncols=True)
         for i, raw in enumerate(bar):
-            batch = stream.batch(raw)
-            info = StepInfo(epoch=epoch, epochs=phase.epochs, step=epoch * steps + i, steps_per_epoch=steps)
-            total, terms = train_step(phase, batch, info, optimizer, self.precision, scaler, cfg.optim.grad_clip)
+            total, terms, size = self.one_step(phase, epoch, i, steps, raw, stream, optimizer, controller, scaler,
+                                               sums)
             running = running + total
+            seen += size
+            # the one host read of the step loop: every log interval on a GPU (each step on the CPU, where it costs
+            # nothing), so queued kernels are not waited for each step
             if (i + 1) % check_every == 0 or i + 1 == steps:
                 if not torch.isfinite(running):
                     raise NonFiniteLoss(self._nan_message(phase, epoch, i, terms))
-            controller.after_step()
-            self.program.after_optimizer_step()
-            if phase.after_step is not None:
-                phase.after_step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
-            seen += batch.size
-            if not bar.disable and (i % max(cfg.engine.log_every // 5, 1) == 0 or i + 1 == steps):
-                rate = seen * self.dist.world_size / max(time.time() - started, 1e-9)
-                bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")
+                if not bar.disable:
+                    rate = seen * self.dist.world_size / max(time.time() - started, 1e-9)
+                    bar.set_postfix(loss=f"{running.item() / (i + 1):.4f}", img_s=f"{rate:.0f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the epoch's queued kernels belong to its time
         elapsed = time.time() - started
         stats = {f"train_{k}": (v / steps).item() for k, v in sums.items()}
         stats["train_loss"] = running.item() / steps
@@ -169,6 +166,21 @@ class PhaseRunner:
         stats["images_per_s"] = round(seen * self.dist.world_size / max(elapsed, 1e-9), 1)
         stats.update(peak_memory(device))
         return stats
+
+    def one_step(self, phase: Phase, epoch: int, i: int, steps: int, raw, stream, optimizer, controller: Controller,
+                 scaler, sums: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """Step i of an epoch, all on the device (no host read: benchmarks/gpu_check.py counts them here): the
+        batch, the optimizer step, the per-step hooks; the terms are added to `sums`. (loss, terms, batch size)."""
+        batch = stream.batch(raw)
+        info = StepInfo(epoch=epoch, epochs=phase.epochs, step=epoch * steps + i, steps_per_epoch=steps)
+        total, terms = train_step(phase, batch, info, optimizer, self.precision, scaler, self.cfg.optim.grad_clip)
+        controller.after_step()
+        self.program.after_optimizer_step()
+        if phase.after_step is not None:
+            phase.after_step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.detach().float()
+        return total, terms, batch.size
 
     def _nan_message(self, phase: Phase, epoch: int, i: int, terms: dict[str, torch.Tensor]) -> str:
         values = ", ".join(f"{k}={v.detach().float().item():.4g}" for k, v in terms.items())

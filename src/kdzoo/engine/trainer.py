@@ -71,7 +71,7 @@ class Engine:
             if cfg.engine.compile:
                 from kdzoo.engine.compile import compile_program
 
-                compiled = compile_program(self.program, cfg.engine.compile_backend)
+                compiled = compile_program(self.program, cfg.engine.compile_backend, cfg.engine.compile_mode)
                 self.log(f"torch.compile ({cfg.engine.compile_backend}): {', '.join(compiled)}")
             self.program.use_runner(wrap_ddp(self.program.trainable, self.dist, self.device))
             for phase in self.program.phases:  # a stream no full batch fits fails now, before the folder is written

@@ -11,12 +11,21 @@ from kdzoo.config.schema import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable, cfg: OptimConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable `params`; on a GPU their fused kernels (one launch for all parameters instead
+    of several per tensor), elsewhere torch's default implementation."""
     lr = cfg.lr if lr is None else lr
     params = [p for p in params if p.requires_grad]
+    fused = {"fused": True} if fusable(params) else {}
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, **fused)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
+
+
+def fusable(params: list) -> bool:
+    """Whether torch's fused optimizer kernels take these parameters: all floating point on one CUDA device."""
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params) \
+        and len({p.device for p in params}) == 1
 
 
 def lr_factor(cfg: ScheduleConfig, epoch_progress: float, epochs: int, base_lr: float) -> float:

@@ -85,6 +85,7 @@ class ReplayTeacher:
             self.values = torch.zeros(self.n, self.k, dtype=torch.float16, device=self.device)
             self.indices = torch.zeros(self.n, self.k, dtype=index_dtype, device=self.device)
             self.seen = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+            self.filled = 0  # rows gathered so far, counted on the host: `seen` is read only once they could cover n
             self.mode = "record"
         return self.mode
 
@@ -101,7 +102,8 @@ class ReplayTeacher:
             self.values[rows] = all_gather_cat(top.values).to(torch.float16)
             self.indices[rows] = all_gather_cat(top.indices).to(self.indices.dtype)
             self.seen[rows] = True
-            if bool(self.seen.all()):
+            self.filled += rows.shape[0]
+            if self.filled >= self.n and bool(self.seen.all()):  # no per-step read of the device
                 self.cache.write_soft(self.epoch, self.values.cpu(), self.indices.cpu())
                 self.mode = "done"  # the rest of the epoch (a padded shard repeats images) records nothing
         return self.as_features(top.values.half(), top.indices)  # what a replay gives: the recording trains on it
@@ -165,6 +167,9 @@ def replay_program_parts(cfg, streams, methods, teacher, info, device, out, is_m
 
     d, stream = cfg.dataset, streams["train"]
     refuse_unreplayable(methods, stream.views)
+    if stream.on_device:
+        raise ConfigError("teacher.cache: replay replays each image's recorded augmentation through the PyTorch "
+                          "loader; use dataset.loader: torch")
     if stream.drop_last:
         raise ConfigError("teacher.cache: replay records every image of an epoch; with dataset.drop_last (or a "
                           "method that needs full batches) some are never seen: use teacher.cache: false")

@@ -65,6 +65,9 @@ def attach_groups(stream: DataStream, methods, seed: int, folder: Optional[Path]
     layout = one_layout(methods.values())
     if layout is None:
         return
+    if stream.on_device:
+        raise ConfigError("dataset.loader: device draws single images; grouped batches read through the PyTorch "
+                          "loader (loader: torch)")
     if stream.views != ("x",) or stream.transform is not None:
         raise ConfigError("dataset.views: grouped batches make their own views; a recipe with groups of images "
                           "takes no other views or batch transform")

@@ -1,0 +1,85 @@
+"""The GPU path on the CPU: benchmarks/gpu_check.py runs every section at small sizes (so it cannot rot before a GPU
+runs it), its host-sync count catches a `.item()` slipped into a step, and the pieces it relies on: the host-read
+counter, the sync-free selection of non-target classes and original rows, fused optimizers only where they run."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdzoo.config.schema import OptimConfig
+from kdzoo.core.host_sync import HostSyncs, host_side
+from kdzoo.distillers.common import non_target_classes
+from kdzoo.program.optim import build_optimizer, fusable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def test_host_reads_are_counted_by_call_and_host_side_reads_are_not():
+    x = torch.randn(6)
+    with HostSyncs(torch.device("cpu")) as syncs:
+        x.sum().item()
+        if x.max() > 0:
+            pass
+        x[x > 0].tolist()
+        x.nonzero()
+        x.index_select(0, torch.tensor([1, 2])).sum() * 2 + x.clamp(min=0)  # device-only work: not counted
+        with host_side():
+            float(torch.rand(()))
+    assert dict(syncs.counts) == {"item": 1, "__bool__": 1, "__getitem__[bool mask]": 1, "tolist": 1, "nonzero": 1}
+    assert syncs.total == 5
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_non_target_classes_select_what_a_mask_selects(k):
+    z = torch.randn(7, 10)
+    label = torch.stack([torch.randperm(10)[:k] for _ in range(7)])
+    keep = torch.ones_like(z, dtype=torch.bool).scatter_(1, label, False)
+    assert torch.equal(z.gather(1, non_target_classes(label, 10)), z[keep].view(7, 10 - k))
+
+
+def test_fused_optimizers_only_on_one_cuda_device():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    assert not fusable(params) and not fusable([])
+    optimizer = build_optimizer(params, OptimConfig())
+    assert not optimizer.param_groups[0].get("fused")  # the CPU keeps torch's default implementation
+
+
+def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
+    import gpu_check
+
+    report = tmp_path / "gpu_check.md"
+    code = gpu_check.main(["--device", "cpu", "--quick", "--work", str(tmp_path / "work"), "--out", str(report)])
+    text = report.read_text()
+    assert code == 0, text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| case")]
+    regimes = [r for r in rows if r.startswith(("| offline", "| mutual", "| double_student", "| self_supervised",
+                                                "| linear_probe"))]
+    assert len(regimes) == 10 and all(r.endswith("| ok |") and "| 0 (-) |" in r for r in regimes), regimes
+    for expected in ("| 8 | default", "| 8 | plain (fp32)", "| 8 | compiled", "loader: device | 64 |",
+                     "PyTorch loader, 0 workers | 64 |", "| replay |", "| student |", "| no | the PyTorch loader"):
+        assert any(expected in r for r in rows), expected
+    assert "FAILED" not in text and "CPU " in text  # the environment line names the CPU
+
+
+def test_gpu_check_reports_a_host_sync_slipped_into_a_step(tmp_path, monkeypatch):
+    import gpu_check
+
+    from kdzoo.distillers.kd import KD
+
+    original = KD.losses
+
+    def with_item(self, *args, **kwargs):
+        terms = original(self, *args, **kwargs)
+        terms["kd"].item()  # the realistic bug: a loss read back to the host each step
+        return terms
+
+    monkeypatch.setattr(KD, "losses", with_item)
+    report = tmp_path / "gpu_check.md"
+    code = gpu_check.main(["--device", "cpu", "--quick", "--sections", "regimes", "--work", str(tmp_path / "w"),
+                           "--out", str(report)])
+    kd_row = next(r for r in report.read_text().splitlines() if r.startswith("| offline: kd (logit)"))
+    assert code == 1 and "item" in kd_row and kd_row.endswith("| SYNCS |"), kd_row
