@@ -15,16 +15,16 @@ step's cost).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay_epoch import epoch_times, kdzoo  # noqa: E402 - the CLI-run helpers (a finished run is reused)
 
 from kdzoo.core.dist import DistInfo
 from kdzoo.data.in_memory import InMemoryImageDataset
@@ -52,18 +52,6 @@ def data_epoch(dataset, *, on_device: bool, workers: int) -> float:
     for raw in loader:
         stream.batch(raw)
     return time.perf_counter() - start
-
-
-def kdzoo(command: str, recipe: str, run: Path, *overrides: str) -> None:
-    shutil.rmtree(run, ignore_errors=True)
-    args = [command, "-c", recipe, "--out", str(run), "--quiet", *overrides]
-    print("$ kdzoo", " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "kdzoo.cli", *args], check=True, cwd=ROOT)
-
-
-def epoch_times(run: Path) -> list[float]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [e["epoch_time_s"] for e in lines if "epoch_time_s" in e]
 
 
 def main() -> None:
