@@ -192,6 +192,8 @@ def regime_cases(check: Check) -> list[tuple[str, Callable[[], dict]]]:
 
     kd = {"loss": {"ce": 0.1, "kd": 0.9}, **pair}
     bank = max(16, min(4096, a.steps * a.batch // 4))
+    # proto: K clusters of the images (at most one per 10), negatives that the batch always leaves free (K - batch)
+    clusters = max(2, dssrd_images(a) // 10)
     return [
         ("offline: kd (logit)", lambda: kd),
         ("offline: fitnet (feature)", lambda: from_recipe("cifar100/fitnet/resnet32x4-resnet8x4.yaml")),
@@ -206,8 +208,8 @@ def regime_cases(check: Check) -> list[tuple[str, Callable[[], dict]]]:
         ("double_student: dssrd", lambda: from_recipe(
             "cifar100/dssrd/double_student/resnet32x4-resnet8x4.yaml",
             methods={"kd": {"teacher_view": "x2"}, "crd": {"nce_k": bank},
-                     "proto": {"key_network": "student", "key_view": "x2",
-                               "clusters": [max(2, min(100, a.steps * a.batch // 20))]}})),
+                     "proto": {"key_network": "student", "key_view": "x2", "warmup_epochs": 0,
+                               "clusters": [clusters], "negatives": max(1, min(100, clusters - a.batch))}})),
         ("self_supervised: byol", lambda: {**from_recipe("cifar100/self_supervised/byol_imix_resnet34.yaml"),
                                            "student": {"arch": a.ssl_arch}, "teacher": {}}),
         ("linear_probe", lambda: {**from_recipe("cifar100/linear_eval/cifar100.yaml"), "teacher": {},
@@ -215,10 +217,17 @@ def regime_cases(check: Check) -> list[tuple[str, Callable[[], dict]]]:
     ]
 
 
+def dssrd_images(a) -> int:
+    """The double student's images: enough for proto's clusters to exceed a batch (its draw then stays on the
+    device; with fewer, DS-SRD's "at most all free clusters" needs their count on the host)."""
+    return max(a.steps * a.batch, 50 * a.batch)
+
+
 def check_regimes(check: Check) -> None:
     a = check.args
     for name, build in regime_cases(check):
-        data = check.recipe(build(), images=a.steps * a.batch, batch=a.batch,
+        images = dssrd_images(a) if name.startswith("double_student") else a.steps * a.batch
+        data = check.recipe(build(), images=images, batch=a.batch,
                             loader=build().get("dataset", {}).get("loader", "torch"))
         try:
             if "replayed" in name:  # the steady state: a first run records the epoch, the counted one replays it
@@ -413,7 +422,7 @@ def parse(argv=None):
     args = parser.parse_args(argv)
     full = dict(steps=20, batch=64, batches=[64, 256], repeats=50, warmup=5, images=50_000, test_images=10_000,
                 epoch_batch=64, workers=16, student="resnet8x4", teacher="resnet32x4", ssl_arch="ResNet34")
-    quick = dict(steps=3, batch=8, batches=[8], repeats=2, warmup=1, images=64, test_images=32, epoch_batch=16,
+    quick = dict(steps=3, batch=8, batches=[8], repeats=2, warmup=1, images=400, test_images=32, epoch_batch=16,
                  workers=0, student="resnet8", teacher="resnet8x4", ssl_arch="resnet8")
     for key, value in (quick if args.quick else full).items():
         setattr(args, key, value)

@@ -187,3 +187,21 @@ def test_imagenet_pipelines_are_refused(tmp_path):
         Image.new("RGB", (40, 30)).save(folder / "a.JPEG")
     with pytest.raises(ConfigError, match="RandomResizedCrop"):
         layout(build_dataset("imagefolder", "train", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("image_size", [None, 32])
+def test_tinyimagenet_files_decode_once_into_batches_equal_to_the_pytorch_loaders(tmp_path, image_size):
+    """TinyImageNet is read from JPEG files: decoded (and resized, when asked) once into the device store, through a
+    subset too; its unaugmented batches equal the PyTorch loader's."""
+    from kdzoo.data.registry import build_dataset
+    from tests.test_data import write_tiny_imagenet_tree
+
+    write_tiny_imagenet_tree(tmp_path)
+    common = dict(root=str(tmp_path), image_size=image_size)
+    for ds in (build_dataset("tinyimagenet", "test", **common),
+               subset(build_dataset("tinyimagenet", "train", augment=False, **common), torch.tensor([3, 0, 2]))):
+        ours = epoch(device_loader(ds, train=False, batch_size=2), 0)
+        theirs = list(make_loader(ds, batch_size=2, train=False, seed=3))
+        assert len(ours) == len(theirs) == 2
+        for (x, y), (x2, y2) in zip(ours, theirs):
+            assert x.shape[-1] == (image_size or 64) and torch.equal(x, x2) and torch.equal(y, y2)

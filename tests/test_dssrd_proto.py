@@ -239,3 +239,24 @@ def test_key_grad_sends_the_gradient_through_the_students_key_view(digits_teache
 def test_key_grad_needs_the_student_as_key(tmp_path):
     with pytest.raises(ConfigError, match="key_grad"):
         _regime(tmp_path, key_grad=True)  # the key is the frozen teacher's
+
+
+def test_negatives_drawn_on_the_device_are_uniform_over_the_free_clusters():
+    """The sync-free draw (enough free clusters guaranteed): never a batch cluster (nor, with `original`, an id at
+    or above the largest assigned one), each free cluster equally likely, no repeats."""
+    from kdzoo.core.host_sync import HostSyncs
+    from kdzoo.distillers.proto import sample_negatives
+
+    torch.manual_seed(0)
+    c = Clustering(torch.eye(20), torch.ones(20), torch.arange(20), top_id=15)
+    counts = torch.zeros(20)
+    with HostSyncs(torch.device("cpu")) as syncs:
+        draws = [sample_negatives(c, torch.tensor([2, 5, 5]), 4, original=True) for _ in range(3000)]
+    assert syncs.total == 0
+    for drawn in draws:
+        assert len(set(drawn.tolist())) == 4
+        counts[drawn] += 1
+    free = [i for i in range(15) if i not in (2, 5)]
+    assert counts[[2, 5, *range(15, 20)]].sum() == 0
+    expected = 3000 * 4 / len(free)  # 923
+    assert (counts[free] - expected).abs().max() < 4.5 * (expected * (1 - 4 / len(free))) ** 0.5

@@ -64,6 +64,10 @@ class HostReads(TorchFunctionMode):
             self.counts[name if name not in _INDEXING else f"{name}[bool mask]"] += 1
         elif name in ("to", "cuda") and _to_host(args, kwargs or {}):
             self.counts["to(cpu)"] += 1
+        elif name == "to" and _blocking_to_device(args, kwargs or {}):
+            self.counts["to(device) blocking"] += 1
+        elif name in ("tensor", "as_tensor") and (kwargs or {}).get("device") is not None:
+            self.counts[f"{name}(device=)"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -73,6 +77,22 @@ def _to_host(args, kwargs) -> bool:
         return False
     target = kwargs.get("device", args[1] if len(args) > 1 else None)
     return isinstance(target, (str, torch.device)) and torch.device(target).type == "cpu"
+
+
+def _blocking_to_device(args, kwargs) -> bool:
+    """A host tensor sent to a device without non_blocking: on a GPU, a copy the host waits for. (On the CPU this
+    is seen as any CPU tensor's .to(device) call, the code a GPU run sends to the GPU.)"""
+    tensor = args[0] if args else None
+    if not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu" or kwargs.get("non_blocking"):
+        return False
+    target = kwargs.get("device", args[1] if len(args) > 1 else None)
+    return isinstance(target, torch.device) or (isinstance(target, str) and not target.startswith("torch."))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor (a draw of torch's CPU generator) on `device` with no synchronisation: from pageable memory a
+    non_blocking copy stages the data before it returns, so the host tensor may go at once."""
+    return tensor.to(device, non_blocking=True)
 
 
 class HostSyncs:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from kdzoo.core.host_sync import to_device
 from kdzoo.errors import ConfigError
 
 MAX_GROUPS = 100_000
@@ -163,7 +164,7 @@ def group_batch(raw: Any, layout: GroupLayout, device: torch.device, channels_la
         at += k
     weights = None
     if layout.mix:
-        weights = torch.distributions.Dirichlet(torch.ones(len(layout.parts))).sample().to(device)
+        weights = to_device(torch.distributions.Dirichlet(torch.ones(len(layout.parts))).sample(), device)
         views[layout.mix] = sum(w * views[name] for w, (name, _) in zip(weights, layout.parts))
     first = layout.parts[0][0]
     return Batch(inputs=views[first], targets=view_targets[first], index=view_index[first], views=views,

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from kdzoo.core.host_sync import host_side
+from kdzoo.core.host_sync import host_side, to_device
 from kdzoo.errors import ConfigError
 
 MODES = ("identity", "flip", "crop+flip", "cutout", "autoaugment", "mixup", "cutmix", "cutmix_pick")
@@ -53,7 +53,7 @@ class PixelStats:
     std: Sequence[float]
 
     def _shape(self, x: Tensor, values) -> Tensor:
-        return torch.as_tensor(values, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return to_device(torch.as_tensor(values, dtype=x.dtype), x.device).view(1, -1, 1, 1)
 
     def black(self, x: Tensor) -> Tensor:
         """What a zero pixel is after normalisation, per channel, broadcastable over x."""
@@ -86,7 +86,7 @@ def _unmixed(x: Tensor, inputs: Tensor) -> Mixed:
 
 
 def flip(x: Tensor) -> Tensor:
-    chosen = (torch.rand(x.shape[0]) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    chosen = to_device(torch.rand(x.shape[0]) < 0.5, x.device).view(-1, 1, 1, 1)
     return torch.where(chosen, x.flip(-1), x)
 
 
@@ -95,8 +95,8 @@ def pad_crop(x: Tensor, padding: int, fill: Tensor) -> Tensor:
     b, c, h, w = x.shape
     padded = fill.expand(b, c, h + 2 * padding, w + 2 * padding).clone()
     padded[:, :, padding:padding + h, padding:padding + w] = x
-    top = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
-    left = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
+    top = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
+    left = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
     rows = (top.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
     picked = padded.gather(2, rows)
     cols = (left.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
@@ -136,7 +136,7 @@ def cutmix(x: Tensor) -> Mixed:
     b, _, h, w = x.shape
     lam = beta_1_1()
     y1, y2, x1, x2 = cutmix_box(h, w, lam)
-    partner = derangement(b).to(x.device)
+    partner = to_device(derangement(b), x.device)
     mixed = x.clone()
     mixed[:, :, y1:y2, x1:x2] = x[partner][:, :, y1:y2, x1:x2]
     lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)  # what the clipped box really left of each image
@@ -146,7 +146,7 @@ def cutmix(x: Tensor) -> Mixed:
 
 def mixup(x: Tensor) -> Mixed:
     lam = beta_1_1()
-    partner = derangement(x.shape[0]).to(x.device)
+    partner = to_device(derangement(x.shape[0]), x.device)
     rows = torch.arange(x.shape[0], device=x.device)
     return Mixed(lam * x + (1 - lam) * x[partner], rows, partner, torch.full((x.shape[0],), lam, device=x.device))
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdzoo.core.host_sync import to_device
 from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.registry import register_method
 from kdzoo.models.features import Needs
@@ -39,7 +40,7 @@ def mlp_head(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
 def imix_lambdas(n: int, device) -> tuple[Tensor, Tensor]:
     """(lam (n,), perm (n,)): lam_i = max(b, 1 - b), b ~ Beta(1, 1), and one permutation."""
     b = torch.rand(n)
-    return torch.maximum(b, 1 - b).to(device), torch.randperm(n).to(device)
+    return to_device(torch.maximum(b, 1 - b), device), to_device(torch.randperm(n), device)
 
 
 def byol_imix_loss(q: Tensor, k: Tensor, lam: Tensor, perm: Tensor) -> Tensor:

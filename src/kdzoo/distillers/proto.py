@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdzoo.core.host_sync import to_device
 from kdzoo.distillers.base import Method, Recipes, Requires
 from kdzoo.distillers.kd import kd_loss
 from kdzoo.distillers.registry import register_method
@@ -122,14 +123,25 @@ def proto_scores(embedding: Tensor, c: Clustering, ids: Tensor) -> Tensor:
 
 def sample_negatives(c: Clustering, positives: Tensor, count: int, original: bool = False) -> Tensor:
     """`count` clusters (at most all of them) that no row of the batch belongs to, uniformly without replacement;
-    `original`: only ids below the largest assigned one, as DS-SRD's range(im2cluster.max())."""
+    `original`: only ids below the largest assigned one, as DS-SRD's range(im2cluster.max()).
+
+    Where the batch cannot leave fewer than `count` free clusters (each row takes at most one), the draw stays on
+    the device: the `count` highest of uniform scores, the batch's clusters scored out (no host synchronisation).
+    Otherwise the free clusters are counted on the host."""
+    pool = c.top_id if original else c.centroids.shape[0]
+    if count <= pool - positives.numel():
+        scores = torch.rand(c.centroids.shape[0], device=positives.device)
+        scores = scores.index_fill(0, positives, -1.0)
+        if original:
+            scores[c.top_id:] = -1.0
+        return scores.topk(count).indices
     free = torch.ones(c.centroids.shape[0], dtype=torch.bool)
     free[positives.cpu()] = False
     if original:
         free[c.top_id:] = False
     candidates = free.nonzero().flatten()
     pick = torch.randperm(len(candidates))[:count]
-    return candidates[pick].to(positives.device)
+    return to_device(candidates[pick], positives.device)
 
 
 def proto_loss(student: Tensor, key: Tensor, index: Tensor, clusterings: list[Clustering], negatives: int,

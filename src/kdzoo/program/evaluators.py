@@ -27,23 +27,26 @@ def evaluate(model: nn.Module, loader, device: torch.device, dist_info: DistInfo
     accuracy figures should not depend on the training precision."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # correct@1, correct@5, loss sum, count
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
     for raw in loader:
         images, targets = raw[0].to(device, non_blocking=True), raw[1].to(device, non_blocking=True)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        logits = model(images).float()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hits = top.eq(targets[:, None])
-        sums += torch.tensor([hits[:, 0].sum().item(), hits.any(dim=1).sum().item(),
-                              F.cross_entropy(logits, targets, reduction="sum").item(), targets.numel()],
-                             dtype=torch.float64)
+        sums += batch_sums(model(images).float(), targets)
     all_reduce_sum(sums, dist_info)
     model.train(was_training)
-    n = max(sums[3].item(), 1.0)
-    return {"top1": 100.0 * sums[0].item() / n, "top5": 100.0 * sums[1].item() / n, "loss": sums[2].item() / n,
-            "n": int(sums[3].item())}
+    correct1, correct5, loss, count = sums.tolist()  # the one host read of the evaluation
+    n = max(count, 1.0)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss / n, "n": int(count)}
+
+
+def batch_sums(logits: Tensor, targets: Tensor) -> Tensor:
+    """(correct@1, correct@5, loss sum, count) of a batch as float64 on its device, so that an evaluation reads
+    the host once, at its end, not per batch (each read waits for the GPU)."""
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
+    count = torch.full((), targets.numel(), dtype=torch.float64, device=logits.device)
+    return torch.stack([top[:, 0].sum().double(), top.any(dim=1).sum().double(),
+                        F.cross_entropy(logits, targets, reduction="sum").double(), count])
 
 
 @dataclass
@@ -93,22 +96,20 @@ class HeadsEvaluator:
         model.eval()
         sums: dict[str, Tensor] = {}
         for raw in rt.loader(self.stream):
-            images, targets = raw[0].to(rt.device), raw[1].to(rt.device).repeat_interleave(self.rows_per_sample)
+            images = raw[0].to(rt.device, non_blocking=True)
+            targets = raw[1].to(rt.device, non_blocking=True).repeat_interleave(self.rows_per_sample)
             for name, logits in self.heads(model(images)).items():
-                logits = logits.float()
-                top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
-                row = torch.tensor([top[:, 0].sum().item(), top.any(dim=1).sum().item(),
-                                    F.cross_entropy(logits, targets, reduction="sum").item(), targets.numel()],
-                                   dtype=torch.float64)
-                sums[name] = sums.get(name, torch.zeros(4, dtype=torch.float64)) + row
+                row = batch_sums(logits.float(), targets)
+                sums[name] = sums[name] + row if name in sums else row
         model.train(was_training)
         out = {}
         for name, total in sums.items():
             all_reduce_sum(total, rt.dist)
-            n = max(total[3].item(), 1.0)
-            out.update({f"{self.stream}_{name}_top1": 100.0 * total[0].item() / n,
-                        f"{self.stream}_{name}_top5": 100.0 * total[1].item() / n,
-                        f"{self.stream}_{name}_loss": total[2].item() / n})
+            correct1, correct5, loss, count = total.tolist()
+            n = max(count, 1.0)
+            out.update({f"{self.stream}_{name}_top1": 100.0 * correct1 / n,
+                        f"{self.stream}_{name}_top5": 100.0 * correct5 / n,
+                        f"{self.stream}_{name}_loss": loss / n})
         if sums:  # the best head (what HSAKD selects its teachers on)
             out[f"{self.stream}_heads_top1"] = max(out[f"{self.stream}_{name}_top1"] for name in sums)
         return out
