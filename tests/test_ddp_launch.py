@@ -1,8 +1,8 @@
-"""DDP for kd, crd, mutual, the double student, the cached / replayed teacher and loader: device under torchrun
-with 2 gloo processes: every rank ends with the same weights and the same method state (CRD's banks: gathered updates in rank
-order; the peers of mutual learning; the EMA teacher; proto's clusters), and a two-node
-launch (--nnodes 2 --nproc_per_node 1, --node_rank, one rendezvous endpoint) equals the one-node launch
-(--nnodes 1 --nproc_per_node 2) within float tolerance."""
+"""DDP for kd, crd, mutual, the double student, the cached / replayed teacher, loader: device and DOT under
+torchrun with 2 gloo processes: every rank ends with the same weights and the same method state (CRD's banks:
+gathered updates in rank order; the peers of mutual learning; the EMA teacher; proto's clusters; DOT's hand-averaged
+distillation gradients), and a two-node launch (--nnodes 2 --nproc_per_node 1, --node_rank, one rendezvous
+endpoint) equals the one-node launch (--nnodes 1 --nproc_per_node 2) within float tolerance."""
 from __future__ import annotations
 
 import os
@@ -53,6 +53,8 @@ RECIPES = {
     "kd_replay": (CONFIGS / "digits" / "kd.yaml", ["teacher.cache=replay"]),
     # each rank's shard and draws from loader: device (data/device_loader.py)
     "kd_device_loader": (CONFIGS / "digits" / "kd.yaml", ["dataset.loader=device"]),
+    # DOT's own optimizer step: the distillation group's gradient averaged over the ranks by hand
+    "dot": (CONFIGS / "digits" / "dot.yaml", []),
 }
 
 
