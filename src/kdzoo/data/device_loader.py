@@ -102,8 +102,8 @@ def layout(dataset: Dataset) -> Layout:
 
 
 def _stored(base: Dataset, lead: list, rows: Optional[torch.Tensor], device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(the images after the lead steps on `device`, whether they are indexed by `rows`' order rather than base
-    positions). In-memory datasets are taken whole (resized in chunks); file datasets decode the used items once."""
+    """(the images after the lead steps on `device`, whether they are stored in `rows`' order rather than by base
+    position). In-memory datasets are taken whole (resized in chunks); file datasets decode the used items once."""
     once = Compose(lead) if lead else None
     if hasattr(base, "images") or hasattr(base, "features"):
         data = base.images if hasattr(base, "images") else base.features
@@ -132,9 +132,8 @@ class DeviceLoader:
         self.batch_size, self.drop_last, self.seed, self.device = batch_size, drop_last, seed, device
         lead = next(iter(spec.views.values()))[0]
         self.images, compact = _stored(spec.base, lead, spec.positions, device)
-        # stream index -> row of self.images
-        rows = torch.arange(len(spec.targets)) if compact or spec.positions is None else spec.positions
-        self.rows = None if (spec.positions is None and not compact) else rows.to(device)
+        # stream index -> row of self.images (None: the same; decoded files are stored in the stream's order)
+        self.rows = None if compact or spec.positions is None else spec.positions.to(device)
         self.targets = spec.targets.to(device)
         self.generator = torch.Generator(device=device)
         self.set_epoch(0)
