@@ -2,8 +2,9 @@
 
 Two measurements:
   data   an epoch of the training stream alone (batches drawn, augmented, normalised, made `Batch`es), batch 128:
-         Fashion-MNIST's 60,000 images (pad-crop 2 + normalise) and 50,000 synthetic CIFAR-shaped images
-         (pad-crop 4, flip, normalise: CIFAR's pipeline), PyTorch loader with 0 and 2 workers, `loader: device`;
+         Fashion-MNIST's 60,000 images (pad-crop 2 + normalise), 50,000 synthetic CIFAR-shaped images (pad-crop 4,
+         flip, normalise: CIFAR's pipeline) and the same under DS-SRD's two `jitter` views (each also colour
+         jitter p 0.8 and greyscale p 0.2), PyTorch loader with 0 and 2 workers, `loader: device`;
   train  the Fashion-MNIST KD recipe (configs/fashion_mnist/kd.yaml: resnet8 from a resnet teacher, batch 64) on
          `--train-images` images (a stratified subset), through the CLI, PyTorch loader and `loader: device`
          alternating, the engine's `epoch_time_s` (evaluation excluded).
@@ -36,13 +37,20 @@ from kdzoo.engine.run_log import cpu_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cifar_shaped(n: int) -> InMemoryImageDataset:
+def cifar_shaped(n: int, views: tuple[str, ...] = ()):
+    """n random CIFAR-100-shaped images under CIFAR's training pipeline, or under the named view pipelines."""
     from kdzoo.data.cifar import CIFAR100_INFO as info
+    from kdzoo.data.registry import _builder
+    from kdzoo.data.views import IDENTITY, MultiViewDataset, pipeline
 
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    return InMemoryImageDataset(images, torch.arange(n) % 100, classes=[str(i) for i in range(100)],
-                                transform=small_image_transform(info, train=True, augment=True, native_size=32,
-                                                                padding=4, flip=True))
+    dataset = InMemoryImageDataset(images, torch.arange(n) % 100, classes=[str(i) for i in range(100)],
+                                   transform=small_image_transform(info, train=True, augment=True, native_size=32,
+                                                                   padding=4, flip=True))
+    if not views:
+        return dataset
+    dataset.transform, dataset.info = IDENTITY, info
+    return MultiViewDataset(dataset, {v: pipeline(v.rstrip("2"), _builder("cifar100"), info, True) for v in views})
 
 
 def data_epoch(dataset, *, on_device: bool, workers: int) -> float:
@@ -64,7 +72,8 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     datasets = {"Fashion-MNIST train (60,000 x 1x28x28)": build_dataset("fashion_mnist", "train"),
-                "CIFAR-shaped (50,000 x 3x32x32)": cifar_shaped(50_000)}
+                "CIFAR-shaped (50,000 x 3x32x32)": cifar_shaped(50_000),
+                "CIFAR-shaped, two jitter views (DS-SRD)": cifar_shaped(50_000, ("jitter", "jitter2"))}
     settings = {"PyTorch loader, 0 workers": (False, 0), "PyTorch loader, 2 workers": (False, 2),
                 "loader: device": (True, 0)}
     lines = []

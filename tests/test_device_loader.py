@@ -166,7 +166,7 @@ def test_the_device_loader_really_serves_the_run(tmp_path, digits_teacher, monke
 
 
 @pytest.mark.parametrize("overrides, says", [
-    (["dataset.views={x: train, s: strong}"], "view 's' has PixelAugment"),
+    (["dataset.views={x: train, s: strong}"], "view 's' has FixMatchRandAugment ops"),
     (["teacher.cache=replay"], "use dataset.loader: torch"),
 ])
 def test_what_it_cannot_batch_is_refused_in_one_line(tmp_path, digits_teacher, capsys, overrides, says):
@@ -205,3 +205,78 @@ def test_tinyimagenet_files_decode_once_into_batches_equal_to_the_pytorch_loader
         assert len(ours) == len(theirs) == 2
         for (x, y), (x2, y2) in zip(ours, theirs):
             assert x.shape[-1] == (image_size or 64) and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_batched_colour_jitter_equals_torchvisions_per_image_operations():
+    """Each image under its own factors and order: the same as torchvision's adjust_* applied one image at a
+    time in that order (images whose jitter is not applied stay as they were)."""
+    from torchvision.transforms.v2 import ColorJitter
+    from torchvision.transforms.v2 import functional as TF
+
+    from kdzoo.data.batched_transforms import colour_jitter, jitter_params
+
+    x = torch.rand(16, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    params = jitter_params(ColorJitter(0.4, 0.4, 0.4, 0.1), 16, 0.5, torch.Generator().manual_seed(1), CPU)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    expected = []
+    for i, image in enumerate(x):
+        if params["apply"][i]:
+            for op in params["order"][i].tolist():
+                image = ops[op](image, float(params["factors"][op][i]))
+        expected.append(image)
+    torch.testing.assert_close(colour_jitter(x, params), torch.stack(expected), atol=2e-6, rtol=0)
+    assert 0 < int(params["apply"].sum()) < 16  # both kinds of image are checked
+
+
+def test_jitter_draws_are_distributed_as_torchvisions():
+    """RandomApply p 0.8; the order a uniform permutation of the 4 operations; each factor uniform in its range."""
+    from torchvision.transforms.v2 import ColorJitter
+
+    from kdzoo.data.batched_transforms import jitter_params
+
+    n = 24_000
+    params = jitter_params(ColorJitter(0.4, 0.4, 0.4, 0.1), n, 0.8, torch.Generator().manual_seed(0), CPU)
+    assert abs(params["apply"].float().mean() - 0.8) < 4.5 * (0.8 * 0.2 / n) ** 0.5
+    perms = torch.unique(params["order"], dim=0, return_counts=True)[1]
+    assert len(perms) == 24 and (perms - n / 24).abs().max() < 4.5 * (n / 24) ** 0.5
+    for factor, (low, high) in zip(params["factors"], [(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1)]):
+        assert low <= factor.min() and factor.max() <= high
+        assert abs(factor.mean() - (low + high) / 2) < 0.01 * (high - low)
+
+
+def test_jitter_views_through_the_device_loader_grey_as_often_as_the_pytorch_loaders():
+    """The `jitter` view (DS-SRD's two views): two independent views per image; about p = 0.2 of them grey
+    (equal channels in pixel space), as from the per-sample pipeline."""
+    from kdzoo.data.registry import _builder
+    from kdzoo.data.views import IDENTITY, MultiViewDataset, pipeline
+
+    images = torch.randint(0, 256, (200, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    base = dataset(pixels=images)
+    base.transform = IDENTITY
+    info = _builder("cifar100").info(None)
+    base.info = info
+    views = MultiViewDataset(base, {v: pipeline("jitter", _builder("cifar100"), info, True) for v in ("x", "x2")})
+    mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+
+    def grey_share(loader) -> float:
+        grey = total = 0
+        for e in range(5):
+            for x, _ in epoch(loader, e):
+                for name in ("x", "x2"):
+                    pixels = x[name] * std + mean
+                    grey += int(((pixels[:, 0] - pixels[:, 1]).abs().amax(dim=(1, 2)) < 1e-5).sum())
+                    total += len(pixels)
+        return grey / total
+
+    ours = device_loader(views, batch_size=50)
+    first = epoch(ours, 0)[0][0]
+    assert not torch.equal(first["x"], first["x2"])  # two independent views
+    share, theirs = grey_share(ours), grey_share(make_loader(views, batch_size=50, train=True, seed=3))
+    sd = (0.2 * 0.8 / 2000) ** 0.5
+    assert abs(share - 0.2) < 4.5 * sd and abs(theirs - 0.2) < 4.5 * sd, (share, theirs)
+
+
+def test_the_dssrd_recipe_with_jitter_views_trains_on_the_device_loader(tmp_path, digits_teacher):
+    assert run_cli("distill", "-c", CONFIGS / "digits" / "dssrd" / "dssrd.yaml", "--out", tmp_path / "run",
+                   "epochs=1", "dataset.subset.size=300", "dataset.loader=device",
+                   f"teacher.checkpoint={digits_teacher}", *FAST) == 0

@@ -13,9 +13,9 @@ What a batch is:
 Batch-level augmentations (mixup, cutmix, cutout, rotations) already run batched on the device in the step.
 
 Datasets it can hold: those read into memory (cifar10/100, fashion_mnist, digits, stl10, speech_commands, tabular
-ones) and TinyImageNet (decoded once, at the loader's start). What it cannot batch is refused in one line naming
-the key: ImageNet's random-resized crop (use dali), PIL-based views (jitter, strong, byol), grouped batches, the
-replayed teacher.
+ones) and TinyImageNet (decoded once, at the loader's start). The `jitter` view (colour jitter and greyscale in
+pixel space, per image) is batched too. What it cannot batch is refused in one line naming the key: ImageNet's
+random-resized crop (use dali), PIL-based views (strong, byol), grouped batches, the replayed teacher.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import Compose, v2
 
-from kdzoo.data.batched_transforms import batched_step
+from kdzoo.data.batched_transforms import batched_pixel_ops, batched_step
 from kdzoo.data.loaders import make_sampler, worker_seed
-from kdzoo.data.views import IDENTITY, MultiViewDataset
+from kdzoo.data.views import IDENTITY, MultiViewDataset, PixelAugment
 from kdzoo.data.wrappers import IndexedDataset, LabeledSubset
 from kdzoo.errors import ConfigError
 
@@ -60,6 +60,13 @@ def _steps(transform: Optional[Callable]) -> list:
 def _split(view: str, transform: Optional[Callable]) -> tuple[list, list]:
     """(the leading deterministic steps, the batched rest) of a view's pipeline; ConfigError if a step cannot be
     batched."""
+    if isinstance(transform, PixelAugment):  # a pipeline, then pixel-space ops (the jitter view)
+        lead_steps, batched = _split(view, transform.inner)
+        ops = batched_pixel_ops(transform.ops, transform.mean.flatten().tolist(), transform.std.flatten().tolist())
+        if ops is None:
+            raise ConfigError(f"dataset.loader: device batches colour jitter and greyscale in pixel space; view "
+                              f"{view!r} has {type(transform.ops).__name__} ops it cannot (use loader: torch)")
+        return lead_steps, [*batched, ops]
     steps = _steps(transform)
     lead = 0
     while lead < len(steps) and isinstance(steps[lead], _ONCE):
