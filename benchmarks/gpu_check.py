@@ -194,6 +194,10 @@ def regime_cases(check: Check) -> list[tuple[str, Callable[[], dict]]]:
     bank = max(16, min(4096, a.steps * a.batch // 4))
     # proto: K clusters of the images (at most one per 10), negatives that the batch always leaves free (K - batch)
     clusters = max(2, dssrd_images(a) // 10)
+    dssrd = from_recipe("cifar100/dssrd/double_student/resnet32x4-resnet8x4.yaml",
+                        methods={"kd": {"teacher_view": "x2"}, "crd": {"nce_k": bank},
+                                 "proto": {"key_network": "student", "key_view": "x2", "warmup_epochs": 0,
+                                           "clusters": [clusters], "negatives": max(1, min(100, clusters - a.batch))}})
     return [
         ("offline: kd (logit)", lambda: kd),
         ("offline: fitnet (feature)", lambda: from_recipe("cifar100/fitnet/resnet32x4-resnet8x4.yaml")),
@@ -205,11 +209,8 @@ def regime_cases(check: Check) -> list[tuple[str, Callable[[], dict]]]:
                                                                      "cache_dir": str(check.work / "replay0")}}),
         ("mutual: dml", lambda: {"regime": "mutual", "peers": [{"arch": student}, {"arch": student}],
                                  "loss": {"ce": 1.0, "kd": 1.0}, "methods": {"kd": {"T": 1.0}}}),
-        ("double_student: dssrd", lambda: from_recipe(
-            "cifar100/dssrd/double_student/resnet32x4-resnet8x4.yaml",
-            methods={"kd": {"teacher_view": "x2"}, "crd": {"nce_k": bank},
-                     "proto": {"key_network": "student", "key_view": "x2", "warmup_epochs": 0,
-                               "clusters": [clusters], "negatives": max(1, min(100, clusters - a.batch))}})),
+        ("double_student: dssrd", lambda: dssrd),
+        ("double_student: dssrd, loader: device", lambda: {**dssrd, "dataset": {**dssrd["dataset"], "loader": "device"}}),
         ("self_supervised: byol", lambda: {**from_recipe("cifar100/self_supervised/byol_imix_resnet34.yaml"),
                                            "student": {"arch": a.ssl_arch}, "teacher": {}}),
         ("linear_probe", lambda: {**from_recipe("cifar100/linear_eval/cifar100.yaml"), "teacher": {},

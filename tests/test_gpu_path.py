@@ -58,7 +58,7 @@ def test_gpu_check_runs_every_section_on_the_cpu(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     regimes = [r for r in rows if r.startswith(("| offline", "| mutual", "| double_student", "| self_supervised",
                                                 "| linear_probe"))]
-    assert len(regimes) == 10 and all(r.endswith("| ok |") and "| 0 (-) |" in r for r in regimes), regimes
+    assert len(regimes) == 11 and all(r.endswith("| ok |") and "| 0 (-) |" in r for r in regimes), regimes
     for expected in ("| 8 | default", "| 8 | plain (fp32)", "| 8 | compiled", "loader: device | 400 |",
                      "PyTorch loader, 0 workers | 400 |", "| replay |", "| student |", "| no | the PyTorch loader"):
         assert any(expected in r for r in rows), expected
