@@ -9,13 +9,16 @@ step's cost does not depend on the weights):
            tensor calls that synchronise a GPU (`kdzoo.core.host_sync`).
   step     KD resnet32x4 -> resnet8x4 at each `--batches`: the student's training step alone (CE) plus the teacher's
            inference alone is the limit; the KD step in the default setting (teacher first, channels_last, bf16
-           where the device has it), plain (fp32, contiguous) and compiled (engine.compile; `--autotune` adds
-           mode max-autotune-no-cudagraphs). Mean ms over `--repeats` steps queued back to back (one
-           synchronisation at the end), peak memory of each.
-  epoch    one training epoch of `--images` images, KD through the engine, `loader: device` against the PyTorch
-           loader with `--workers` workers; evaluation timed apart. The 240-epoch projection follows from these.
+           where the device has it) and plain (fp32, contiguous). Mean ms over `--repeats` steps queued back to
+           back (one synchronisation at the end), peak memory.
+  compiled the same, compiled (engine.compile; `--autotune` adds mode max-autotune-no-cudagraphs); last, since
+           compiling takes minutes.
+  epoch    a training epoch of `--images` images (the second of two: the first pays worker start-up and cuDNN's
+           search), KD through the engine, `loader: device` against the PyTorch loader with `--workers` workers;
+           evaluation timed apart. The 240-epoch projection follows from these.
   replay   the replayed teacher's epoch (`teacher.cache: replay`, recorded by a first run) against the student's
-           epoch alone (CE), same images.
+           epoch alone (CE), same images, second epochs.
+No section, and no step setting, starts after `--budget-min` minutes; the report is written after each section.
   dali     `loader: dali` on a tiny synthetic JPEG image folder: whether DALI served the run, or why not.
 
     python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.md       # one GPU: under 8 min on an H100
@@ -27,7 +30,7 @@ carry [".whl"] and a timeout that leaves time for one rerun:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site:src PYTHONUNBUFFERED=1 && \
-        python3 benchmarks/gpu_check.py --out $OUT/gpu_check.md
+        python3 benchmarks/gpu_check.py --budget-min 7 --out $OUT/gpu_check.md
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -62,6 +66,10 @@ from kdzoo.engine.trainer import make_engine  # noqa: E402
 from kdzoo.models import create_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# in the order they run: what a short lease must not miss first, the compiles (minutes) last
+SECTIONS = ("regimes", "step", "epoch", "replay", "dali", "compiled")
+STEP_HEADER = ("| batch | setting | student step ms | teacher inference ms | limit ms | KD step ms | KD / limit | "
+               "KD peak MB |\n|---|---|---|---|---|---|---|---|")
 CONFIGS = ROOT / "configs"
 REPDISTILLER_EPOCH_MIN = 1.0  # RepDistiller's CIFAR-100 KD on one V100: about a minute per epoch (issue 27)
 
@@ -102,7 +110,9 @@ class Check:
         self.args, self.device = args, torch.device(args.device)
         self.work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
         self.data = self.work / "data"
-        self.rows: dict[str, list[str]] = {"regimes": [], "step": [], "epoch": [], "replay": [], "dali": []}
+        self.rows: dict[str, list[str]] = {k: [] for k in SECTIONS}
+        self.epoch: dict[str, dict] = {}  # loader -> its epoch run (the projection reads it)
+        self.started = time.perf_counter()
         self.notes: list[str] = []
         self.teachers: dict[str, Path] = {}
         for stale in ("runs", "replay0", "replay"):  # a rerun in the same --work records and trains afresh
@@ -113,15 +123,16 @@ class Check:
             self.teachers[arch] = step_overhead.random_teacher(self.work, arch, 100)
         return self.teachers[arch]
 
-    def recipe(self, data: dict, *, images: int, batch: int, loader: str = "torch", workers: int = 0) -> dict:
-        """`data` (a recipe's sections) on the synthetic CIFAR-100: one epoch of `images` training images."""
+    def recipe(self, data: dict, *, images: int, batch: int, loader: str = "torch", workers: int = 0,
+               epochs: int = 1) -> dict:
+        """`data` (a recipe's sections) on the synthetic CIFAR-100: `epochs` epochs of `images` training images."""
         engine = {"progress": False, "tensorboard": False, "log_every": 50, "precision": "auto",
                   "device": self.args.device, **data.get("engine", {})}
         dataset = {**data.get("dataset", {}), "name": "cifar100", "root": str(self.data), "download": False,
                    "batch_size": batch, "eval_batch_size": 512, "loader": loader, "num_workers": workers}
         if images < self.args.images:
             dataset["subset"] = {"size": images}
-        return {**data, "epochs": 1, "seed": 0, "dataset": dataset, "engine": engine}
+        return {**data, "epochs": epochs, "seed": 0, "dataset": dataset, "engine": engine}
 
     def run(self, name: str, data: dict, *, count_syncs: bool = False) -> dict:
         """Train `data` for its one epoch through the engine; its metrics, evaluation time and the host
@@ -149,8 +160,9 @@ class Check:
         lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         trained = [e for e in lines if "epoch_time_s" in e]
         summary = json.loads((out / "summary.json").read_text())
+        # the last epoch: the first also pays worker start-up and cuDNN's algorithm search
         return {"epoch_s": trained[-1]["epoch_time_s"], "steps": len(syncs), "syncs": syncs, "wall_s": wall,
-                "eval_s": sum(eval_s), "best": summary.get("best_value"), "select": summary.get("selected_by", ""),
+                "eval_s": eval_s[-1] if eval_s else 0.0, "best": summary.get("best_value"), "select": summary.get("selected_by", ""),
                 "peak_cuda_mb": trained[-1].get("peak_cuda_mb"), "engine": engine, "out": out}
 
 
@@ -261,8 +273,9 @@ def check_regimes(check: Check) -> None:
         print(check.rows["regimes"][-1], flush=True)
 
 
-def check_step(check: Check) -> None:
-    """KD step time against the limit (student step + teacher inference), default / plain / compiled."""
+def check_step(check: Check, compiled_only: bool = False) -> None:
+    """KD step time against the limit (student step + teacher inference): default and plain, or (`compiled_only`,
+    the `compiled` section) compiled; no setting starts past the budget."""
     a = check.args
     device = check.device
     info = image_info("cifar100", 100, 3, 32, (0.5,) * 3, (0.25,) * 3)
@@ -271,12 +284,16 @@ def check_step(check: Check) -> None:
     if a.autotune:
         settings["compiled (max-autotune-no-cudagraphs)"] = {**settings["compiled"],
                                                              "compile_mode": "max-autotune-no-cudagraphs"}
-    if a.no_compile:
-        settings = {k: v for k, v in settings.items() if not v.get("compile")}
+    settings = {k: v for k, v in settings.items() if bool(v.get("compile")) == compiled_only}
+    section = "compiled" if compiled_only else "step"
     teacher_file = check.teacher(a.teacher)
     for batch in a.batches:
         args = argparse.Namespace(batch=batch, classes=100, student=a.student, teacher=a.teacher)
         for setting, options in settings.items():
+            if time.perf_counter() - check.started > 60 * a.budget_min:
+                check.notes.append(f"{section}: batch {batch} {setting} not run, the check had used its "
+                                   f"{a.budget_min} min")
+                continue
             precision = Precision(resolve_precision(options["precision"], device), device)
             engine = step_overhead.engine_section(options, precision)
             compiled, mode = options.get("compile", False), options.get("compile_mode")
@@ -293,10 +310,10 @@ def check_step(check: Check) -> None:
                 ms[part], peak[part] = time_steps(fn, device, a.warmup + (10 if compiled else 0), a.repeats)
             limit = ms["student"] + ms["teacher"]
             mem = f"{peak['kd']:.0f}" if peak["kd"] is not None else "-"
-            check.rows["step"].append(f"| {batch} | {setting} ({precision.name}) | {ms['student']:.2f} | "
+            check.rows[section].append(f"| {batch} | {setting} ({precision.name}) | {ms['student']:.2f} | "
                                       f"{ms['teacher']:.2f} | {limit:.2f} | {ms['kd']:.2f} | {ms['kd'] / limit:.2f}x | "
                                       f"{mem} |")
-            print(check.rows["step"][-1], flush=True)
+            print(check.rows[section][-1], flush=True)
             parts.clear()
             torch._dynamo.reset()
 
@@ -318,25 +335,23 @@ def time_steps(fn: Callable, device: torch.device, warmup: int, repeats: int) ->
 
 
 def check_epoch(check: Check) -> None:
-    """One KD epoch of all `--images` images per loader; the 240-epoch projection."""
+    """A KD epoch of all `--images` images per loader (the second of two); the 240-epoch projection."""
     a = check.args
     kd = {"loss": {"ce": 0.1, "kd": 0.9}, "student": {"arch": a.student},
           "teacher": {"checkpoint": str(check.teacher(a.teacher))}}
-    per_loader = {}
     for loader, workers in (("device", 0), ("torch", a.workers)):
         r = check.run(f"epoch {loader}", check.recipe(kd, images=a.images, batch=a.epoch_batch, loader=loader,
-                                                      workers=workers))
-        per_loader[loader] = r
+                                                      workers=workers, epochs=2))
+        check.epoch[loader] = r
         projected = 240 * (r["epoch_s"] + r["eval_s"]) / 60
         label = "loader: device" if loader == "device" else f"PyTorch loader, {workers} workers"
         check.rows["epoch"].append(f"| KD, live teacher | {label} | {a.images:,} | {r['epoch_s']:.2f} | "
                                    f"{r['eval_s']:.2f} | {projected:.1f} |")
         print(check.rows["epoch"][-1], flush=True)
-    check.epoch = per_loader
 
 
 def check_replay(check: Check) -> None:
-    """The replayed teacher's epoch (recorded by a first run) against the student's epoch alone."""
+    """The replayed teacher's epoch (recorded by a first run) against the student's epoch alone (second epochs)."""
     a = check.args
     cache = {"checkpoint": str(check.teacher(a.teacher)), "cache": "replay", "cache_dir": str(check.work / "replay")}
     kd = {"loss": {"ce": 0.1, "kd": 0.9}, "student": {"arch": a.student}, "teacher": cache}
@@ -344,7 +359,7 @@ def check_replay(check: Check) -> None:
     for name, data in (("record", kd), ("replay", kd),
                        ("student", {"loss": {"ce": 1.0}, "student": {"arch": a.student}})):
         runs[name] = check.run(f"replay {name}", check.recipe(data, images=a.images, batch=a.epoch_batch,
-                                                              workers=a.workers))
+                                                              workers=a.workers, epochs=2))
     for name, r in runs.items():
         projected = 240 * (r["epoch_s"] + r["eval_s"]) / 60
         ratio = r["epoch_s"] / runs["student"]["epoch_s"]
@@ -396,20 +411,21 @@ def report(check: Check, sections: list[str], elapsed: float) -> str:
                     "inside each step after the first",
                     "| case | steps | host syncs in steps 2.. (calls) | best eval | status |\n|---|---|---|---|---|"),
         "step": (f"KD step, mean of {a.repeats} steps queued back to back; limit = student step + teacher "
-                 "inference, each timed alone",
-                 "| batch | setting | student step ms | teacher inference ms | limit ms | KD step ms | KD / limit "
-                 "| KD peak MB |\n|---|---|---|---|---|---|---|---|"),
-        "epoch": (f"One KD epoch (batch {a.epoch_batch}); the projection is 240 x (epoch + one evaluation)",
+                 "inference, each timed alone; peak memory of the three programs held together", STEP_HEADER),
+        "epoch": (f"A KD epoch, the second of a 2-epoch run (batch {a.epoch_batch}); the projection is 240 x "
+                  "(epoch + one evaluation)",
                   "| run | loader | images | epoch s | evaluation s | 240 epochs, min |\n|---|---|---|---|---|---|"),
-        "replay": (f"The replayed teacher (batch {a.epoch_batch}, PyTorch loader): its epoch against the student's "
-                   "alone", "| run | epoch s | vs student | 240 epochs, min |\n|---|---|---|---|"),
+        "replay": (f"The replayed teacher (batch {a.epoch_batch}, PyTorch loader): its second epoch against the "
+                   "student's alone", "| run | epoch s | vs student | 240 epochs, min |\n|---|---|---|---|"),
         "dali": ("DALI on a synthetic JPEG image folder", "| DALI served the run | note |\n|---|---|"),
+        "compiled": ("The KD step compiled (engine.compile; after warm-up steps that pay the compile), as above",
+                     STEP_HEADER),
     }
     out = head
     for section in sections:
         title, header = tables[section]
         out += ["", f"**{title}**", "", header, *check.rows[section]]
-    if "epoch" in sections and check.device.type == "cuda":
+    if check.epoch and check.device.type == "cuda":
         live = min(check.epoch.values(), key=lambda r: r["epoch_s"])
         out += ["", f"Projected 240-epoch CIFAR-100 KD ({a.teacher} -> {a.student}) on this GPU: "
                     f"{240 * (live['epoch_s'] + live['eval_s']) / 60:.1f} min with the live teacher; RepDistiller's "
@@ -423,11 +439,10 @@ def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (the tests' CPU run)")
-    parser.add_argument("--sections", default="regimes,step,epoch,replay,dali")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--work", help="working folder (default: a new temporary one)")
     parser.add_argument("--out", help="also write the report here")
     parser.add_argument("--autotune", action="store_true", help="also time compile mode max-autotune-no-cudagraphs")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled step settings")
     parser.add_argument("--budget-min", type=float, default=8.0,
                         help="start no section after this many minutes (the report says which were left out)")
     args = parser.parse_args(argv)
@@ -447,7 +462,7 @@ def main(argv=None) -> int:
     sections = args.sections.split(",")
     started = time.perf_counter()
     steps = {"regimes": check_regimes, "step": check_step, "epoch": check_epoch, "replay": check_replay,
-             "dali": check_dali}
+             "dali": check_dali, "compiled": partial(check_step, compiled_only=True)}
     done: list[str] = []
     for section in sections:
         elapsed = time.perf_counter() - started

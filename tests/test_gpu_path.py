@@ -83,3 +83,36 @@ def test_gpu_check_reports_a_host_sync_slipped_into_a_step(tmp_path, monkeypatch
                            "--out", str(report)])
     kd_row = next(r for r in report.read_text().splitlines() if r.startswith("| offline: kd (logit)"))
     assert code == 1 and "item" in kd_row and kd_row.endswith("| SYNCS |"), kd_row
+
+
+def test_a_loaded_state_keeps_the_optimizers_own_implementation(monkeypatch):
+    """A checkpoint brings its groups' fused/foreach flags; the optimizer keeps the ones it was built with (a CPU
+    checkpoint resumed on a GPU must stay fused: GradScaler hands a fused step its scale)."""
+    from kdzoo.program import optim
+
+    def params():
+        return [torch.nn.Parameter(torch.randn(3))]
+
+    plain = build_optimizer(params(), OptimConfig())
+    monkeypatch.setattr(optim, "fusable", lambda p: True)  # torch runs fused SGD on the CPU too
+    fused = build_optimizer(params(), OptimConfig())
+    assert fused.param_groups[0]["fused"] is True
+    fused.load_state_dict(plain.state_dict())
+    assert fused.param_groups[0]["fused"] is True and not fused.param_groups[0]["foreach"]
+    monkeypatch.undo()
+    fresh = build_optimizer(params(), OptimConfig())
+    fresh.load_state_dict(fused.state_dict())
+    assert not fresh.param_groups[0]["fused"]
+
+
+def test_the_device_loaders_draws_are_not_the_shuffles_numbers():
+    """On the CPU both generators are torch's Mersenne twister: seeded alike they would draw the same numbers, so
+    crop offsets would follow the shuffle."""
+    from tests.test_device_loader import dataset, device_loader
+
+    loader = device_loader(dataset())
+    for epoch in (0, 3):
+        loader.set_epoch(epoch)
+        assert loader.generator.initial_seed() != loader.sampler_generator.initial_seed()
+        assert not torch.equal(torch.rand(8, generator=loader.generator),
+                               torch.rand(8, generator=loader.sampler_generator))

@@ -90,9 +90,11 @@ def _blocking_to_device(args, kwargs) -> bool:
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor (a draw of torch's CPU generator) on `device` with no synchronisation: from pageable memory a
-    non_blocking copy stages the data before it returns, so the host tensor may go at once."""
-    return tensor.to(device, non_blocking=True)
+    """A host tensor (a draw of torch's CPU generator) on `device` with no synchronisation: pinned (torch's caching
+    host allocator keeps the block until the copy is done) and copied asynchronously."""
+    if torch.device(device).type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)  # elsewhere a no-op copy (and what HostReads looks for)
 
 
 class HostSyncs:

@@ -34,6 +34,7 @@ from kdzoo.data.views import IDENTITY, MultiViewDataset, PixelAugment
 from kdzoo.data.wrappers import IndexedDataset, LabeledSubset
 from kdzoo.errors import ConfigError
 
+_AUGMENT_SALT = 0x5BD1E995  # separates the augmentation draws' seed from the shuffle's
 # Deterministic steps a pipeline may start with: applied once to the whole dataset when it is stored.
 _ONCE = (v2.Resize, v2.PILToTensor)
 
@@ -151,7 +152,8 @@ class DeviceLoader:
             self.sampler.set_epoch(epoch)
         if self.sampler_generator is not None:
             self.sampler_generator.manual_seed(self.seed + epoch)
-        self.generator.manual_seed(worker_seed(self.seed, epoch, self.rank))
+        # salted: on the CPU the sampler's generator (seed + epoch) would otherwise draw the very same numbers
+        self.generator.manual_seed(worker_seed(self.seed, epoch, self.rank) ^ _AUGMENT_SALT)
 
     def __len__(self) -> int:
         n = len(self.sampler)

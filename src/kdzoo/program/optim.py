@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from functools import partial
 from typing import Iterable
 
 import torch
@@ -17,9 +18,21 @@ def build_optimizer(params: Iterable, cfg: OptimConfig, lr: float | None = None)
     params = [p for p in params if p.requires_grad]
     fused = {"fused": True} if fusable(params) else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, **fused)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                    nesterov=cfg.nesterov and cfg.momentum > 0, **fused)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, **fused)
+    optimizer.register_load_state_dict_post_hook(partial(_keep_implementation, fused=bool(fused)))
+    return optimizer
+
+
+def _keep_implementation(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """A loaded state brings its groups' `fused`/`foreach` flags (a CPU checkpoint resumed on a GPU, or back);
+    keep the ones this optimizer was built with: GradScaler hands a fused optimizer's step its scale."""
+    for group in optimizer.param_groups:
+        group["fused"] = True if fused else None
+        if fused:
+            group["foreach"] = None
 
 
 def fusable(params: list) -> bool:
