@@ -245,10 +245,11 @@ def regime_step(args, info, targets, engine, precision, loss, teacher_file, stud
     batch: Batch = stream.batch((images, labels, index))
     program.train(True)
     counter = {"step": 0}
+    scaler = precision.scaler()  # fp16 (GPUs without bf16) steps with loss scaling, as the engine's
 
     def run():
         info_ = StepInfo(epoch=0, epochs=240, step=counter["step"], steps_per_epoch=782)
-        train_step(phase, batch, info_, optimizer, precision)
+        train_step(phase, batch, info_, optimizer, precision, scaler)
         program.after_optimizer_step()
         phase.after_step()
         counter["step"] += 1

@@ -116,3 +116,18 @@ def test_the_device_loaders_draws_are_not_the_shuffles_numbers():
         assert loader.generator.initial_seed() != loader.sampler_generator.initial_seed()
         assert not torch.equal(torch.rand(8, generator=loader.generator),
                                torch.rand(8, generator=loader.sampler_generator))
+
+
+def test_the_goals_of_the_gpu_table_are_judged_from_the_measured_numbers(tmp_path):
+    import gpu_check
+
+    check = gpu_check.Check(gpu_check.parse(["--device", "cpu", "--quick", "--work", str(tmp_path)]))
+    assert gpu_check.goals(check) == []  # nothing measured, nothing claimed
+    check.epoch = {"device": {"epoch_s": 6.0, "eval_s": 0.5}, "torch": {"epoch_s": 9.0, "eval_s": 0.5}}
+    check.replayed = {"replay": {"epoch_s": 3.5, "eval_s": 0.5}}
+    check.default_ratio = {64: 1.15, 256: 1.25}
+    lines = gpu_check.goals(check)
+    assert "- 240 epochs with the live teacher: 26.0 min (goal under 30: met)" in lines  # the faster loader
+    assert "- 240 epochs from the replay cache: 16.0 min (goal under 15: not met)" in lines
+    assert lines[-2:] == ["- default KD step at batch 64: 1.15x its limit (goal within 1.2x: met)",
+                          "- default KD step at batch 256: 1.25x its limit (goal within 1.2x: not met)"]
