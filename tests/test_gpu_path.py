@@ -131,3 +131,60 @@ def test_the_goals_of_the_gpu_table_are_judged_from_the_measured_numbers(tmp_pat
     assert "- 240 epochs from the replay cache: 16.0 min (goal under 15: not met)" in lines
     assert lines[-2:] == ["- default KD step at batch 64: 1.15x its limit (goal within 1.2x: met)",
                           "- default KD step at batch 256: 1.25x its limit (goal within 1.2x: not met)"]
+
+
+# Methods whose step the CIFAR pair harness below cannot build, and where their step is checked instead
+HARNESS_CANNOT = {
+    "byol": "two views and no labels: gpu_check's self_supervised case",
+    "proto": "clusters from an epoch pass: gpu_check's double_student cases",
+    "mixup": "grouped batches (CKD)", "mixup3": "grouped batches (CKD)", "ckd": "grouped batches (CKD)",
+    "ckd_add": "grouped batches (CKD)", "ckd_mixup": "grouped batches (CKD)", "ckd_inter": "grouped batches (CKD)",
+    "dist_plus": "needs equal last-stage shapes (another pair)", "fsp": "needs equal stage widths (another pair)",
+    "dot": "an optimizer step, no loss term", "nd": "class centres from an epoch pass",
+    "trans_kd": "needs a _trans student",
+}
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    import step_overhead
+
+    from kdzoo.data import image_info
+    from kdzoo.engine.device import Precision
+
+    folder = tmp_path_factory.mktemp("teachers")
+    args = step_overhead.pair_parser("").parse_args(["--batch", "8", "--student", "resnet8", "--teacher",
+                                                       "resnet8x4"])
+    precision = Precision("fp32", torch.device("cpu"))
+    common = dict(args=args, info=image_info("cifar100", 100, 3, 32, (0.5,) * 3, (0.25,) * 3),
+                  targets=torch.randint(0, 100, (500,)), precision=precision,
+                  engine=step_overhead.engine_section(step_overhead.SETTINGS["plain"], precision))
+    teachers = {arch: step_overhead.random_teacher(folder, arch, 100) for arch in ("resnet8x4", "resnet8x4_aux")}
+    return step_overhead, common, teachers
+
+
+def _methods():
+    from kdzoo.distillers import METHODS
+
+    return [m for m in METHODS.names() if m not in HARNESS_CANNOT]
+
+
+@pytest.mark.parametrize("method", _methods())
+def test_no_methods_step_reads_the_host(harness, method):
+    """Each method's real training step (the engine's train_step on the offline regime), after a first step, makes
+    none of the tensor calls that synchronise a GPU: a `.item()`, a boolean mask or a blocking copy in a new
+    method's loss fails here, on the CPU."""
+    from kdzoo.distillers import METHODS
+
+    step_overhead, common, teachers = harness
+    cls = METHODS.get(method)
+    aux = bool(cls.student_needs.heads)
+    loss = {"ce": 1.0, **{term: 1.0 for term in cls.term_names()}}
+    step = step_overhead.regime_step(
+        common["args"], common["info"], common["targets"], common["engine"], common["precision"], loss,
+        (teachers["resnet8x4_aux"] if aux else teachers["resnet8x4"]) if cls.needs_teacher() else None,
+        student="resnet8_aux" if aux else None, views=tuple(cls.recipes.dataset.get("views", {"x": "train"})))
+    step()
+    with HostSyncs(torch.device("cpu")) as syncs:
+        step()
+    assert syncs.total == 0, dict(syncs.counts)
