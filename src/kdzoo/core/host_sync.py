@@ -58,9 +58,9 @@ class HostReads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = _name(func)
-        if getattr(_HOST_SIDE, "depth", 0):
-            pass
-        elif name in _READS or (name in _INDEXING and _has_bool_index(args)):
+        if getattr(_HOST_SIDE, "depth", 0):  # declared host tensors
+            return func(*args, **(kwargs or {}))
+        if name in _READS or (name in _INDEXING and _has_bool_index(args)):
             self.counts[name if name not in _INDEXING else f"{name}[bool mask]"] += 1
         elif name in ("to", "cuda") and _to_host(args, kwargs or {}):
             self.counts["to(cpu)"] += 1

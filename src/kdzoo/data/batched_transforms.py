@@ -15,22 +15,30 @@ from kdzoo.data.transforms import Normalize, PadRandomCrop, RandomHorizontalFlip
 BatchedStep = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
+def crop_at(padded: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Each padded image's h x w window at its own (top, left): two gathers, no per-image loop."""
+    b, c, _, padded_w = padded.shape
+    rows = (top.view(b, 1) + torch.arange(h, device=padded.device)).view(b, 1, h, 1).expand(b, c, h, padded_w)
+    cols = (left.view(b, 1) + torch.arange(w, device=padded.device)).view(b, 1, 1, w).expand(b, c, h, w)
+    return padded.gather(2, rows).gather(3, cols)
+
+
+def flip_where(x: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The images of `chosen` (a bool per image) mirrored left-right."""
+    return torch.where(chosen.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def pad_random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Each image zero-padded by `padding` and cropped back to its size at its own offset (top, left), each
     uniform on 0..2 * padding."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=x.device)
-    padded = F.pad(x, (padding,) * 4)
-    rows = (offsets[0].view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
-    picked = padded.gather(2, rows)
-    cols = (offsets[1].view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
-    return picked.gather(3, cols)
+    return crop_at(F.pad(x, (padding,) * 4), offsets[0], offsets[1], h, w)
 
 
 def random_flip(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Each image mirrored left-right with probability `p`."""
-    chosen = torch.rand(x.shape[0], generator=generator, device=x.device) < p
-    return torch.where(chosen.view(-1, 1, 1, 1), x.flip(-1), x)
+    return flip_where(x, torch.rand(x.shape[0], generator=generator, device=x.device) < p)
 
 
 class BatchedNormalize:
@@ -42,10 +50,9 @@ class BatchedNormalize:
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self._device != x.device:  # the constants, once per device
             self._device = x.device
-            self._shift = self.step._shift.to(x.device)
-            self._scales = {torch.uint8: self.step._uint8_scale.to(x.device)}
-            self._float = self.step._float_scale.to(x.device)
-        scale = self._scales.get(x.dtype, self._float)
+            self._shift, self._uint8, self._float = (t.to(x.device) for t in (
+                self.step._shift, self.step._uint8_scale, self.step._float_scale))
+        scale = self._uint8 if x.dtype == torch.uint8 else self._float
         return torch.addcmul(self._shift, x.to(torch.float32), scale)
 
 

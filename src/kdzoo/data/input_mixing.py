@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from kdzoo.core.host_sync import host_side, to_device
+from kdzoo.data.batched_transforms import crop_at, flip_where
 from kdzoo.errors import ConfigError
 
 MODES = ("identity", "flip", "crop+flip", "cutout", "autoaugment", "mixup", "cutmix", "cutmix_pick")
@@ -86,8 +87,7 @@ def _unmixed(x: Tensor, inputs: Tensor) -> Mixed:
 
 
 def flip(x: Tensor) -> Tensor:
-    chosen = to_device(torch.rand(x.shape[0]) < 0.5, x.device).view(-1, 1, 1, 1)
-    return torch.where(chosen, x.flip(-1), x)
+    return flip_where(x, to_device(torch.rand(x.shape[0]) < 0.5, x.device))
 
 
 def pad_crop(x: Tensor, padding: int, fill: Tensor) -> Tensor:
@@ -97,10 +97,7 @@ def pad_crop(x: Tensor, padding: int, fill: Tensor) -> Tensor:
     padded[:, :, padding:padding + h, padding:padding + w] = x
     top = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
     left = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
-    rows = (top.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
-    picked = padded.gather(2, rows)
-    cols = (left.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
-    return picked.gather(3, cols)
+    return crop_at(padded, top, left, h, w)
 
 
 def cutout(x: Tensor, side: int) -> Tensor:
